@@ -1,0 +1,16 @@
+//! Pulse's shared model: the pipeline spec, decoded events, window math, and
+//! the deterministic event generator used by the load generator and benchmarks.
+
+pub mod decode;
+pub mod duration;
+pub mod generate;
+pub mod process;
+pub mod spec;
+pub mod value;
+pub mod window;
+
+pub use decode::{DecodeError, Decoder, encode_json};
+pub use duration::{Millis, parse_duration};
+pub use spec::{AggKind, Aggregate, Domain, Field, FieldType, Filter, LatePolicy, Literal, Metric, Spec, SpecError, SpecErrors};
+pub use value::{Event, Op, Sym, Value};
+pub use window::Windows;

@@ -1,0 +1,1122 @@
+//! The pipeline spec (`pulse.toml`): domains (what producers send) and metrics
+//! (what the dataflow job maintains). Parsing keeps source spans so that every
+//! error names the file and line; validation collects every error at once.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration::{Millis, parse_duration};
+
+/// Columns every raw table and every metric table has besides the spec's fields.
+pub const RESERVED_RAW_COLUMNS: &[&str] = &["ingested_at", "version", "is_deleted"];
+pub const RESERVED_METRIC_COLUMNS: &[&str] =
+    &["window_start", "window_end", "final", "revision", "emitted_at", "metric"];
+/// The envelope field carrying an event's identity. Ingest assigns one when missing.
+pub const EVENT_ID: &str = "event_id";
+
+// ------------------------------------------------------------------ errors
+
+/// One problem in a spec, located at a line of its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Every problem found in a spec (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ validated model
+
+/// A validated pipeline spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub file: PathBuf,
+    pub pipeline: Pipeline,
+    pub domains: Vec<Domain>,
+    pub metrics: Vec<Metric>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatePolicy {
+    Drop,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub idle_timeout: Millis,
+    pub emit_interval: Millis,
+    pub late_events: LatePolicy,
+    pub aggregated_topic: String,
+    pub dead_letter_topic: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub retention: Millis,
+    pub cleanup_policy: String,
+    pub compression: String,
+    /// Index into `fields` of the Kafka key (and, for mutable domains, the event identity).
+    pub key: usize,
+    /// Index into `fields` of the event-time field (a `timestamp`).
+    pub time_field: usize,
+    pub mutable: bool,
+    pub fields: Vec<Field>,
+}
+
+impl Domain {
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    pub fn key_field(&self) -> &Field {
+        &self.fields[self.key]
+    }
+
+    pub fn time_field(&self) -> &Field {
+        &self.fields[self.time_field]
+    }
+
+    /// Whether the domain declares `event_id` itself (otherwise it is envelope-only).
+    pub fn declares_event_id(&self) -> bool {
+        self.field_index(EVENT_ID).is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub optional: bool,
+    /// A low-cardinality grouping dimension: interned in memory, `LowCardinality` in ClickHouse.
+    pub dimension: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldType {
+    String,
+    Enum(Vec<String>),
+    Int,
+    Float,
+    Bool,
+    Timestamp,
+    /// `{ "lat": f64, "lng": f64 }`
+    Point,
+}
+
+impl FieldType {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Enum(_) => "enum",
+            FieldType::Int => "int",
+            FieldType::Float => "float",
+            FieldType::Bool => "bool",
+            FieldType::Timestamp => "timestamp",
+            FieldType::Point => "point",
+        }
+    }
+
+    pub fn is_numeric(&self) -> bool {
+        matches!(self, FieldType::Int | FieldType::Float)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: String,
+    /// Index into `Spec::domains`.
+    pub domain: usize,
+    /// Indexes into the domain's fields.
+    pub group_by: Vec<usize>,
+    pub window: Millis,
+    pub slide: Millis,
+    pub lateness: Millis,
+    pub aggregates: Vec<Aggregate>,
+}
+
+impl Metric {
+    /// Number of windows each event belongs to.
+    pub fn windows_per_event(&self) -> i64 {
+        self.window.ms() / self.slide.ms()
+    }
+
+    pub fn aggregate_index(&self, name: &str) -> Option<usize> {
+        self.aggregates.iter().position(|a| a.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    pub name: String,
+    pub kind: AggKind,
+    pub filter: Option<Filter>,
+}
+
+/// Aggregate functions. Field arguments are indexes into the domain's fields;
+/// ratio arguments are indexes into the metric's aggregates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggKind {
+    Count,
+    Sum(usize),
+    Avg(usize),
+    Min(usize),
+    Max(usize),
+    CountDistinct(usize),
+    /// Exact quantile: the element at index `floor(q * n)` (clamped) of the sorted values,
+    /// the definition of ClickHouse's `quantileExact`.
+    Quantile(usize, f64),
+    Ratio(usize, usize),
+}
+
+impl AggKind {
+    pub fn fn_name(&self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum(_) => "sum",
+            AggKind::Avg(_) => "avg",
+            AggKind::Min(_) => "min",
+            AggKind::Max(_) => "max",
+            AggKind::CountDistinct(_) => "count_distinct",
+            AggKind::Quantile(..) => "quantile",
+            AggKind::Ratio(..) => "ratio",
+        }
+    }
+
+    /// The domain field this aggregate reads, if any.
+    pub fn field(&self) -> Option<usize> {
+        match *self {
+            AggKind::Sum(f)
+            | AggKind::Avg(f)
+            | AggKind::Min(f)
+            | AggKind::Max(f)
+            | AggKind::CountDistinct(f)
+            | AggKind::Quantile(f, _) => Some(f),
+            AggKind::Count | AggKind::Ratio(..) => None,
+        }
+    }
+}
+
+/// A filter on one field of the event. Literals are checked against the field's type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    Eq(usize, Literal),
+    In(usize, Vec<Literal>),
+    NonEmpty(usize),
+}
+
+impl Filter {
+    pub fn field(&self) -> usize {
+        match self {
+            Filter::Eq(f, _) | Filter::In(f, _) | Filter::NonEmpty(f) => *f,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Str(String),
+    /// Index into the enum's values.
+    Enum(u8),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Spec {
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+
+    pub fn domain_index(&self, name: &str) -> Option<usize> {
+        self.domains.iter().position(|d| d.name == name)
+    }
+
+    pub fn metric(&self, name: &str) -> Option<&Metric> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+
+    pub fn metric_domain(&self, metric: &Metric) -> &Domain {
+        &self.domains[metric.domain]
+    }
+
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Spec, SpecErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecErrors(vec![SpecError {
+                file: path.to_path_buf(),
+                line: 0,
+                message: format!("cannot read spec: {e}"),
+            }])
+        })?;
+        Spec::parse(path, &text)
+    }
+
+    /// Parses and validates spec text; `file` names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Spec, SpecErrors> {
+        let lines = LineIndex::new(text);
+        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| lines.line(s.start));
+            SpecErrors(vec![SpecError {
+                file: file.to_path_buf(),
+                line,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut v = Validator {
+            file: file.to_path_buf(),
+            lines,
+            errors: Vec::new(),
+        };
+        let spec = v.spec(raw);
+        if v.errors.is_empty() {
+            Ok(spec)
+        } else {
+            v.errors.sort_by_key(|e| e.line);
+            Err(SpecErrors(v.errors))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ raw TOML
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    pipeline: Option<S<RawPipeline>>,
+    #[serde(default)]
+    domain: Vec<S<RawDomain>>,
+    #[serde(default)]
+    metric: Vec<S<RawMetric>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    idle_timeout: Option<S<String>>,
+    emit_interval: Option<S<String>>,
+    late_events: Option<S<String>>,
+    aggregated_topic: Option<S<String>>,
+    dead_letter_topic: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    name: S<String>,
+    topic: S<String>,
+    #[serde(default)]
+    partitions: Option<S<i64>>,
+    #[serde(default)]
+    replication: Option<S<i64>>,
+    retention: Option<S<String>>,
+    cleanup_policy: Option<S<String>>,
+    compression: Option<S<String>>,
+    key: S<String>,
+    time_field: S<String>,
+    #[serde(default)]
+    mutable: bool,
+    fields: Vec<S<RawField>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: S<String>,
+    #[serde(rename = "type")]
+    ty: S<String>,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    dimension: bool,
+    values: Option<S<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetric {
+    name: S<String>,
+    domain: S<String>,
+    group_by: Option<S<Vec<String>>>,
+    window: S<String>,
+    slide: Option<S<String>>,
+    lateness: Option<S<String>>,
+    aggregates: Vec<S<RawAggregate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregate {
+    name: S<String>,
+    #[serde(rename = "fn")]
+    func: S<String>,
+    field: Option<S<String>>,
+    filter: Option<S<RawFilter>>,
+    q: Option<S<f64>>,
+    numerator: Option<S<String>>,
+    denominator: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    field: S<String>,
+    eq: Option<toml::Value>,
+    #[serde(rename = "in")]
+    one_of: Option<Vec<toml::Value>>,
+    non_empty: Option<bool>,
+}
+
+// ------------------------------------------------------------------ validation
+
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    lines: LineIndex,
+    errors: Vec<SpecError>,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 64
+}
+
+fn is_topic_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 249
+        && s != "."
+        && s != ".."
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl Validator {
+    fn err<T>(&mut self, at: &S<T>, message: impl Into<String>) {
+        let line = self.lines.line(at.span().start);
+        self.errors.push(SpecError {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, at: &S<String>, what: &str) -> Option<Millis> {
+        match parse_duration(at.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(at, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn opt_duration(&mut self, at: &Option<S<String>>, what: &str, default: Millis) -> Millis {
+        at.as_ref()
+            .and_then(|d| self.duration(d, what))
+            .unwrap_or(default)
+    }
+
+    fn spec(&mut self, raw: RawSpec) -> Spec {
+        let pipeline = self.pipeline(raw.pipeline.as_ref().map(|p| p.get_ref()));
+        let mut domains = Vec::new();
+        let mut names = HashSet::new();
+        let mut topics = HashSet::new();
+        for d in &raw.domain {
+            let name = d.get_ref().name.get_ref().clone();
+            if !names.insert(name.clone()) {
+                self.err(&d.get_ref().name, format!("duplicate domain name `{name}`"));
+            }
+            let topic = d.get_ref().topic.get_ref().clone();
+            if !topics.insert(topic.clone()) {
+                self.err(&d.get_ref().topic, format!("domain `{name}`: topic `{topic}` is already used by another domain"));
+            }
+            if topic == pipeline.aggregated_topic || topic == pipeline.dead_letter_topic {
+                self.err(&d.get_ref().topic, format!("domain `{name}`: topic `{topic}` is reserved for Pulse's own output"));
+            }
+            if let Some(domain) = self.domain(d.get_ref()) {
+                domains.push(domain);
+            }
+        }
+        if raw.domain.is_empty() {
+            self.errors.push(SpecError {
+                file: self.file.clone(),
+                line: 1,
+                message: "the spec declares no [[domain]]".into(),
+            });
+        }
+        let mut metrics = Vec::new();
+        let mut metric_names = HashSet::new();
+        for m in &raw.metric {
+            let name = m.get_ref().name.get_ref().clone();
+            if !metric_names.insert(name.clone()) {
+                self.err(&m.get_ref().name, format!("duplicate metric name `{name}`"));
+            }
+            if names.contains(&name) {
+                self.err(&m.get_ref().name, format!("metric `{name}` has the name of a domain (both become ClickHouse tables)"));
+            }
+            if let Some(metric) = self.metric(m.get_ref(), &domains, &raw.domain) {
+                metrics.push(metric);
+            }
+        }
+        Spec {
+            file: self.file.clone(),
+            pipeline,
+            domains,
+            metrics,
+        }
+    }
+
+    fn pipeline(&mut self, raw: Option<&RawPipeline>) -> Pipeline {
+        let mut p = Pipeline {
+            idle_timeout: Millis(10_000),
+            emit_interval: Millis(200),
+            late_events: LatePolicy::Drop,
+            aggregated_topic: "analytics-aggregated".into(),
+            dead_letter_topic: "pulse-dead-letter".into(),
+        };
+        let Some(raw) = raw else { return p };
+        p.idle_timeout = self.opt_duration(&raw.idle_timeout, "idle_timeout", p.idle_timeout);
+        p.emit_interval = self.opt_duration(&raw.emit_interval, "emit_interval", p.emit_interval);
+        if let Some(e) = &raw.emit_interval
+            && p.emit_interval.ms() == 0
+        {
+            self.err(e, "emit_interval must be greater than 0");
+        }
+        if let Some(l) = &raw.late_events {
+            match l.get_ref().as_str() {
+                "drop" => p.late_events = LatePolicy::Drop,
+                "dead_letter" => p.late_events = LatePolicy::DeadLetter,
+                other => self.err(l, format!("late_events: unknown policy `{other}` (use drop or dead_letter)")),
+            }
+        }
+        for (slot, raw_topic) in [
+            (&mut p.aggregated_topic, &raw.aggregated_topic),
+            (&mut p.dead_letter_topic, &raw.dead_letter_topic),
+        ] {
+            if let Some(t) = raw_topic {
+                if is_topic_name(t.get_ref()) {
+                    *slot = t.get_ref().clone();
+                } else {
+                    let msg = format!("`{}` is not a valid Kafka topic name", t.get_ref());
+                    self.err(t, msg);
+                }
+            }
+        }
+        p
+    }
+
+    fn domain(&mut self, raw: &RawDomain) -> Option<Domain> {
+        let name = raw.name.get_ref().clone();
+        let before = self.errors.len();
+        if !is_identifier(&name) {
+            self.err(&raw.name, format!("domain name `{name}` must be a lowercase identifier ([a-z_][a-z0-9_]*)"));
+        }
+        if !is_topic_name(raw.topic.get_ref()) {
+            self.err(&raw.topic, format!("domain `{name}`: `{}` is not a valid Kafka topic name", raw.topic.get_ref()));
+        }
+        let partitions = match &raw.partitions {
+            None => 1,
+            Some(p) if (1..=10_000).contains(p.get_ref()) => *p.get_ref() as i32,
+            Some(p) => {
+                self.err(p, format!("domain `{name}`: partitions must be between 1 and 10000"));
+                1
+            }
+        };
+        let replication = match &raw.replication {
+            None => 1,
+            Some(r) if (1..=16).contains(r.get_ref()) => *r.get_ref() as i32,
+            Some(r) => {
+                self.err(r, format!("domain `{name}`: replication must be between 1 and 16"));
+                1
+            }
+        };
+        let retention = self.opt_duration(&raw.retention, &format!("domain `{name}`: retention"), Millis(7 * 86_400_000));
+        let cleanup_policy = match &raw.cleanup_policy {
+            None => "delete".to_string(),
+            Some(c) => {
+                let v = c.get_ref().replace(' ', "");
+                if !matches!(v.as_str(), "delete" | "compact" | "compact,delete" | "delete,compact") {
+                    self.err(c, format!("domain `{name}`: cleanup_policy `{}` must be delete, compact or compact,delete", c.get_ref()));
+                }
+                v
+            }
+        };
+        let compression = match &raw.compression {
+            None => "lz4".to_string(),
+            Some(c) => {
+                if !matches!(c.get_ref().as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd" | "producer") {
+                    self.err(c, format!("domain `{name}`: compression `{}` must be one of none, gzip, snappy, lz4, zstd, producer", c.get_ref()));
+                }
+                c.get_ref().clone()
+            }
+        };
+
+        let mut fields = Vec::new();
+        let mut seen = HashSet::new();
+        for f in &raw.fields {
+            let f = f.get_ref();
+            let fname = f.name.get_ref().clone();
+            if !is_identifier(&fname) {
+                self.err(&f.name, format!("domain `{name}`: field name `{fname}` must be a lowercase identifier"));
+            }
+            if !seen.insert(fname.clone()) {
+                self.err(&f.name, format!("domain `{name}`: duplicate field `{fname}`"));
+            }
+            if RESERVED_RAW_COLUMNS.contains(&fname.as_str()) || fname.starts_with('_') {
+                self.err(&f.name, format!("domain `{name}`: field name `{fname}` is reserved"));
+            }
+            let ty = match f.ty.get_ref().as_str() {
+                "string" => FieldType::String,
+                "enum" => FieldType::Enum(Vec::new()),
+                "int" => FieldType::Int,
+                "float" => FieldType::Float,
+                "bool" => FieldType::Bool,
+                "timestamp" => FieldType::Timestamp,
+                "point" => FieldType::Point,
+                other => {
+                    self.err(&f.ty, format!("domain `{name}`: field `{fname}` has unknown type `{other}` (string, enum, int, float, bool, timestamp, point)"));
+                    continue;
+                }
+            };
+            let ty = match (ty, &f.values) {
+                (FieldType::Enum(_), Some(values)) => {
+                    let vals = values.get_ref();
+                    let unique: HashSet<&String> = vals.iter().collect();
+                    if vals.is_empty() || vals.len() > 255 {
+                        self.err(values, format!("domain `{name}`: enum field `{fname}` needs between 1 and 255 values"));
+                    } else if unique.len() != vals.len() {
+                        self.err(values, format!("domain `{name}`: enum field `{fname}` has duplicate values"));
+                    }
+                    FieldType::Enum(vals.clone())
+                }
+                (FieldType::Enum(_), None) => {
+                    self.err(&f.ty, format!("domain `{name}`: enum field `{fname}` needs `values = [...]`"));
+                    continue;
+                }
+                (ty, Some(values)) => {
+                    self.err(values, format!("domain `{name}`: field `{fname}` of type {} cannot have `values` (only enum fields can)", ty.name()));
+                    ty
+                }
+                (ty, None) => ty,
+            };
+            if f.dimension && !matches!(ty, FieldType::String | FieldType::Enum(_)) {
+                self.err(&f.name, format!("domain `{name}`: field `{fname}` of type {} cannot be a dimension (only string and enum fields can)", ty.name()));
+            }
+            fields.push(Field {
+                name: fname,
+                ty,
+                optional: f.optional,
+                dimension: f.dimension,
+            });
+        }
+
+        let find = |field: &S<String>| fields.iter().position(|f| &f.name == field.get_ref());
+        let key = find(&raw.key);
+        match key {
+            None => self.err(&raw.key, format!("domain `{name}`: key `{}` is not a field of the domain", raw.key.get_ref())),
+            Some(k) => {
+                let f = &fields[k];
+                if !matches!(f.ty, FieldType::String | FieldType::Enum(_) | FieldType::Int) || f.optional {
+                    self.err(&raw.key, format!("domain `{name}`: key `{}` must be a required string or int field", f.name));
+                }
+            }
+        }
+        if raw.mutable && raw.key.get_ref() != EVENT_ID {
+            self.err(&raw.key, format!("domain `{name}`: a mutable domain is keyed by `{EVENT_ID}` (updates and deletes address events by id)"));
+        }
+        let time_field = find(&raw.time_field);
+        match time_field {
+            None => self.err(&raw.time_field, format!("domain `{name}`: time_field `{}` is not a field of the domain", raw.time_field.get_ref())),
+            Some(t) => {
+                let f = &fields[t];
+                if f.ty != FieldType::Timestamp || f.optional {
+                    self.err(&raw.time_field, format!("domain `{name}`: time_field `{}` must be a required timestamp field", f.name));
+                }
+            }
+        }
+        if let Some(i) = fields.iter().position(|f| f.name == EVENT_ID) {
+            if fields[i].ty != FieldType::String {
+                self.err(&raw.name, format!("domain `{name}`: field `{EVENT_ID}` must be a string"));
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Domain {
+            name,
+            topic: raw.topic.get_ref().clone(),
+            partitions,
+            replication,
+            retention,
+            cleanup_policy,
+            compression,
+            key: key?,
+            time_field: time_field?,
+            mutable: raw.mutable,
+            fields,
+        })
+    }
+
+    fn metric(&mut self, raw: &RawMetric, domains: &[Domain], raw_domains: &[S<RawDomain>]) -> Option<Metric> {
+        let name = raw.name.get_ref().clone();
+        let before = self.errors.len();
+        if !is_identifier(&name) {
+            self.err(&raw.name, format!("metric name `{name}` must be a lowercase identifier"));
+        }
+        let Some(domain_index) = domains.iter().position(|d| &d.name == raw.domain.get_ref()) else {
+            // A domain that failed validation has already been reported; do not pile on.
+            if !raw_domains.iter().any(|d| d.get_ref().name.get_ref() == raw.domain.get_ref()) {
+                self.err(&raw.domain, format!("metric `{name}`: unknown domain `{}`", raw.domain.get_ref()));
+            }
+            return None;
+        };
+        let domain = &domains[domain_index];
+        let field = |this: &mut Self, at: &S<String>, role: &str| -> Option<usize> {
+            let idx = domain.field_index(at.get_ref());
+            if idx.is_none() {
+                this.err(at, format!("metric `{name}`: {role} `{}` is not a field of domain `{}`", at.get_ref(), domain.name));
+            }
+            idx
+        };
+
+        let mut group_by = Vec::new();
+        let mut group_names = HashSet::new();
+        let no_groups = S::new(raw.name.span(), Vec::new());
+        let raw_group_by = raw.group_by.as_ref().unwrap_or(&no_groups);
+        for g in raw_group_by.get_ref() {
+            let at = S::new(raw_group_by.span(), g.clone());
+            if let Some(i) = field(self, &at, "group_by field") {
+                let f = &domain.fields[i];
+                if !matches!(f.ty, FieldType::String | FieldType::Enum(_) | FieldType::Int | FieldType::Bool) {
+                    self.err(raw_group_by, format!("metric `{name}`: cannot group by `{g}` of type {}", f.ty.name()));
+                }
+                if !group_names.insert(g.clone()) {
+                    self.err(raw_group_by, format!("metric `{name}`: `{g}` appears twice in group_by"));
+                }
+                group_by.push(i);
+            }
+        }
+
+        let window = self.duration(&raw.window, &format!("metric `{name}`: window"));
+        let slide = match &raw.slide {
+            Some(s) => self.duration(s, &format!("metric `{name}`: slide")),
+            None => window,
+        };
+        let lateness = self.opt_duration(&raw.lateness, &format!("metric `{name}`: lateness"), Millis(0));
+        if let (Some(w), Some(s)) = (window, slide) {
+            let at = raw.slide.as_ref().unwrap_or(&raw.window);
+            if w.ms() <= 0 || s.ms() <= 0 {
+                self.err(at, format!("metric `{name}`: window and slide must be greater than 0"));
+            } else if w.ms() % s.ms() != 0 {
+                self.err(at, format!("metric `{name}`: window {w} is not a multiple of slide {s}"));
+            } else if w.ms() / s.ms() > 1440 {
+                self.err(at, format!("metric `{name}`: window {w} / slide {s} gives more than 1440 windows per event"));
+            }
+        }
+
+        let mut aggregates: Vec<Aggregate> = Vec::new();
+        let mut agg_names = HashSet::new();
+        // Ratios refer to other aggregates by name; resolve them after the first pass.
+        let mut ratios = Vec::new();
+        for a in &raw.aggregates {
+            let a = a.get_ref();
+            let aname = a.name.get_ref().clone();
+            if !is_identifier(&aname) {
+                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` must be a lowercase identifier"));
+            }
+            if !agg_names.insert(aname.clone()) {
+                self.err(&a.name, format!("metric `{name}`: duplicate aggregate `{aname}`"));
+            }
+            if group_names.contains(&aname) || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
+                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` clashes with a column of the metric table"));
+            }
+            let func = a.func.get_ref().as_str();
+            let needs_field = matches!(func, "sum" | "avg" | "min" | "max" | "count_distinct" | "quantile");
+            let f = match (&a.field, needs_field) {
+                (Some(fld), true) => field(self, fld, "field"),
+                (None, true) => {
+                    self.err(&a.func, format!("metric `{name}`: aggregate `{aname}` ({func}) needs `field`"));
+                    None
+                }
+                (Some(fld), false) => {
+                    self.err(fld, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `field`"));
+                    None
+                }
+                (None, false) => None,
+            };
+            if let Some(fi) = f {
+                let fty = &domain.fields[fi].ty;
+                let numeric_only = matches!(func, "sum" | "avg" | "min" | "max" | "quantile");
+                if numeric_only && !fty.is_numeric() && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp) {
+                    if let Some(fld) = &a.field {
+                        self.err(fld, format!("metric `{name}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", domain.fields[fi].name, fty.name()));
+                    }
+                }
+                if func == "count_distinct" && *fty == FieldType::Point {
+                    if let Some(fld) = &a.field {
+                        self.err(fld, format!("metric `{name}`: cannot count distinct points"));
+                    }
+                }
+            }
+            if func != "quantile" {
+                if let Some(q) = &a.q {
+                    self.err(q, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `q`"));
+                }
+            }
+            if func != "ratio" {
+                for r in [&a.numerator, &a.denominator].into_iter().flatten() {
+                    self.err(r, format!("metric `{name}`: only ratio aggregates take numerator/denominator"));
+                }
+            }
+            let kind = match func {
+                "count" => Some(AggKind::Count),
+                "sum" => f.map(AggKind::Sum),
+                "avg" => f.map(AggKind::Avg),
+                "min" => f.map(AggKind::Min),
+                "max" => f.map(AggKind::Max),
+                "count_distinct" => f.map(AggKind::CountDistinct),
+                "quantile" => match &a.q {
+                    Some(q) if (0.0..=1.0).contains(q.get_ref()) => f.map(|f| AggKind::Quantile(f, *q.get_ref())),
+                    Some(q) => {
+                        self.err(q, format!("metric `{name}`: quantile q must be between 0 and 1"));
+                        None
+                    }
+                    None => {
+                        self.err(&a.func, format!("metric `{name}`: quantile `{aname}` needs `q` (e.g. q = 0.95)"));
+                        None
+                    }
+                },
+                "ratio" => {
+                    match (&a.numerator, &a.denominator) {
+                        (Some(n), Some(d)) => ratios.push((aggregates.len(), n, d)),
+                        _ => self.err(&a.func, format!("metric `{name}`: ratio `{aname}` needs numerator and denominator (names of other aggregates)")),
+                    }
+                    if a.filter.is_some() {
+                        self.err(&a.func, format!("metric `{name}`: a ratio takes its filters from its numerator and denominator"));
+                    }
+                    Some(AggKind::Ratio(usize::MAX, usize::MAX))
+                }
+                other => {
+                    self.err(&a.func, format!("metric `{name}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"));
+                    None
+                }
+            };
+            let filter = a.filter.as_ref().and_then(|flt| self.filter(flt, &name, domain));
+            if let Some(kind) = kind {
+                aggregates.push(Aggregate { name: aname, kind, filter });
+            }
+        }
+        for (slot, n, d) in ratios {
+            let resolve = |this: &mut Self, at: &S<String>| -> Option<usize> {
+                match raw.aggregates.iter().position(|a| a.get_ref().name.get_ref() == at.get_ref()) {
+                    None => {
+                        this.err(at, format!("metric `{name}`: ratio refers to unknown aggregate `{}`", at.get_ref()));
+                        None
+                    }
+                    Some(i) => {
+                        let target = aggregates.iter().position(|a| &a.name == at.get_ref());
+                        match target.map(|t| &aggregates[t].kind) {
+                            Some(AggKind::Ratio(..)) => {
+                                this.err(at, format!("metric `{name}`: a ratio cannot refer to another ratio (`{}`)", at.get_ref()));
+                                None
+                            }
+                            Some(AggKind::Count | AggKind::Sum(_) | AggKind::CountDistinct(_)) => target,
+                            Some(_) => {
+                                this.err(at, format!("metric `{name}`: a ratio's parts must be count, sum or count_distinct aggregates (`{}` is not)", at.get_ref()));
+                                None
+                            }
+                            None => {
+                                let _ = i;
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            let num = resolve(self, n);
+            let den = resolve(self, d);
+            if let (Some(num), Some(den)) = (num, den)
+                && let Some(a) = aggregates.get_mut(slot)
+            {
+                a.kind = AggKind::Ratio(num, den);
+            }
+        }
+        if raw.aggregates.is_empty() {
+            self.err(&raw.name, format!("metric `{name}` has no aggregates"));
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Metric {
+            name,
+            domain: domain_index,
+            group_by,
+            window: window?,
+            slide: slide?,
+            lateness,
+            aggregates,
+        })
+    }
+
+    fn filter(&mut self, raw: &S<RawFilter>, metric: &str, domain: &Domain) -> Option<Filter> {
+        let r = raw.get_ref();
+        let Some(fi) = domain.field_index(r.field.get_ref()) else {
+            self.err(&r.field, format!("metric `{metric}`: filter on `{}`, which is not a field of domain `{}`", r.field.get_ref(), domain.name));
+            return None;
+        };
+        let field = &domain.fields[fi];
+        let given = usize::from(r.eq.is_some()) + usize::from(r.one_of.is_some()) + usize::from(r.non_empty.is_some());
+        if given != 1 {
+            self.err(raw, format!("metric `{metric}`: a filter takes exactly one of `eq`, `in`, `non_empty`"));
+            return None;
+        }
+        if let Some(v) = &r.eq {
+            return self.literal(raw, metric, field, v).map(|l| Filter::Eq(fi, l));
+        }
+        if let Some(vs) = &r.one_of {
+            let lits: Vec<_> = vs.iter().filter_map(|v| self.literal(raw, metric, field, v)).collect();
+            return (lits.len() == vs.len() && !lits.is_empty()).then_some(Filter::In(fi, lits));
+        }
+        if r.non_empty == Some(true) {
+            if !matches!(field.ty, FieldType::String | FieldType::Enum(_)) && !field.optional {
+                self.err(raw, format!("metric `{metric}`: non_empty needs a string field or an optional field, `{}` is a required {}", field.name, field.ty.name()));
+                return None;
+            }
+            return Some(Filter::NonEmpty(fi));
+        }
+        self.err(raw, format!("metric `{metric}`: `non_empty = false` filters nothing; remove the filter"));
+        None
+    }
+
+    fn literal(&mut self, at: &S<RawFilter>, metric: &str, field: &Field, v: &toml::Value) -> Option<Literal> {
+        let lit = match (&field.ty, v) {
+            (FieldType::Enum(values), toml::Value::String(s)) => match values.iter().position(|x| x == s) {
+                Some(i) => Some(Literal::Enum(i as u8)),
+                None => {
+                    self.err(at, format!("metric `{metric}`: `{s}` is not a value of enum field `{}` ({})", field.name, values.join(", ")));
+                    return None;
+                }
+            },
+            (FieldType::String, toml::Value::String(s)) => Some(Literal::Str(s.clone())),
+            (FieldType::Int, toml::Value::Integer(i)) => Some(Literal::Int(*i)),
+            (FieldType::Float, toml::Value::Float(f)) => Some(Literal::Float(*f)),
+            (FieldType::Float, toml::Value::Integer(i)) => Some(Literal::Float(*i as f64)),
+            (FieldType::Bool, toml::Value::Boolean(b)) => Some(Literal::Bool(*b)),
+            _ => None,
+        };
+        if lit.is_none() {
+            self.err(at, format!("metric `{metric}`: filter value {} does not match field `{}` of type {}", toml_literal(v), field.name, field.ty.name()));
+        }
+        lit
+    }
+}
+
+fn toml_literal(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => other.type_str().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_spec() -> Spec {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        match Spec::load(&path) {
+            Ok(s) => s,
+            Err(e) => panic!("default spec must be valid:\n{e}"),
+        }
+    }
+
+    #[test]
+    fn default_spec_is_valid_and_complete() {
+        let spec = default_spec();
+        let names: Vec<_> = spec.domains.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["rides", "driver_locations", "app_events"]);
+        let rides = spec.domain("rides").expect("rides");
+        assert_eq!(rides.topic, "ride-events");
+        assert_eq!(rides.partitions, 12);
+        assert_eq!(rides.retention, Millis(7 * 86_400_000));
+        assert_eq!(rides.key_field().name, "ride_id");
+        assert!(!rides.mutable);
+        let dl = spec.domain("driver_locations").expect("driver_locations");
+        assert_eq!((dl.partitions, dl.cleanup_policy.as_str()), (24, "compact,delete"));
+        assert!(spec.domain("app_events").expect("app_events").mutable);
+
+        let city = spec.metric("city_metrics").expect("city_metrics");
+        assert_eq!((city.window, city.slide, city.lateness), (Millis(300_000), Millis(60_000), Millis(30_000)));
+        assert_eq!(city.windows_per_event(), 5);
+        let rate = &city.aggregates[city.aggregate_index("cancellation_rate").expect("rate")];
+        let cancels = city.aggregate_index("cancellations").expect("cancellations");
+        let requests = city.aggregate_index("requests").expect("requests");
+        assert_eq!(rate.kind, AggKind::Ratio(cancels, requests));
+        let ev = spec.metric("event_metrics").expect("event_metrics");
+        assert!(ev.aggregates.iter().any(|a| matches!(a.kind, AggKind::Quantile(_, q) if q == 0.95)));
+        assert_eq!(spec.pipeline.emit_interval, Millis(200));
+    }
+
+    const BASE: &str = r#"
+[[domain]]
+name = "rides"
+topic = "ride-events"
+key = "ride_id"
+time_field = "ts"
+fields = [
+  { name = "ride_id", type = "string" },
+  { name = "city", type = "string", dimension = true },
+  { name = "kind", type = "enum", values = ["a", "b"] },
+  { name = "fare", type = "float" },
+  { name = "ts", type = "timestamp" },
+]
+"#;
+
+    fn errors(extra: &str) -> Vec<String> {
+        let text = format!("{BASE}{extra}");
+        match Spec::parse(Path::new("t.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn assert_error(extra: &str, line: usize, needle: &str) {
+        let errs = errors(extra);
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("t.toml:{line}: ")) && e.contains(needle)),
+            "expected an error at line {line} containing {needle:?}, got {errs:#?}"
+        );
+    }
+
+    const METRIC_HEAD: &str = "\n[[metric]]\nname = \"m\"\ndomain = \"rides\"\ngroup_by = [\"city\"]\n";
+    // BASE ends at line 13; METRIC_HEAD fills lines 14..=18, so the next line is 19.
+
+    #[test]
+    fn valid_metric_passes() {
+        assert_eq!(errors(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"1m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_field_in_metric() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\ncolour = 3\naggregates = []\n"), 20, "unknown field `colour`");
+    }
+
+    #[test]
+    fn unknown_aggregate() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n  {{ name = \"n\", fn = \"median\" }},\n]\n"), 21, "unknown aggregate function `median`");
+    }
+
+    #[test]
+    fn window_not_multiple_of_slide() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"), 20, "window 5m is not a multiple of slide 2m");
+    }
+
+    #[test]
+    fn bad_duration() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5 minutes\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"), 19, "window: duration `5 minutes`");
+    }
+
+    #[test]
+    fn duplicate_names() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\" }},\n{{ name = \"n\", fn = \"count\" }},\n]\n"), 22, "duplicate aggregate `n`");
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"), 23, "duplicate metric name `m`");
+        assert_error("\n[[domain]]\nname = \"rides\"\ntopic = \"other\"\nkey = \"k\"\ntime_field = \"t\"\nfields = [{ name = \"k\", type = \"string\" }, { name = \"t\", type = \"timestamp\" }]\n", 16, "duplicate domain name `rides`");
+    }
+
+    #[test]
+    fn filter_on_missing_field() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"colour\", eq = \"red\" }} }},\n]\n"), 21, "filter on `colour`, which is not a field of domain `rides`");
+    }
+
+    #[test]
+    fn filter_value_not_in_enum() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"kind\", eq = \"c\" }} }},\n]\n"), 21, "`c` is not a value of enum field `kind`");
+    }
+
+    #[test]
+    fn unknown_group_field_and_domain() {
+        let text = "\n[[metric]]\nname = \"m\"\ndomain = \"rides\"\ngroup_by = [\"country\"]\nwindow = \"5m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
+        assert_error(text, 18, "group_by field `country` is not a field");
+        let text = "\n[[metric]]\nname = \"m\"\ndomain = \"trips\"\nwindow = \"5m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
+        assert_error(text, 17, "unknown domain `trips`");
+    }
+
+    #[test]
+    fn numeric_aggregate_on_string_and_bad_ratio() {
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"s\", fn = \"sum\", field = \"city\" }},\n]\n"), 21, "needs a numeric field");
+        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"r\", fn = \"ratio\", numerator = \"x\", denominator = \"r\" }},\n]\n"), 21, "unknown aggregate `x`");
+    }
+
+    #[test]
+    fn domain_errors() {
+        let text = "\n[[domain]]\nname = \"Bad Name\"\ntopic = \"t2\"\nkey = \"nope\"\ntime_field = \"k\"\nfields = [{ name = \"k\", type = \"strin\" }]\n";
+        assert_error(text, 16, "must be a lowercase identifier");
+        assert_error(text, 20, "unknown type `strin`");
+        assert_error(text, 18, "key `nope` is not a field");
+    }
+
+    #[test]
+    fn syntax_errors_have_lines() {
+        assert_error("\n[[metric]\n", 15, "");
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let errs = errors(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [\n{{ name = \"n\", fn = \"nope\" }},\n{{ name = \"s\", fn = \"sum\", field = \"nope\" }},\n]\n"));
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything Pulse's tests and demo need on a fresh machine; idempotent.
+#   - Debian packages for the build and browser tests (only if missing)
+#   - the Python venv with chDB (ClickHouse engine) and Tansu (Kafka broker), via scripts/stack
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+need_pkgs=()
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v make >/dev/null || need_pkgs+=(make)
+command -v gcc >/dev/null || need_pkgs+=(gcc)
+if ((${#need_pkgs[@]})); then
+  echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
+  if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+fi
+"$ROOT/scripts/stack" setup

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need, starts
+# the local stack (chDB ClickHouse + Tansu Kafka), runs every test, stops the stack.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Tests get their own ports so that a running demo does not disturb them.
+export PULSE_CHDB_PORT="${PULSE_TEST_CHDB_PORT:-18123}"
+export PULSE_TANSU_PORT="${PULSE_TEST_TANSU_PORT:-19092}"
+export PULSE_STACK_DIR="${PULSE_TEST_STACK_DIR:-$ROOT/.stack/test}"
+export PULSE_CLICKHOUSE_URL="http://127.0.0.1:$PULSE_CHDB_PORT"
+export PULSE_KAFKA_BROKERS="127.0.0.1:$PULSE_TANSU_PORT"
+export PULSE_TEST_STACK=1
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/setup.sh
+rm -rf "$PULSE_STACK_DIR"
+trap 'scripts/stack down' EXIT
+scripts/stack up
+
+echo "== ClickHouse front-end self-test"
+scripts/stack python scripts/test_chdb_server.py
+
+echo "== cargo test"
+cargo test --workspace --locked -- --test-threads "${PULSE_TEST_THREADS:-4}"
+echo "== all tests passed"

@@ -1,0 +1,26 @@
+//! `pulse`: one binary, one subcommand per deployment.
+
+mod bench;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing(&cli.global.log);
+    let result = match cli.command {
+        Command::Check(args) => cli::check(&args),
+        Command::Bench(args) => bench::run(&cli.global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -40,8 +40,80 @@ pub fn load_spec(path: &Path) -> anyhow::Result<Spec> {
 pub enum Command {
     /// Validate a spec; prints every error as FILE:LINE: message.
     Check(CheckArgs),
+    /// Create or verify every Kafka topic of the spec (idempotent; reports drift it cannot fix).
+    Topics(TopicsArgs),
+    /// Apply the spec's ClickHouse schema (idempotent; additive changes only).
+    Migrate(MigrateArgs),
+    /// Consume the domain topics and store every raw event in ClickHouse.
+    Sink(crate::services::SinkArgs),
     /// Measure Pulse's throughput.
     Bench(crate::bench::BenchArgs),
+}
+
+/// Kafka connection (librdkafka properties pass through as PULSE_KAFKA_<PROPERTY>).
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers.
+    #[arg(long = "kafka-brokers", env = "PULSE_KAFKA_BROKERS", default_value = pulse_kafka::config::DEFAULT_BROKERS)]
+    pub brokers: String,
+}
+
+impl KafkaArgs {
+    pub fn config(&self) -> pulse_kafka::KafkaConfig {
+        pulse_kafka::KafkaConfig::from_env(self.brokers.clone())
+    }
+}
+
+/// ClickHouse connection.
+#[derive(Args, Clone, Debug)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(long = "clickhouse-url", env = "PULSE_CLICKHOUSE_URL", default_value = pulse_sink::config::DEFAULT_URL)]
+    pub url: String,
+    /// Database holding Pulse's tables.
+    #[arg(long = "clickhouse-database", env = "PULSE_CLICKHOUSE_DATABASE", default_value = pulse_sink::config::DEFAULT_DATABASE)]
+    pub database: String,
+    #[arg(long = "clickhouse-user", env = "PULSE_CLICKHOUSE_USER")]
+    pub user: Option<String>,
+    #[arg(long = "clickhouse-password", env = "PULSE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Compress INSERT bodies with LZ4.
+    #[arg(long = "clickhouse-compress", env = "PULSE_CLICKHOUSE_COMPRESS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compress: bool,
+    /// Timeout of one query or insert, in seconds.
+    #[arg(long = "clickhouse-timeout", env = "PULSE_CLICKHOUSE_TIMEOUT", default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl ClickHouseArgs {
+    pub fn config(&self) -> pulse_sink::ClickHouseConfig {
+        pulse_sink::ClickHouseConfig {
+            url: self.url.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            compress: self.compress,
+            timeout: std::time::Duration::from_secs(self.timeout_secs.max(1)),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Only report differences; change nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Print the statements that would run; apply nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]
@@ -72,11 +144,5 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn init_tracing(filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(true)
-        .try_init();
+    pulse_ops::init_tracing(filter);
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod services;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ fn main() -> ExitCode {
     cli::init_tracing(&cli.global.log);
     let result = match cli.command {
         Command::Check(args) => cli::check(&args),
+        Command::Topics(args) => services::topics(&cli.global, &args),
+        Command::Migrate(args) => services::migrate(&cli.global, &args),
+        Command::Sink(args) => services::sink(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, args),
     };
     match result {

@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod duration;
 pub mod generate;
+pub mod metric_row;
 pub mod process;
 pub mod spec;
 pub mod value;

@@ -1,0 +1,170 @@
+//! What every Pulse service has: a Prometheus registry, an operations HTTP
+//! server (`/health`, `/ready`, `/metrics`), tracing set-up, and a shutdown
+//! signal (SIGTERM / Ctrl-C) that services turn into flush-and-commit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::sync::watch;
+
+pub use prometheus;
+
+/// Readiness of a service: set once its dependencies are reachable; cleared when they are lost.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    registry: Registry,
+    ready: Readiness,
+    service: &'static str,
+}
+
+/// Routes `/health` (the process is alive), `/ready` (its dependencies are
+/// reachable) and `/metrics` (Prometheus text format).
+pub fn ops_router<S: Clone + Send + Sync + 'static>(service: &'static str, registry: Registry, ready: Readiness) -> Router<S> {
+    let state = OpsState { registry, ready, service };
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(readiness))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn health(State(s): State<OpsState>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"status\":\"ok\",\"service\":\"{}\"}}", s.service)).into_response()
+}
+
+async fn readiness(State(s): State<OpsState>) -> Response {
+    if s.ready.get() {
+        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"ready\":true}").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json"), (header::RETRY_AFTER, "1")], "{\"ready\":false}").into_response()
+    }
+}
+
+async fn metrics(State(s): State<OpsState>) -> Response {
+    let mut buf = Vec::new();
+    let families = s.registry.gather();
+    match TextEncoder::new().encode(&families, &mut buf) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Serves the operations endpoints on their own address until `shutdown` fires.
+pub async fn serve_ops(service: &'static str, addr: SocketAddr, registry: Registry, ready: Readiness, shutdown: Shutdown) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "{service}: /health /ready /metrics");
+    let app: Router = ops_router(service, registry, ready);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
+}
+
+/// A shutdown signal shared by every task of a service.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        Shutdown { rx, tx: Arc::new(tx) }
+    }
+
+    /// Asks every holder to stop.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once shutdown was triggered.
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Triggers on SIGTERM or Ctrl-C (SIGINT).
+    pub fn on_signals(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("cannot listen for SIGTERM: {e}");
+                        let _ = ctrl_c.await;
+                        this.trigger();
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!("interrupt: shutting down"),
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = ctrl_c.await;
+            }
+            this.trigger();
+        });
+    }
+}
+
+/// Registers a metric, panicking only on a programming error (duplicate name).
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    if let Err(e) = registry.register(Box::new(metric.clone())) {
+        tracing::error!("metric registration failed: {e}");
+    }
+    metric
+}
+
+/// Histogram buckets for latencies in seconds, 100 µs to 30 s.
+pub fn latency_buckets() -> Vec<f64> {
+    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+}
+
+/// Histogram buckets for sizes (rows, events), 1 to 1 M.
+pub fn size_buckets() -> Vec<f64> {
+    vec![1.0, 10.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0, 1_000_000.0]
+}
+
+pub fn init_tracing(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

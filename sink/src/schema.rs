@@ -1,0 +1,530 @@
+//! ClickHouse tables derived from the spec: one raw table per domain, one
+//! table per metric, plus Pulse's bookkeeping tables. This is where a spec
+//! field becomes a column type and where a row becomes RowBinary.
+
+use bytes::{BufMut, BytesMut};
+use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
+use pulse_model::spec::{AggKind, Domain, FieldType, Metric, Spec};
+use pulse_model::{Event, Op, Value};
+
+/// Table recording applied migrations.
+pub const MIGRATIONS_TABLE: &str = "pulse_migrations";
+/// Periodic pipeline figures written by the services (for the health dashboard).
+pub const STATS_TABLE: &str = "pulse_pipeline_stats";
+
+/// A column: name and ClickHouse type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: String,
+}
+
+impl Column {
+    fn new(name: impl Into<String>, ty: impl Into<String>) -> Column {
+        Column { name: name.into(), ty: ty.into() }
+    }
+}
+
+/// A table definition; `create_sql` renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub engine: String,
+    pub partition_by: Option<String>,
+    pub order_by: Vec<String>,
+    pub ttl: Option<String>,
+    pub comment: String,
+}
+
+/// Quotes an identifier for ClickHouse SQL (names come from the validated spec).
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+impl Table {
+    pub fn create_sql(&self, database: &str) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| format!("    {} {}", ident(&c.name), c.ty)).collect();
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {}.{}\n(\n{}\n)\nENGINE = {}",
+            ident(database),
+            ident(&self.name),
+            cols.join(",\n"),
+            self.engine
+        );
+        if let Some(p) = &self.partition_by {
+            sql.push_str(&format!("\nPARTITION BY {p}"));
+        }
+        let order: Vec<String> = self.order_by.iter().map(|c| ident(c)).collect();
+        sql.push_str(&format!("\nORDER BY ({})", order.join(", ")));
+        if let Some(t) = &self.ttl {
+            sql.push_str(&format!("\nTTL {t}"));
+        }
+        sql.push_str(&format!("\nCOMMENT '{}'", self.comment.replace('\'', "\\'")));
+        sql
+    }
+
+    /// `INSERT INTO db.table (cols) FORMAT RowBinary`
+    pub fn insert_sql(&self, database: &str) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| ident(&c.name)).collect();
+        format!("INSERT INTO {}.{} ({}) FORMAT RowBinary", ident(database), ident(&self.name), cols.join(", "))
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+// ---------------------------------------------------------------- raw tables
+
+/// Where a raw-table column's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawSource {
+    Field(usize),
+    PointLat(usize),
+    PointLng(usize),
+    EventId,
+    IngestedAt,
+    Version,
+    IsDeleted,
+    KafkaPartition,
+    KafkaOffset,
+}
+
+/// Encodings of the raw columns, matching the ClickHouse types chosen below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    Str,
+    NullStr,
+    I64,
+    NullI64,
+    F64,
+    NullF64,
+    Bool,
+    NullBool,
+    Time,
+    NullTime,
+    U64,
+    U8,
+    U16,
+}
+
+/// The raw table of one domain and its RowBinary encoder.
+#[derive(Debug, Clone)]
+pub struct RawTable {
+    pub table: Table,
+    sources: Vec<(RawSource, Enc)>,
+    enum_values: Vec<Option<Vec<String>>>,
+}
+
+/// Where a record came from, for provenance columns and derived ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Provenance<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The Kafka record's timestamp (ms), the default for `ingested_at` and versions.
+    pub timestamp_ms: i64,
+}
+
+fn field_column(name: &str, ty: &FieldType, optional: bool, dimension: bool) -> Vec<(Column, RawSource, Enc)> {
+    let _ = name;
+    let nullable = |t: &str| if optional { format!("Nullable({t})") } else { t.to_string() };
+    match ty {
+        FieldType::String | FieldType::Enum(_) if dimension || matches!(ty, FieldType::Enum(_)) => {
+            let t = if optional { "LowCardinality(Nullable(String))" } else { "LowCardinality(String)" };
+            vec![(Column::new(name, t), RawSource::Field(0), if optional { Enc::NullStr } else { Enc::Str })]
+        }
+        FieldType::String | FieldType::Enum(_) => vec![(Column::new(name, nullable("String")), RawSource::Field(0), if optional { Enc::NullStr } else { Enc::Str })],
+        FieldType::Int => vec![(Column::new(name, nullable("Int64")), RawSource::Field(0), if optional { Enc::NullI64 } else { Enc::I64 })],
+        FieldType::Float => vec![(Column::new(name, nullable("Float64")), RawSource::Field(0), if optional { Enc::NullF64 } else { Enc::F64 })],
+        FieldType::Bool => vec![(Column::new(name, nullable("Bool")), RawSource::Field(0), if optional { Enc::NullBool } else { Enc::Bool })],
+        FieldType::Timestamp => vec![(
+            Column::new(name, nullable("DateTime64(3, 'UTC')")),
+            RawSource::Field(0),
+            if optional { Enc::NullTime } else { Enc::Time },
+        )],
+        // A point is two columns; absent points are NULL in both.
+        FieldType::Point => vec![
+            (Column::new(format!("{name}_lat"), "Nullable(Float64)"), RawSource::PointLat(0), Enc::NullF64),
+            (Column::new(format!("{name}_lng"), "Nullable(Float64)"), RawSource::PointLng(0), Enc::NullF64),
+        ],
+    }
+}
+
+/// The raw table of a domain.
+///
+/// Immutable domains: `ReplacingMergeTree` ordered by (dimensions, time, key,
+/// event_id), partitioned by day. A replay after a crash inserts the very same
+/// rows again; the table key collapses them on merge and under `FINAL`.
+///
+/// Mutable domains: `ReplacingMergeTree(version, is_deleted)` ordered by
+/// `event_id` alone, so that every version of an event, whatever its time or
+/// dimensions, replaces the previous one. Replacement only happens inside one
+/// partition, and an update may move an event to another day, so mutable
+/// tables are not partitioned by time (TTL still expires old rows).
+pub fn raw_table(domain: &Domain) -> RawTable {
+    let mut cols = Vec::new();
+    let mut sources = Vec::new();
+    let mut enum_values = Vec::new();
+    for (i, f) in domain.fields.iter().enumerate() {
+        for (col, src, enc) in field_column(&f.name, &f.ty, f.optional, f.dimension) {
+            let src = match src {
+                RawSource::Field(_) => RawSource::Field(i),
+                RawSource::PointLat(_) => RawSource::PointLat(i),
+                RawSource::PointLng(_) => RawSource::PointLng(i),
+                other => other,
+            };
+            cols.push(col);
+            sources.push((src, enc));
+        }
+        enum_values.push(match &f.ty {
+            FieldType::Enum(v) => Some(v.clone()),
+            _ => None,
+        });
+    }
+    if !domain.declares_event_id() {
+        cols.push(Column::new("event_id", "String"));
+        sources.push((RawSource::EventId, Enc::Str));
+    }
+    for (name, ty, src, enc) in [
+        ("ingested_at", "DateTime64(3, 'UTC')", RawSource::IngestedAt, Enc::Time),
+        ("version", "UInt64", RawSource::Version, Enc::U64),
+        ("is_deleted", "UInt8", RawSource::IsDeleted, Enc::U8),
+        ("kafka_partition", "UInt16", RawSource::KafkaPartition, Enc::U16),
+        ("kafka_offset", "UInt64", RawSource::KafkaOffset, Enc::U64),
+    ] {
+        cols.push(Column::new(name, ty));
+        sources.push((src, enc));
+    }
+    let time = domain.time_field().name.clone();
+    let retention_days = (domain.retention.ms() / 86_400_000).max(1);
+    let ttl = Some(format!("toDateTime({}) + INTERVAL {retention_days} DAY", ident(&time)));
+    let table = if domain.mutable {
+        Table {
+            name: domain.name.clone(),
+            columns: cols,
+            engine: "ReplacingMergeTree(version, is_deleted)".into(),
+            partition_by: None,
+            order_by: vec!["event_id".into()],
+            ttl,
+            comment: format!("Pulse raw events of domain {} (mutable: latest version per event_id, FINAL hides deleted)", domain.name),
+        }
+    } else {
+        let mut order: Vec<String> = domain.fields.iter().filter(|f| f.dimension).map(|f| f.name.clone()).collect();
+        order.push(time.clone());
+        let key = domain.key_field().name.clone();
+        if !order.contains(&key) {
+            order.push(key);
+        }
+        if !order.iter().any(|c| c == "event_id") {
+            order.push("event_id".into());
+        }
+        Table {
+            name: domain.name.clone(),
+            columns: cols,
+            engine: "ReplacingMergeTree".into(),
+            partition_by: Some(format!("toYYYYMMDD({})", ident(&time))),
+            order_by: order,
+            ttl,
+            comment: format!("Pulse raw events of domain {} (replays collapse on the ordering key)", domain.name),
+        }
+    };
+    RawTable { table, sources, enum_values }
+}
+
+/// The id of an event: its own, or one derived from its Kafka coordinates (stable across replays).
+pub fn event_id_of(ev: &Event, at: &Provenance<'_>) -> String {
+    match &ev.event_id {
+        Some(id) => id.to_string(),
+        None => format!("{}:{}:{}", at.topic, at.partition, at.offset),
+    }
+}
+
+#[inline]
+fn put_str(buf: &mut BytesMut, s: &str) {
+    put_varint(buf, s.len() as u64);
+    buf.put_slice(s.as_bytes());
+}
+
+#[inline]
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+impl RawTable {
+    /// Appends one event as a RowBinary row.
+    pub fn encode(&self, ev: &Event, at: &Provenance<'_>, buf: &mut BytesMut) {
+        for &(src, enc) in &self.sources {
+            match src {
+                RawSource::Field(i) => self.put_value(buf, enc, &ev.values[i], i),
+                RawSource::PointLat(i) | RawSource::PointLng(i) => match ev.values[i] {
+                    Value::Point { lat, lng } => {
+                        buf.put_u8(0);
+                        buf.put_f64_le(if matches!(src, RawSource::PointLat(_)) { lat } else { lng });
+                    }
+                    _ => buf.put_u8(1),
+                },
+                RawSource::EventId => put_str(buf, &event_id_of(ev, at)),
+                RawSource::IngestedAt => buf.put_i64_le(ev.ingested_at.unwrap_or(at.timestamp_ms)),
+                RawSource::Version => buf.put_u64_le(ev.version.unwrap_or_else(|| u64::try_from(at.timestamp_ms).unwrap_or(0).saturating_mul(1000))),
+                RawSource::IsDeleted => buf.put_u8(u8::from(ev.op == Op::Delete)),
+                RawSource::KafkaPartition => buf.put_u16_le(u16::try_from(at.partition).unwrap_or(u16::MAX)),
+                RawSource::KafkaOffset => buf.put_u64_le(u64::try_from(at.offset).unwrap_or(0)),
+            }
+        }
+    }
+
+    fn put_value(&self, buf: &mut BytesMut, enc: Enc, v: &Value, field: usize) {
+        let nullable = matches!(enc, Enc::NullStr | Enc::NullI64 | Enc::NullF64 | Enc::NullBool | Enc::NullTime);
+        if nullable {
+            if v.is_null() {
+                buf.put_u8(1);
+                return;
+            }
+            buf.put_u8(0);
+        }
+        match (enc, v) {
+            (Enc::Str | Enc::NullStr, Value::Str(s)) => put_str(buf, s),
+            (Enc::Str | Enc::NullStr, Value::Sym(s)) => put_str(buf, &s.as_str()),
+            (Enc::Str | Enc::NullStr, Value::Enum(i)) => {
+                let name = self.enum_values[field].as_ref().and_then(|v| v.get(*i as usize)).map_or("", String::as_str);
+                put_str(buf, name);
+            }
+            (Enc::Str | Enc::NullStr, Value::Int(i)) => put_str(buf, &i.to_string()),
+            (Enc::I64 | Enc::NullI64, Value::Int(i)) => buf.put_i64_le(*i),
+            (Enc::F64 | Enc::NullF64, v) if v.as_f64().is_some() => buf.put_f64_le(v.as_f64().unwrap_or(0.0)),
+            (Enc::Bool | Enc::NullBool, Value::Bool(b)) => buf.put_u8(u8::from(*b)),
+            (Enc::Time | Enc::NullTime, Value::Time(t)) => buf.put_i64_le(*t),
+            // A required column without a value only happens for delete tombstones: write the type's default.
+            (Enc::Str | Enc::NullStr, _) => put_str(buf, ""),
+            (Enc::I64 | Enc::NullI64 | Enc::Time | Enc::NullTime, _) => buf.put_i64_le(0),
+            (Enc::F64 | Enc::NullF64, _) => buf.put_f64_le(0.0),
+            (Enc::Bool | Enc::NullBool | Enc::U8, _) => buf.put_u8(0),
+            (Enc::U64, _) => buf.put_u64_le(0),
+            (Enc::U16, _) => buf.put_u16_le(0),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- metric tables
+
+/// The output table of one metric and its RowBinary encoder.
+#[derive(Debug, Clone)]
+pub struct MetricTable {
+    pub table: Table,
+    /// Whether each aggregate column is a count (UInt64) rather than a Nullable(Float64).
+    counts: Vec<bool>,
+    group_kinds: Vec<GroupKind>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GroupKind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Whether an aggregate is stored as a count (UInt64).
+pub fn is_count(kind: &AggKind) -> bool {
+    matches!(kind, AggKind::Count | AggKind::CountDistinct(_))
+}
+
+pub fn metric_table(spec: &Spec, metric: &Metric) -> MetricTable {
+    let domain = spec.metric_domain(metric);
+    let mut cols = Vec::new();
+    let mut group_kinds = Vec::new();
+    let mut order = Vec::new();
+    for &g in &metric.group_by {
+        let f = &domain.fields[g];
+        let (ty, kind) = match f.ty {
+            FieldType::Int => ("Int64", GroupKind::Int),
+            FieldType::Bool => ("Bool", GroupKind::Bool),
+            _ => ("LowCardinality(String)", GroupKind::Str),
+        };
+        cols.push(Column::new(&f.name, ty));
+        group_kinds.push(kind);
+        order.push(f.name.clone());
+    }
+    cols.push(Column::new("window_start", "DateTime64(3, 'UTC')"));
+    cols.push(Column::new("window_end", "DateTime64(3, 'UTC')"));
+    order.push("window_start".into());
+    let mut counts = Vec::new();
+    for a in &metric.aggregates {
+        let count = is_count(&a.kind);
+        cols.push(Column::new(&a.name, if count { "UInt64" } else { "Nullable(Float64)" }));
+        counts.push(count);
+    }
+    cols.push(Column::new("final", "Bool"));
+    cols.push(Column::new("revision", "UInt64"));
+    cols.push(Column::new("emitted_at", "DateTime64(3, 'UTC')"));
+    MetricTable {
+        table: Table {
+            name: metric.name.clone(),
+            columns: cols,
+            engine: "ReplacingMergeTree(revision)".into(),
+            partition_by: Some("toYYYYMMDD(window_start)".into()),
+            order_by: order,
+            ttl: None,
+            comment: format!(
+                "Pulse metric {}: {} windows sliding {} per group; latest revision wins, final = window closed",
+                metric.name, metric.window, metric.slide
+            ),
+        },
+        counts,
+        group_kinds,
+    }
+}
+
+impl MetricTable {
+    pub fn encode(&self, row: &MetricRow, buf: &mut BytesMut) {
+        for (kind, g) in self.group_kinds.iter().zip(&row.group) {
+            match (kind, g) {
+                (GroupKind::Str, GroupValue::Str(s)) => put_str(buf, s),
+                (GroupKind::Str, GroupValue::Int(i)) => put_str(buf, &i.to_string()),
+                (GroupKind::Str, GroupValue::Bool(b)) => put_str(buf, if *b { "true" } else { "false" }),
+                (GroupKind::Int, GroupValue::Int(i)) => buf.put_i64_le(*i),
+                (GroupKind::Bool, GroupValue::Bool(b)) => buf.put_u8(u8::from(*b)),
+                (GroupKind::Str, GroupValue::Null) => put_str(buf, ""),
+                (GroupKind::Int, _) => buf.put_i64_le(0),
+                (GroupKind::Bool, _) => buf.put_u8(0),
+            }
+        }
+        buf.put_i64_le(row.window_start);
+        buf.put_i64_le(row.window_end);
+        for (count, v) in self.counts.iter().zip(&row.values) {
+            match (count, v) {
+                (true, AggValue::Count(n)) => buf.put_u64_le(*n),
+                (true, AggValue::Float(f)) => buf.put_u64_le(f.map_or(0, |f| f as u64)),
+                (false, AggValue::Float(Some(f))) => {
+                    buf.put_u8(0);
+                    buf.put_f64_le(*f);
+                }
+                (false, AggValue::Count(n)) => {
+                    buf.put_u8(0);
+                    buf.put_f64_le(*n as f64);
+                }
+                (false, AggValue::Float(None)) => buf.put_u8(1),
+            }
+        }
+        buf.put_u8(u8::from(row.is_final));
+        buf.put_u64_le(row.revision);
+        buf.put_i64_le(row.emitted_at);
+    }
+}
+
+// ---------------------------------------------------------------- bookkeeping
+
+pub fn migrations_table() -> Table {
+    Table {
+        name: MIGRATIONS_TABLE.into(),
+        columns: vec![
+            Column::new("id", "UInt64"),
+            Column::new("applied_at", "DateTime64(3, 'UTC')"),
+            Column::new("spec_file", "String"),
+            Column::new("statement", "String"),
+        ],
+        engine: "MergeTree".into(),
+        partition_by: None,
+        order_by: vec!["id".into()],
+        ttl: None,
+        comment: "Pulse: every DDL statement pulse migrate applied".into(),
+    }
+}
+
+/// Long-format pipeline figures: one row per (time, service, domain, name).
+pub fn stats_table() -> Table {
+    Table {
+        name: STATS_TABLE.into(),
+        columns: vec![
+            Column::new("ts", "DateTime64(3, 'UTC')"),
+            Column::new("service", "LowCardinality(String)"),
+            Column::new("instance", "LowCardinality(String)"),
+            Column::new("domain", "LowCardinality(String)"),
+            Column::new("name", "LowCardinality(String)"),
+            Column::new("value", "Float64"),
+        ],
+        engine: "MergeTree".into(),
+        partition_by: Some("toYYYYMMDD(ts)".into()),
+        order_by: vec!["name".into(), "domain".into(), "ts".into()],
+        ttl: Some("toDateTime(ts) + INTERVAL 30 DAY".into()),
+        comment: "Pulse pipeline figures (events, late events, dead letters, watermark delay, lag) for the health dashboard".into(),
+    }
+}
+
+/// One row of the stats table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatRow {
+    pub ts: i64,
+    pub service: &'static str,
+    pub instance: String,
+    pub domain: String,
+    pub name: &'static str,
+    pub value: f64,
+}
+
+pub fn encode_stat(row: &StatRow, buf: &mut BytesMut) {
+    buf.put_i64_le(row.ts);
+    put_str(buf, row.service);
+    put_str(buf, &row.instance);
+    put_str(buf, &row.domain);
+    put_str(buf, row.name);
+    buf.put_f64_le(row.value);
+}
+
+/// Every table the spec needs, bookkeeping first.
+pub fn all_tables(spec: &Spec) -> Vec<Table> {
+    let mut tables = vec![migrations_table(), stats_table()];
+    tables.extend(spec.domains.iter().map(|d| raw_table(d).table));
+    tables.extend(spec.metrics.iter().map(|m| metric_table(spec, m).table));
+    tables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec() -> Spec {
+        Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rides_table_ddl() {
+        let spec = spec();
+        let t = raw_table(spec.domain("rides").expect("rides")).table;
+        let sql = t.create_sql("pulse");
+        assert!(sql.contains("`event_type` LowCardinality(String)"), "{sql}");
+        assert!(sql.contains("`city` LowCardinality(String)"), "{sql}");
+        assert!(sql.contains("`driver_id` Nullable(String)"), "{sql}");
+        assert!(sql.contains("`pickup_lat` Nullable(Float64)"), "{sql}");
+        assert!(sql.contains("`timestamp` DateTime64(3, 'UTC')"), "{sql}");
+        assert!(sql.contains("ENGINE = ReplacingMergeTree\n"), "{sql}");
+        assert!(sql.contains("PARTITION BY toYYYYMMDD(`timestamp`)"), "{sql}");
+        assert!(sql.contains("ORDER BY (`city`, `timestamp`, `ride_id`, `event_id`)"), "{sql}");
+        assert!(sql.contains("TTL toDateTime(`timestamp`) + INTERVAL 7 DAY"), "{sql}");
+        let app = raw_table(spec.domain("app_events").expect("app")).table.create_sql("pulse");
+        assert!(app.contains("ReplacingMergeTree(version, is_deleted)") && app.contains("ORDER BY (`event_id`)"), "{app}");
+    }
+
+    #[test]
+    fn metric_table_ddl() {
+        let spec = spec();
+        let m = spec.metric("city_metrics").expect("metric");
+        let sql = metric_table(&spec, m).table.create_sql("pulse");
+        assert!(sql.contains("`requests` UInt64") && sql.contains("`unique_riders` UInt64"), "{sql}");
+        assert!(sql.contains("`avg_fare` Nullable(Float64)") && sql.contains("`cancellation_rate` Nullable(Float64)"), "{sql}");
+        assert!(sql.contains("ReplacingMergeTree(revision)") && sql.contains("ORDER BY (`city`, `window_start`)"), "{sql}");
+    }
+
+    #[test]
+    fn varints() {
+        let mut b = BytesMut::new();
+        put_varint(&mut b, 300);
+        assert_eq!(&b[..], &[0xAC, 0x02]);
+    }
+}

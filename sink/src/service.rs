@@ -1,0 +1,369 @@
+//! `pulse sink`: consumes the domain topics and batch-inserts raw events into
+//! their ClickHouse tables. A partition's offset is committed only after
+//! ClickHouse acknowledged the batch holding its records, so a crash replays
+//! (never skips) records; replays collapse on the raw tables' keys.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use pulse_kafka::{DeadLetter, KafkaConfig};
+use pulse_model::{Decoder, Spec};
+use pulse_ops::{Readiness, Shutdown, register};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+
+use crate::config::ClickHouseConfig;
+use crate::schema::{Provenance, RawTable, STATS_TABLE, StatRow, encode_stat, raw_table, stats_table};
+use crate::writer::{WriteError, Writer, WriterMetrics};
+
+use pulse_ops::prometheus;
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub group: String,
+    /// A batch closes at this many rows...
+    pub batch_rows: usize,
+    /// ...or when its oldest row has waited this long, whichever comes first.
+    pub batch_delay: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub instance: String,
+    /// How often pipeline figures are written to the stats table.
+    pub stats_interval: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            group: "pulse-sink".into(),
+            batch_rows: 50_000,
+            batch_delay: Duration::from_millis(1000),
+            metrics_addr: None,
+            instance: "sink".into(),
+            stats_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("dead-letter topic unreachable: {0}")]
+    DeadLetter(rdkafka::error::KafkaError),
+}
+
+/// Counts of one run (for tests and logs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkSummary {
+    pub stored: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Clone)]
+struct SinkMetrics {
+    events: IntCounterVec,
+    lag: IntGaugeVec,
+}
+
+impl SinkMetrics {
+    fn new(registry: &Registry) -> SinkMetrics {
+        SinkMetrics {
+            events: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_sink_events_total", "Records the sink handled, by domain and outcome (stored, dead_lettered)"), &["domain", "outcome"])
+                    .expect("valid metric"),
+            ),
+            lag: register(
+                registry,
+                IntGaugeVec::new(Opts::new("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"), &["service", "topic", "partition"])
+                    .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// Consumer context publishing librdkafka's per-partition lag as a gauge.
+pub struct LagContext {
+    service: &'static str,
+    lag: IntGaugeVec,
+}
+
+impl LagContext {
+    pub fn new(service: &'static str, lag: IntGaugeVec) -> LagContext {
+        LagContext { service, lag }
+    }
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.lag.with_label_values(&[self.service, topic, &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Rows of one domain waiting for ClickHouse, and the offsets they cover.
+struct Batch {
+    domain: usize,
+    table: RawTable,
+    sql: String,
+    buf: BytesMut,
+    rows: usize,
+    opened: Option<Instant>,
+    /// Next offset to commit per partition once this batch is acknowledged.
+    offsets: HashMap<i32, i64>,
+    stored_since_report: u64,
+    dead_since_report: u64,
+}
+
+pub async fn run(
+    spec: Arc<Spec>,
+    kafka: &KafkaConfig,
+    clickhouse: &ClickHouseConfig,
+    cfg: SinkConfig,
+    registry: Registry,
+    ready: Readiness,
+    shutdown: Shutdown,
+) -> Result<SinkSummary, SinkError> {
+    let metrics = SinkMetrics::new(&registry);
+    let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
+    if let Some(addr) = cfg.metrics_addr {
+        let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = pulse_ops::serve_ops("sink", addr, registry, ready, shutdown).await {
+                tracing::error!("sink ops server: {e}");
+            }
+        });
+    }
+    spawn_readiness(writer.clone(), ready.clone(), shutdown.clone());
+
+    let mut consumer_cfg = kafka.consumer(&cfg.group);
+    // While ClickHouse is down the sink stops polling (backpressure); stay in the group meanwhile.
+    consumer_cfg.set("max.poll.interval.ms", "3600000");
+    consumer_cfg.set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<LagContext> = consumer_cfg.create_with_context(LagContext::new("sink", metrics.lag.clone()))?;
+    let topics: Vec<&str> = spec.domains.iter().map(|d| d.topic.as_str()).collect();
+    consumer.subscribe(&topics)?;
+    let dlq: FutureProducer = kafka.reliable_producer().create()?;
+    let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
+    let by_topic: HashMap<&str, usize> = spec.domains.iter().enumerate().map(|(i, d)| (d.topic.as_str(), i)).collect();
+    let mut batches: Vec<Batch> = spec
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let table = raw_table(d);
+            Batch {
+                domain: i,
+                sql: table.table.insert_sql(&clickhouse.database),
+                table,
+                buf: BytesMut::with_capacity(1 << 20),
+                rows: 0,
+                opened: None,
+                offsets: HashMap::new(),
+                stored_since_report: 0,
+                dead_since_report: 0,
+            }
+        })
+        .collect();
+    tracing::info!(topics = ?topics, group = %cfg.group, batch_rows = cfg.batch_rows, batch_delay = ?cfg.batch_delay, "sink consuming");
+
+    let mut summary = SinkSummary::default();
+    let mut next_report = Instant::now() + cfg.stats_interval;
+    loop {
+        let deadline = batches
+            .iter()
+            .filter_map(|b| b.opened.map(|t| t + cfg.batch_delay))
+            .min()
+            .unwrap_or_else(|| Instant::now() + cfg.batch_delay)
+            .min(next_report);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("kafka: {e}");
+                        continue;
+                    }
+                };
+                let Some(&d) = by_topic.get(msg.topic()) else { continue };
+                let batch = &mut batches[d];
+                handle(&msg, &spec, &decoders[d], batch, &dlq, &metrics, &mut summary).await?;
+                if batch.rows >= cfg.batch_rows {
+                    flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                for batch in batches.iter_mut() {
+                    if batch.opened.is_some_and(|t| t + cfg.batch_delay <= now) {
+                        flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+                    }
+                }
+                if now >= next_report {
+                    report_stats(&spec, &writer, &cfg, &clickhouse.database, &mut batches).await;
+                    next_report = now + cfg.stats_interval;
+                }
+            }
+        }
+    }
+    tracing::info!("sink: flushing open batches before exit");
+    for batch in batches.iter_mut() {
+        flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+    }
+    if let Ok(tpl) = consumer.assignment()
+        && tpl.count() > 0
+    {
+        // Make sure the async commits of the last flushes are on the broker.
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    }
+    Ok(summary)
+}
+
+async fn handle(
+    msg: &BorrowedMessage<'_>,
+    spec: &Spec,
+    decoder: &Decoder,
+    batch: &mut Batch,
+    dlq: &FutureProducer,
+    metrics: &SinkMetrics,
+    summary: &mut SinkSummary,
+) -> Result<(), SinkError> {
+    let domain = &spec.domains[batch.domain];
+    let decoded = match msg.payload() {
+        None => Err("empty record (no payload)".to_string()),
+        Some(bytes) => decoder.decode(bytes).map_err(|e| e.to_string()),
+    };
+    match decoded {
+        Ok(ev) => {
+            let now_ms = chrono_now_ms();
+            let at = Provenance {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp_ms: msg.timestamp().to_millis().unwrap_or(now_ms),
+            };
+            batch.table.encode(&ev, &at, &mut batch.buf);
+            batch.rows += 1;
+            batch.stored_since_report += 1;
+            summary.stored += 1;
+            metrics.events.with_label_values(&[&domain.name, "stored"]).inc();
+        }
+        Err(reason) => {
+            let dead = DeadLetter {
+                source_topic: msg.topic().to_string(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                stage: "sink".into(),
+                reason,
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+            };
+            send_dead_letter(dlq, &spec.pipeline.dead_letter_topic, &dead).await.map_err(SinkError::DeadLetter)?;
+            tracing::debug!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), reason = %dead.reason, "dead-lettered");
+            batch.dead_since_report += 1;
+            summary.dead_lettered += 1;
+            metrics.events.with_label_values(&[&domain.name, "dead_lettered"]).inc();
+        }
+    }
+    batch.offsets.insert(msg.partition(), msg.offset() + 1);
+    if batch.opened.is_none() {
+        batch.opened = Some(Instant::now());
+    }
+    Ok(())
+}
+
+/// Sends one dead-letter record and waits for the broker's acknowledgement.
+pub async fn send_dead_letter(producer: &FutureProducer, topic: &str, dead: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(dead.headers());
+    if let Some(k) = &dead.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(p) = &dead.payload {
+        record = record.payload(p.as_slice());
+    }
+    producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+}
+
+async fn flush(batch: &mut Batch, spec: &Spec, writer: &Writer, consumer: &StreamConsumer<LagContext>, shutdown: &Shutdown) -> Result<(), SinkError> {
+    if batch.opened.is_none() {
+        return Ok(());
+    }
+    let domain = &spec.domains[batch.domain];
+    if batch.rows > 0 {
+        let body = batch.buf.split().freeze();
+        writer.insert(&domain.name, &batch.sql, body, batch.rows, shutdown).await?;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &next) in &batch.offsets {
+        tpl.add_partition_offset(&domain.topic, p, Offset::Offset(next))?;
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+    {
+        // After a rebalance the partition may belong to another member, which replays
+        // from the last commit; the table key collapses the replay.
+        tracing::warn!(topic = %domain.topic, "offset commit failed: {e}");
+    }
+    tracing::debug!(table = %domain.name, rows = batch.rows, "batch acknowledged and committed");
+    batch.rows = 0;
+    batch.opened = None;
+    batch.offsets.clear();
+    Ok(())
+}
+
+async fn report_stats(spec: &Spec, writer: &Writer, cfg: &SinkConfig, database: &str, batches: &mut [Batch]) {
+    let ts = chrono_now_ms();
+    let mut buf = BytesMut::new();
+    let mut rows = 0;
+    for b in batches.iter_mut() {
+        for (name, value) in [("events_stored", b.stored_since_report), ("dead_lettered", b.dead_since_report)] {
+            encode_stat(
+                &StatRow { ts, service: "sink", instance: cfg.instance.clone(), domain: spec.domains[b.domain].name.clone(), name, value: value as f64 },
+                &mut buf,
+            );
+            rows += 1;
+        }
+        b.stored_since_report = 0;
+        b.dead_since_report = 0;
+    }
+    // Figures are best effort: one attempt, never blocking the data path for long.
+    if let Err(e) = writer.insert_once(&stats_table().insert_sql(database), buf.freeze()).await {
+        tracing::debug!(table = STATS_TABLE, rows, "stats not written: {e}");
+    }
+}
+
+fn spawn_readiness(writer: Writer, ready: Readiness, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        while !shutdown.is_triggered() {
+            ready.set(writer.ping().await);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+    });
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,124 @@
+//! Subcommands that run or administer Pulse's services.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pulse_ops::{Readiness, Shutdown};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+
+use crate::cli::{ClickHouseArgs, Global, KafkaArgs, MigrateArgs, TopicsArgs};
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+pub fn topics(global: &Global, args: &TopicsArgs) -> anyhow::Result<ExitCode> {
+    let spec = global.load_spec()?;
+    let plans = pulse_kafka::plan_topics(&spec);
+    if args.check {
+        for p in &plans {
+            println!("{}: {} partitions, replication {}, {:?}", p.name, p.partitions, p.replication, p.configs);
+        }
+    }
+    let cfg = args.kafka.config();
+    let report = runtime()?.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = cfg.client().create().context("kafka admin client")?;
+        pulse_kafka::ensure_topics(&admin, &plans).await.context("reconciling topics")
+    })?;
+    for t in &report.created {
+        println!("created   {t}");
+    }
+    for t in &report.unchanged {
+        println!("ok        {t}");
+    }
+    for t in &report.fixed {
+        println!("fixed     {t}");
+    }
+    for t in &report.drift {
+        println!("DRIFT     {t}");
+    }
+    Ok(if report.drift.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+pub fn migrate(global: &Global, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let spec = global.load_spec()?;
+    let cfg = args.clickhouse.config();
+    runtime()?.block_on(async {
+        if args.dry_run {
+            let (statements, _) = pulse_sink::migrate::plan(&cfg, &spec).await?;
+            for s in statements {
+                println!("{s};\n");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let report = pulse_sink::migrate(&cfg, &spec).await?;
+        for s in &report.applied {
+            println!("applied   {}", s.lines().next().unwrap_or(s));
+        }
+        for t in &report.up_to_date {
+            println!("ok        {t}");
+        }
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(Args)]
+pub struct SinkArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Consumer group of the sink.
+    #[arg(long, env = "PULSE_SINK_GROUP", default_value = "pulse-sink")]
+    pub group: String,
+    /// A batch is inserted when it holds this many rows...
+    #[arg(long, env = "PULSE_SINK_BATCH_ROWS", default_value_t = 50_000)]
+    pub batch_rows: usize,
+    /// ...or when its oldest row has waited this many milliseconds.
+    #[arg(long, env = "PULSE_SINK_BATCH_MS", default_value_t = 1000)]
+    pub batch_ms: u64,
+    /// Address of /health, /ready and /metrics.
+    #[arg(long, env = "PULSE_SINK_METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: SocketAddr,
+    /// Apply the schema (pulse migrate) before consuming.
+    #[arg(long, env = "PULSE_SINK_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+}
+
+pub fn sink(global: &Global, args: &SinkArgs) -> anyhow::Result<ExitCode> {
+    let spec = Arc::new(global.load_spec()?);
+    let kafka = args.kafka.config();
+    let ch = args.clickhouse.config();
+    runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.on_signals();
+        if args.migrate {
+            pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
+        }
+        let cfg = pulse_sink::service::SinkConfig {
+            group: args.group.clone(),
+            batch_rows: args.batch_rows.max(1),
+            batch_delay: Duration::from_millis(args.batch_ms.max(1)),
+            metrics_addr: Some(args.metrics_addr),
+            instance: hostname(),
+            ..Default::default()
+        };
+        let summary = pulse_sink::service::run(spec, &kafka, &ch, cfg, pulse_ops::prometheus::Registry::new(), Readiness::default(), shutdown).await?;
+        tracing::info!(stored = summary.stored, dead_lettered = summary.dead_lettered, "sink stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pulse".into())
+}
+

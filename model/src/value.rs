@@ -172,6 +172,9 @@ impl Value {
     }
 }
 
+// Decoded values never hold NaN (JSON cannot express it), so equality is total.
+impl Eq for Value {}
+
 impl Hash for Value {
     fn hash<H: Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);

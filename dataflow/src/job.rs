@@ -1,0 +1,341 @@
+//! The worker loop: reads records, feeds the dataflow in epochs, hands
+//! completed epochs' rows to the output, retracts expired panes, and commits
+//! offsets once the rows of the epoch that released them are durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pulse_kafka::DeadLetter;
+use pulse_model::metric_row::MetricRow;
+use pulse_model::{Decoder, LatePolicy, Spec};
+use timely::worker::Worker;
+
+use crate::graph::{self, Graph};
+use crate::metrics::JobMetrics;
+use crate::plan::JobPlan;
+use crate::state::{Accepted, IngestState};
+use crate::types::{WM_END, WmReport};
+
+/// One record read from a source.
+pub struct Record<'a> {
+    pub domain: usize,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub topic: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// Records were read, or may come soon.
+    Active,
+    /// Nothing to read right now.
+    Idle,
+    /// The input is finished (replays); closes every window.
+    Ended,
+}
+
+/// Where a worker's records come from (its Kafka partitions, a file, memory).
+pub trait RecordSource {
+    /// Reads up to `max` records without blocking for long.
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> SourceStatus;
+    /// Commits the next offset to read per (domain, partition); `closed` is the
+    /// job's closed watermark per domain, stored with the offsets for restarts.
+    fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]);
+    /// Partitions this worker reads that were idle for the whole poll (keeps them "active").
+    fn caught_up(&mut self) -> Vec<(usize, i32)> {
+        Vec::new()
+    }
+}
+
+/// Where a worker's rows go.
+pub trait RowSink {
+    /// Hands over the rows and dead letters of every epoch up to `epoch`.
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>);
+    /// The last epoch whose rows (and every earlier epoch's) are durable.
+    fn durable_through(&mut self) -> Option<u64>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub emit_interval: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub late_policy: LatePolicy,
+    /// Stop reading when this many epochs are not yet durable (backpressure).
+    pub max_pending_epochs: u64,
+    /// Replays: an epoch every this many records, and each epoch starts only
+    /// once the previous one completed, which makes results independent of timing.
+    pub replay_epoch_records: Option<usize>,
+    /// Closed watermark per domain to resume from (from committed offsets).
+    pub start: Vec<i64>,
+    pub max_poll: usize,
+}
+
+impl WorkerConfig {
+    pub fn live(spec: &Spec) -> WorkerConfig {
+        WorkerConfig {
+            emit_interval: spec.pipeline.emit_interval.as_std().max(Duration::from_millis(1)),
+            idle_timeout: Some(spec.pipeline.idle_timeout.as_std()),
+            late_policy: spec.pipeline.late_events,
+            max_pending_epochs: 50,
+            replay_epoch_records: None,
+            start: Vec::new(),
+            max_poll: 5_000,
+        }
+    }
+
+    pub fn replay(spec: &Spec, epoch_records: usize) -> WorkerConfig {
+        WorkerConfig {
+            idle_timeout: None,
+            replay_epoch_records: Some(epoch_records.max(1)),
+            max_pending_epochs: 4,
+            max_poll: 10_000,
+            ..WorkerConfig::live(spec)
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub records: u64,
+    pub events: u64,
+    pub late: u64,
+    pub stale: u64,
+    pub dead_lettered: u64,
+    pub finals: u64,
+    pub revisions: u64,
+    pub epochs: u64,
+}
+
+/// Runs one worker until its source ends (and every window is closed and
+/// durable) or `stop` is set (then it drains what it has and commits).
+pub fn run_worker(
+    worker: &mut Worker,
+    spec: Arc<Spec>,
+    source: &mut dyn RecordSource,
+    sink: &mut dyn RowSink,
+    cfg: &WorkerConfig,
+    metrics: &JobMetrics,
+    stop: &AtomicBool,
+) -> WorkerSummary {
+    let plan = Arc::new(JobPlan::new(&spec));
+    let domains = spec.domains.len();
+    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start);
+    let mut state = IngestState::new(Arc::clone(&spec), Arc::clone(&plan), &cfg.start);
+    let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
+    let index = worker.index();
+    let replay = cfg.replay_epoch_records.is_some();
+    let interval_ms = cfg.emit_interval.as_millis().max(1) as u64;
+    let epoch_of = |now: Instant, base: Instant| -> u64 { 1 + (now.duration_since(base).as_millis() as u64) / interval_ms };
+    let base = Instant::now();
+
+    let mut summary = WorkerSummary::default();
+    let mut epoch: u64 = 1;
+    graph.advance_to(epoch);
+    let mut in_epoch = 0usize;
+    let mut adopted = true;
+    let mut ended = false;
+    // The last epoch that carried data (after the input ended or a stop).
+    let mut final_epoch: Option<u64> = None;
+    let mut stopping = false;
+    let mut dead_now: Vec<DeadLetter> = Vec::new();
+    let mut dead_by_epoch: VecDeque<(u64, Vec<DeadLetter>)> = VecDeque::new();
+    let mut sent_through: u64 = 0;
+    let mut durable_input_at: u64 = 0;
+    let mut commits: VecDeque<(u64, Vec<((usize, i32), i64)>, Vec<i64>)> = VecDeque::new();
+    let late_to_dlq = cfg.late_policy == LatePolicy::DeadLetter;
+
+    loop {
+        let now = Instant::now();
+        if !stopping && stop.load(Ordering::Relaxed) {
+            stopping = true;
+            tracing::info!(worker = index, "stopping: draining the current epoch");
+        }
+        // Every epoch below the probe's frontier is complete on every worker.
+        let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
+
+        // 1. Read, unless the input ended, we are stopping, or outputs lag behind.
+        let backlogged = epoch.saturating_sub(durable_input_at.max(1)) > cfg.max_pending_epochs;
+        let barrier = replay && completed + 1 < epoch;
+        let mut status = SourceStatus::Idle;
+        if final_epoch.is_none() && !ended && !stopping && !backlogged && !barrier {
+            if !adopted {
+                // The new epoch drops late data against the latest job watermark.
+                let shared = graph.shared.borrow();
+                for d in 0..domains {
+                    state.used[d] = state.used[d].max(shared.clock.watermark(d));
+                }
+                adopted = true;
+            }
+            let budget = match cfg.replay_epoch_records {
+                Some(n) => n.saturating_sub(in_epoch).clamp(1, cfg.max_poll),
+                None => cfg.max_poll,
+            };
+            status = source.poll(budget, &mut |rec| {
+                summary.records += 1;
+                in_epoch += 1;
+                let domain = &spec.domains[rec.domain];
+                let decoded = match rec.payload {
+                    Some(bytes) => decoders[rec.domain].decode(bytes).map_err(|e| e.to_string()),
+                    None => Err("empty record (no payload)".to_string()),
+                };
+                match decoded {
+                    Ok(ev) => {
+                        let time = ev.time;
+                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, &mut graph) {
+                            Accepted::Counted => {
+                                summary.events += 1;
+                                metrics.events.with_label_values(&[&domain.name, "counted"]).inc();
+                            }
+                            Accepted::Stale => {
+                                summary.stale += 1;
+                                metrics.events.with_label_values(&[&domain.name, "stale"]).inc();
+                            }
+                            Accepted::Late => {
+                                summary.late += 1;
+                                metrics.late.with_label_values(&[&domain.name]).inc();
+                                if late_to_dlq {
+                                    dead_now.push(dead_letter(&rec, format!("late: every window of event time {time} is closed")));
+                                }
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        state.advance_offset(rec.domain, rec.partition, rec.offset + 1);
+                        summary.dead_lettered += 1;
+                        metrics.events.with_label_values(&[&domain.name, "dead_lettered"]).inc();
+                        dead_now.push(dead_letter(&rec, reason));
+                    }
+                }
+            });
+            for (d, p) in source.caught_up() {
+                state.touch(d, p, now);
+            }
+            if status == SourceStatus::Ended {
+                ended = true;
+                // The last data epoch reports "nothing more will come": every window closes.
+                for u in state.used.iter_mut() {
+                    *u = WM_END;
+                }
+                tracing::debug!(worker = index, epoch, "input ended: closing every window");
+            }
+        }
+
+        // 2. Epoch boundary: send the epoch's contributions and this worker's watermark report.
+        let boundary = match final_epoch {
+            // After the last data epoch, keep time moving with the rest of the job.
+            Some(_) => completed + 1 >= epoch,
+            None if ended || stopping => true,
+            None => match cfg.replay_epoch_records {
+                Some(n) => in_epoch >= n,
+                None => epoch_of(now, base) > epoch,
+            },
+        };
+        if boundary {
+            state.flush_epoch(&mut graph);
+            // A worker whose input ended has no active partition left.
+            let idle = if ended { Some(Duration::ZERO) } else { cfg.idle_timeout };
+            graph.reports.send(WmReport { worker: index, epoch, domains: state.report(now, idle) });
+            dead_by_epoch.push_back((epoch, std::mem::take(&mut dead_now)));
+            if (ended || stopping) && final_epoch.is_none() {
+                final_epoch = Some(epoch);
+            }
+            epoch = if replay || final_epoch.is_some() { epoch + 1 } else { epoch_of(now, base).max(epoch + 1) };
+            in_epoch = 0;
+            adopted = false;
+            graph.advance_to(epoch);
+            summary.epochs += 1;
+        }
+
+        // 3. Let the dataflow work.
+        if status == SourceStatus::Active {
+            worker.step();
+        } else {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+
+        // 4. Completed epochs: rows out, expired panes retracted, offsets to commit.
+        let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
+        if completed > sent_through {
+            let (rows, closed, stats) = {
+                let mut shared = graph.shared.borrow_mut();
+                let rows: Vec<MetricRow> = std::mem::take(&mut shared.rows).into_iter().map(|(_, r)| r).collect();
+                (rows, shared.clock.closed_all().to_vec(), shared.emitter_stats)
+            };
+            let mut dead = Vec::new();
+            while dead_by_epoch.front().is_some_and(|(e, _)| *e <= completed) {
+                if let Some((_, d)) = dead_by_epoch.pop_front() {
+                    dead.extend(d);
+                }
+            }
+            summary.finals = stats.0;
+            summary.revisions = stats.1;
+            metrics.observe_emitter(stats);
+            sink.send(completed, rows, dead);
+            state.expire(&closed, &mut graph);
+            let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
+            commits.push_back((completed, offsets, closed));
+            sent_through = completed;
+            let shared = graph.shared.borrow();
+            for (d, dom) in spec.domains.iter().enumerate() {
+                metrics.observe_watermark(&dom.name, shared.clock.watermark(d));
+            }
+            let (panes, live) = state.retained();
+            metrics.retained.with_label_values(&["panes"]).set(panes as i64);
+            metrics.retained.with_label_values(&["live_events"]).set(live as i64);
+        }
+
+        // 5. Durability reported by the output moves the durable input's frontier.
+        if let Some(d) = sink.durable_through()
+            && d + 1 > durable_input_at
+        {
+            durable_input_at = d + 1;
+            graph.durable.advance_to(durable_input_at);
+        }
+
+        // 6. Commit what every worker has made durable.
+        while let Some((e, _, _)) = commits.front() {
+            if graph.durable_probe.less_equal(e) {
+                break;
+            }
+            if let Some((_, offsets, closed)) = commits.pop_front() {
+                source.commit(&offsets, &closed);
+            }
+        }
+
+        // 7. Done: after the last data epoch, once what must be final is final and durable.
+        if let Some(f) = final_epoch {
+            let (all_closed, handed_over) = {
+                let shared = graph.shared.borrow();
+                (!ended || shared.clock.closed_all().iter().all(|&c| c >= WM_END), shared.rows.is_empty())
+            };
+            if sent_through >= f && all_closed && handed_over && commits.is_empty() && !graph.durable_probe.less_equal(&sent_through) {
+                break;
+            }
+        }
+    }
+    let (probe, _durable_probe, _shared, durable) = graph.close();
+    drop(durable);
+    while !probe.done() {
+        worker.step();
+    }
+    tracing::debug!(worker = index, ?summary, "worker finished");
+    summary
+}
+
+fn dead_letter(rec: &Record<'_>, reason: String) -> DeadLetter {
+    DeadLetter {
+        source_topic: rec.topic.to_string(),
+        partition: rec.partition,
+        offset: rec.offset,
+        stage: "dataflow".into(),
+        reason,
+        key: rec.key.map(<[u8]>::to_vec),
+        payload: rec.payload.map(<[u8]>::to_vec),
+    }
+}

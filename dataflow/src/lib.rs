@@ -1,0 +1,20 @@
+//! `pulse dataflow`: the timely/differential job that maintains the spec's
+//! watermarked sliding-window metrics incrementally.
+//!
+//! - `plan`: the spec compiled into per-event work.
+//! - `state`: a worker's ingestion (pre-aggregation, retention, upserts, offsets).
+//! - `graph`: the differential dataflow and the emitter operator.
+//! - `emit`: where windows close and rows are made.
+//! - `watermark`: partition clocks and the job's watermarks.
+//! - `job`: the worker loop (Kafka or replay in, rows out, commits).
+//! - `output`: durable delivery of rows to ClickHouse and Kafka.
+
+pub mod emit;
+pub mod graph;
+pub mod job;
+pub mod metrics;
+pub mod plan;
+pub mod replay;
+pub mod state;
+pub mod types;
+pub mod watermark;

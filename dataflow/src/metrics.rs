@@ -1,0 +1,58 @@
+//! Prometheus metrics of the dataflow job.
+
+use pulse_ops::prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, GaugeVec};
+use pulse_ops::register;
+
+use crate::types::{WM_END, WM_START};
+
+#[derive(Clone)]
+pub struct JobMetrics {
+    /// Records by domain and outcome: counted, stale, dead_lettered.
+    pub events: IntCounterVec,
+    pub late: IntCounterVec,
+    /// Seconds between now and the job's event-time watermark, per domain.
+    pub watermark_delay: GaugeVec,
+    pub watermark: IntGaugeVec,
+    pub finals: IntGauge,
+    pub revisions: IntGauge,
+    pub ignored: IntGauge,
+    pub open_windows: IntGauge,
+    pub retained: IntGaugeVec,
+    pub rows_written: IntCounterVec,
+    pub lag: IntGaugeVec,
+}
+
+impl JobMetrics {
+    pub fn new(registry: &Registry) -> JobMetrics {
+        let m = |name: &str, help: &str| Opts::new(name, help);
+        JobMetrics {
+            events: register(registry, IntCounterVec::new(m("pulse_dataflow_events_total", "Records the dataflow read, by domain and outcome (counted, stale, dead_lettered)"), &["domain", "outcome"]).expect("valid metric")),
+            late: register(registry, IntCounterVec::new(m("pulse_late_events_total", "Events whose every window was already closed"), &["domain"]).expect("valid metric")),
+            watermark_delay: register(registry, GaugeVec::new(m("pulse_watermark_delay_seconds", "Wall clock minus the job's event-time watermark"), &["domain"]).expect("valid metric")),
+            watermark: register(registry, IntGaugeVec::new(m("pulse_watermark_ms", "The job's event-time watermark (ms since the epoch)"), &["domain"]).expect("valid metric")),
+            finals: register(registry, IntGauge::with_opts(m("pulse_windows_final_total", "Windows emitted as final (this process)")).expect("valid metric")),
+            revisions: register(registry, IntGauge::with_opts(m("pulse_window_revisions_total", "Live window revisions emitted (this process)")).expect("valid metric")),
+            ignored: register(registry, IntGauge::with_opts(m("pulse_closed_window_changes_total", "Changes that reached an already closed window and were ignored")).expect("valid metric")),
+            open_windows: register(registry, IntGauge::with_opts(m("pulse_open_windows", "Windows currently open in the emitters of this process")).expect("valid metric")),
+            retained: register(registry, IntGaugeVec::new(m("pulse_dataflow_retained", "State kept for open windows: panes, live_events"), &["kind"]).expect("valid metric")),
+            rows_written: register(registry, IntCounterVec::new(m("pulse_metric_rows_total", "Metric rows made durable, by metric and kind (final, revision)"), &["metric", "kind"]).expect("valid metric")),
+            lag: register(registry, IntGaugeVec::new(m("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"), &["service", "topic", "partition"]).expect("valid metric")),
+        }
+    }
+
+    pub fn observe_emitter(&self, (finals, revisions, ignored, open): (u64, u64, u64, usize)) {
+        self.finals.set(finals as i64);
+        self.revisions.set(revisions as i64);
+        self.ignored.set(ignored as i64);
+        self.open_windows.set(open as i64);
+    }
+
+    pub fn observe_watermark(&self, domain: &str, wm: i64) {
+        if wm <= WM_START || wm >= WM_END {
+            return;
+        }
+        self.watermark.with_label_values(&[domain]).set(wm);
+        let now = crate::graph::now_ms();
+        self.watermark_delay.with_label_values(&[domain]).set((now - wm) as f64 / 1000.0);
+    }
+}

@@ -1,0 +1,171 @@
+//! The records that flow through the dataflow.
+
+use std::cmp::Ordering;
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use pulse_model::metric_row::GroupValue;
+use serde::{Deserialize, Serialize};
+
+/// One aggregate slot of one window of one group: the unit differential keys by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WinKey {
+    /// Stable id of (metric, group values).
+    pub gid: u64,
+    pub win: i64,
+    pub metric: u16,
+    pub slot: u16,
+}
+
+/// An additive accumulator as a differential difference: a count and a sum
+/// that add up across events and cancel on retraction. It is zero when the
+/// count is: the sum over no events is zero whatever rounding left behind.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Acc {
+    pub n: i64,
+    pub sum: f64,
+}
+
+impl Acc {
+    pub const ZERO: Acc = Acc { n: 0, sum: 0.0 };
+}
+
+impl PartialEq for Acc {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Acc {}
+impl PartialOrd for Acc {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Acc {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.n.cmp(&other.n).then(self.sum.total_cmp(&other.sum))
+    }
+}
+impl IsZero for Acc {
+    fn is_zero(&self) -> bool {
+        self.n == 0
+    }
+}
+impl Semigroup for Acc {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.n += rhs.n;
+        self.sum += rhs.sum;
+    }
+}
+impl Monoid for Acc {
+    fn zero() -> Self {
+        Acc::ZERO
+    }
+}
+impl Abelian for Acc {
+    fn negate(&mut self) {
+        self.n = -self.n;
+        self.sum = -self.sum;
+    }
+}
+
+/// A totally ordered f64 (by `total_cmp`) for multisets of numbers.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct OrdF64(pub f64);
+
+impl PartialEq for OrdF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0) == Ordering::Equal
+    }
+}
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+impl std::hash::Hash for OrdF64 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+/// What reaches the emitter: the current value of a slot, or a group's names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EmitIn {
+    /// Accumulated (count, sum) of an additive slot.
+    Add(WinKey, Acc),
+    /// Number of distinct values of a distinct slot.
+    Distinct(WinKey, i64),
+    /// A statistic (by its position in the multiset's stats) of a multiset slot.
+    Stat(WinKey, u16, Option<OrdF64>),
+    /// The group values behind a group id.
+    Names(u64, u16, Vec<NamedValue>),
+}
+
+impl EmitIn {
+    pub fn gid(&self) -> u64 {
+        match self {
+            EmitIn::Add(k, _) | EmitIn::Distinct(k, _) | EmitIn::Stat(k, ..) => k.gid,
+            EmitIn::Names(g, ..) => *g,
+        }
+    }
+}
+
+/// A group value that can cross process boundaries (and be ordered).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NamedValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Null,
+}
+
+impl From<&GroupValue> for NamedValue {
+    fn from(v: &GroupValue) -> Self {
+        match v {
+            GroupValue::Str(s) => NamedValue::Str(s.to_string()),
+            GroupValue::Int(i) => NamedValue::Int(*i),
+            GroupValue::Bool(b) => NamedValue::Bool(*b),
+            GroupValue::Null => NamedValue::Null,
+        }
+    }
+}
+
+impl From<&NamedValue> for GroupValue {
+    fn from(v: &NamedValue) -> Self {
+        match v {
+            NamedValue::Str(s) => GroupValue::Str(s.as_str().into()),
+            NamedValue::Int(i) => GroupValue::Int(*i),
+            NamedValue::Bool(b) => GroupValue::Bool(*b),
+            NamedValue::Null => GroupValue::Null,
+        }
+    }
+}
+
+/// A worker's watermark report for one epoch, per domain.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WmReport {
+    pub worker: usize,
+    pub epoch: u64,
+    pub domains: Vec<DomainWm>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DomainWm {
+    /// Smallest "largest event time" over this worker's active partitions.
+    pub min_active: Option<i64>,
+    /// Largest event time seen by this worker on any partition.
+    pub max_seen: Option<i64>,
+    /// The event-time watermark this worker used during the epoch to drop late data.
+    pub used: i64,
+}
+
+/// Event-time watermark meaning "nothing is known yet".
+pub const WM_START: i64 = i64::MIN / 4;
+/// Event-time watermark meaning "the input has ended": closes every window.
+pub const WM_END: i64 = i64::MAX / 4;

@@ -1,0 +1,167 @@
+//! Event-time watermarks. Each worker tracks, per partition, the largest event
+//! time it has read; it reports per domain the minimum over its active
+//! partitions (a partition silent for `idle_timeout` is not active) and the
+//! watermark it used to drop late data. The job's watermark of a domain is the
+//! minimum over all workers' active partitions; windows close at the minimum
+//! watermark any worker used, so no worker can still add to a closed window.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::types::{DomainWm, WM_START, WmReport};
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_time: i64,
+    last_activity: Instant,
+}
+
+/// A worker's view of its own partitions, per domain.
+#[derive(Debug, Default, Clone)]
+pub struct LocalClocks {
+    partitions: HashMap<(usize, i32), PartitionClock>,
+}
+
+impl LocalClocks {
+    /// Records an event time read from a partition.
+    pub fn observe(&mut self, domain: usize, partition: i32, time: i64, now: Instant) {
+        let c = self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: time, last_activity: now });
+        c.max_time = c.max_time.max(time);
+        c.last_activity = now;
+    }
+
+    /// Marks a partition as read up to its end without new events (keeps it active).
+    pub fn touch(&mut self, domain: usize, partition: i32, now: Instant) {
+        if let Some(c) = self.partitions.get_mut(&(domain, partition)) {
+            c.last_activity = now;
+        }
+    }
+
+    /// This worker's report for one domain.
+    pub fn domain_wm(&self, domain: usize, used: i64, now: Instant, idle_timeout: Option<Duration>) -> DomainWm {
+        let mut min_active: Option<i64> = None;
+        let mut max_seen: Option<i64> = None;
+        for (&(d, _), c) in &self.partitions {
+            if d != domain {
+                continue;
+            }
+            max_seen = Some(max_seen.map_or(c.max_time, |m| m.max(c.max_time)));
+            let idle = idle_timeout.is_some_and(|t| now.duration_since(c.last_activity) >= t);
+            if !idle {
+                min_active = Some(min_active.map_or(c.max_time, |m| m.min(c.max_time)));
+            }
+        }
+        DomainWm { min_active, max_seen, used }
+    }
+}
+
+/// Every worker's latest report; derives the job's watermarks.
+#[derive(Debug, Clone)]
+pub struct GlobalClock {
+    latest: Vec<Option<WmReport>>,
+    /// Job event-time watermark per domain (monotone).
+    watermark: Vec<i64>,
+    /// Watermark up to which windows are closed, per domain (monotone).
+    closed: Vec<i64>,
+    /// Last epoch folded in.
+    pub epoch: Option<u64>,
+}
+
+impl GlobalClock {
+    pub fn new(workers: usize, domains: usize, start: &[i64]) -> GlobalClock {
+        GlobalClock {
+            latest: vec![None; workers],
+            watermark: (0..domains).map(|d| start.get(d).copied().unwrap_or(WM_START)).collect(),
+            closed: (0..domains).map(|d| start.get(d).copied().unwrap_or(WM_START)).collect(),
+            epoch: None,
+        }
+    }
+
+    /// Folds in the reports of one completed epoch (every report of epochs up to
+    /// and including `epoch` must have been offered before).
+    pub fn complete_epoch(&mut self, epoch: u64, reports: impl IntoIterator<Item = WmReport>) {
+        for r in reports {
+            if let Some(slot) = self.latest.get_mut(r.worker) {
+                if slot.as_ref().is_none_or(|old| old.epoch <= r.epoch) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        self.epoch = Some(epoch);
+        if self.latest.iter().any(Option::is_none) {
+            // Until every worker has spoken, nothing can be closed.
+            return;
+        }
+        for d in 0..self.watermark.len() {
+            let reports = self.latest.iter().flatten().filter_map(|r| r.domains.get(d));
+            let mut min_active: Option<i64> = None;
+            let mut max_seen: Option<i64> = None;
+            let mut min_used = i64::MAX;
+            for wm in reports {
+                if let Some(a) = wm.min_active {
+                    min_active = Some(min_active.map_or(a, |m| m.min(a)));
+                }
+                if let Some(s) = wm.max_seen {
+                    max_seen = Some(max_seen.map_or(s, |m| m.max(s)));
+                }
+                min_used = min_used.min(wm.used);
+            }
+            // The minimum over active partitions; when every partition is idle, the furthest any got.
+            if let Some(w) = min_active.or(max_seen) {
+                self.watermark[d] = self.watermark[d].max(w);
+            }
+            if min_used != i64::MAX {
+                self.closed[d] = self.closed[d].max(min_used);
+            }
+        }
+    }
+
+    pub fn watermark(&self, domain: usize) -> i64 {
+        self.watermark.get(domain).copied().unwrap_or(WM_START)
+    }
+
+    /// Windows of a metric of this domain with `end + lateness <= closed(domain)` are closed.
+    pub fn closed(&self, domain: usize) -> i64 {
+        self.closed.get(domain).copied().unwrap_or(WM_START)
+    }
+
+    pub fn closed_all(&self) -> &[i64] {
+        &self.closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(worker: usize, epoch: u64, min_active: Option<i64>, max_seen: Option<i64>, used: i64) -> WmReport {
+        WmReport { worker, epoch, domains: vec![DomainWm { min_active, max_seen, used }] }
+    }
+
+    #[test]
+    fn minimum_over_active_partitions_and_idle_partitions_do_not_hold_back() {
+        let t0 = Instant::now();
+        let mut c = LocalClocks::default();
+        c.observe(0, 0, 1000, t0);
+        c.observe(0, 1, 5000, t0);
+        assert_eq!(c.domain_wm(0, 7, t0, None), DomainWm { min_active: Some(1000), max_seen: Some(5000), used: 7 });
+        let later = t0 + Duration::from_secs(11);
+        c.observe(0, 1, 6000, later);
+        // Partition 0 has been silent for 11 s > 10 s idle timeout.
+        assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
+    }
+
+    #[test]
+    fn global_watermark_needs_every_worker_and_is_monotone() {
+        let mut g = GlobalClock::new(2, 1, &[]);
+        g.complete_epoch(1, [report(0, 1, Some(100), Some(100), WM_START)]);
+        assert_eq!(g.watermark(0), WM_START, "worker 1 has not reported");
+        g.complete_epoch(2, [report(1, 2, Some(50), Some(80), 10)]);
+        assert_eq!((g.watermark(0), g.closed(0)), (50, WM_START));
+        g.complete_epoch(3, [report(0, 3, Some(200), Some(200), 40), report(1, 3, None, Some(90), 45)]);
+        // Worker 1's partitions are idle: only worker 0's active partition counts.
+        assert_eq!((g.watermark(0), g.closed(0)), (200, 40));
+        g.complete_epoch(4, [report(0, 4, Some(10), Some(200), 30), report(1, 4, Some(20), Some(90), 30)]);
+        assert_eq!((g.watermark(0), g.closed(0)), (200, 40), "never goes back");
+    }
+}

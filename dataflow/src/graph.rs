@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! add      (WinKey) with Acc diffs ── count_total ───────────────┐
-//! distinct (WinKey, value) ── distinct_total ── count_total ─────┤
-//! multiset (WinKey, number) ── reduce (order statistics) ────────┼─ concat ─ exchange(group) ─ emitter ─ probe
+//! distinct (WinKey) with Bag diffs ── count_total ── size ────────┤
+//! multiset (WinKey) with Bag diffs ── count_total ── statistics ──┼─ concat ─ exchange(group) ─ emitter ─ probe
 //! names    (group id -> group values) ───────────────────────────┘              ▲
 //! reports  (per-worker watermark reports) ── broadcast ─────────────────────────┘
 //! durable  (empty input; its frontier says "my outputs are durable through t") ─ durable probe
@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::operators::threshold::ThresholdTotal;
 use pulse_model::metric_row::MetricRow;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::broadcast::Broadcast;
@@ -29,7 +28,7 @@ use timely::worker::Worker;
 use crate::emit::{Emitter, stats_of};
 use crate::plan::JobPlan;
 use crate::state::Updates;
-use crate::types::{Acc, EmitIn, NamedValue, OrdF64, WinKey, WmReport};
+use crate::types::{Acc, Bag, EmitIn, NamedValue, OrdF64, WinKey, WmReport};
 use crate::watermark::GlobalClock;
 
 /// What the emitter hands to the driver loop of the same worker.
@@ -48,8 +47,8 @@ pub type TimelyInputHandle<D> = InputHandle<u64, timely::container::CapacityCont
 /// The input and probe handles of one worker's dataflow.
 pub struct Graph {
     pub add: InputSession<u64, WinKey, Acc>,
-    pub distinct: InputSession<u64, (WinKey, u128), isize>,
-    pub multiset: InputSession<u64, (WinKey, OrdF64), isize>,
+    pub distinct: InputSession<u64, WinKey, Bag<u128>>,
+    pub multiset: InputSession<u64, WinKey, Bag<OrdF64>>,
     pub names: InputSession<u64, EmitIn, isize>,
     pub reports: TimelyInputHandle<WmReport>,
     pub durable: TimelyInputHandle<()>,
@@ -86,11 +85,11 @@ impl Updates for Graph {
     fn add(&mut self, key: WinKey, acc: Acc) {
         self.add.update(key, acc);
     }
-    fn distinct(&mut self, key: WinKey, value: u128, diff: isize) {
-        self.distinct.update((key, value), diff);
+    fn distinct(&mut self, key: WinKey, delta: Bag<u128>) {
+        self.distinct.update(key, delta);
     }
-    fn multiset(&mut self, key: WinKey, value: OrdF64, diff: isize) {
-        self.multiset.update((key, value), diff);
+    fn multiset(&mut self, key: WinKey, delta: Bag<OrdF64>) {
+        self.multiset.update(key, delta);
     }
     fn names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>) {
         self.names.update(EmitIn::Names(gid, metric, values), 1);
@@ -115,35 +114,27 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
 
     let (add, distinct, multiset, names, reports, durable) = worker.dataflow::<u64, _, _>(|scope| {
         let (add_in, add) = scope.new_collection::<WinKey, Acc>();
-        let (distinct_in, distinct) = scope.new_collection::<(WinKey, u128), isize>();
-        let (multiset_in, multiset) = scope.new_collection::<(WinKey, OrdF64), isize>();
+        let (distinct_in, distinct) = scope.new_collection::<WinKey, Bag<u128>>();
+        let (multiset_in, multiset) = scope.new_collection::<WinKey, Bag<OrdF64>>();
         let (names_in, names) = scope.new_collection::<EmitIn, isize>();
         let (reports_in, reports) = scope.new_input::<Vec<WmReport>>();
         let (durable_in, durable) = scope.new_input::<Vec<()>>();
 
         // Additive slots: the accumulated (count, sum) per key.
         let adds = add.count_total().map(|(k, acc)| EmitIn::Add(k, acc));
-        // Distinct slots: distinct values per key, then how many.
-        let distincts = distinct
-            .distinct_total()
-            .map(|(k, _value)| k)
-            .count_total()
-            .map(|(k, n)| EmitIn::Distinct(k, n as i64));
-        // Order statistics over each key's sorted multiset.
-        let stats = multiset
-            .reduce(move |key: &WinKey, input: &[(&OrdF64, isize)], output: &mut Vec<((u16, Option<OrdF64>), isize)>| {
-                let Some(ms) = stat_plan.metrics.get(key.metric as usize).and_then(|m| m.multisets.get(key.slot as usize)) else {
-                    return;
-                };
-                let sorted: Vec<(f64, isize)> = input.iter().map(|(v, c)| (v.0, *c)).collect();
-                let kinds: Vec<_> = ms.stats.iter().map(|(_, s)| *s).collect();
-                let mut values = Vec::with_capacity(kinds.len());
-                stats_of(&sorted, &kinds, &mut values);
-                for (pos, v) in values.into_iter().enumerate() {
-                    output.push(((pos as u16, v.map(OrdF64)), 1));
-                }
-            })
-            .map(|(k, (pos, v))| EmitIn::Stat(k, pos, v));
+        // Distinct slots: each window's accumulated bag of value presences; its size.
+        let distincts = distinct.count_total().map(|(k, bag)| EmitIn::Distinct(k, bag.distinct() as i64));
+        // Order statistics over each window's accumulated multiset (sorted by value).
+        let stats = multiset.count_total().flat_map(move |(key, bag): (WinKey, Bag<OrdF64>)| {
+            let Some(ms) = stat_plan.metrics.get(key.metric as usize).and_then(|m| m.multisets.get(key.slot as usize)) else {
+                return Vec::new();
+            };
+            let sorted: Vec<(f64, isize)> = bag.0.iter().map(|(v, c)| (v.0, *c as isize)).collect();
+            let kinds: Vec<_> = ms.stats.iter().map(|(_, s)| *s).collect();
+            let mut values = Vec::with_capacity(kinds.len());
+            stats_of(&sorted, &kinds, &mut values);
+            values.into_iter().enumerate().map(|(pos, v)| EmitIn::Stat(key, pos as u16, v.map(OrdF64))).collect()
+        });
 
         let changes = adds.concat(distincts).concat(stats).concat(names).inner;
         let reports = reports.broadcast();

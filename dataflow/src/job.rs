@@ -52,6 +52,16 @@ pub trait RecordSource {
     }
 }
 
+/// A source with nothing to read.
+pub struct NoSource;
+
+impl RecordSource for NoSource {
+    fn poll(&mut self, _max: usize, _f: &mut dyn FnMut(Record<'_>)) -> SourceStatus {
+        SourceStatus::Idle
+    }
+    fn commit(&mut self, _offsets: &[((usize, i32), i64)], _closed: &[i64]) {}
+}
+
 /// Where a worker's rows go.
 pub trait RowSink {
     /// Hands over the rows and dead letters of every epoch up to `epoch`.

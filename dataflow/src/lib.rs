@@ -12,9 +12,12 @@
 pub mod emit;
 pub mod graph;
 pub mod job;
+pub mod kafka;
 pub mod metrics;
+pub mod output;
 pub mod plan;
 pub mod replay;
+pub mod service;
 pub mod state;
 pub mod types;
 pub mod watermark;

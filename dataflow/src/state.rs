@@ -20,14 +20,16 @@ use pulse_model::value::FxHashMap;
 use pulse_model::{Event, Op, Spec, Value};
 
 use crate::plan::{JobPlan, MetricPlan};
-use crate::types::{Acc, DomainWm, NamedValue, OrdF64, WinKey};
+use crate::types::{Acc, Bag, DomainWm, NamedValue, OrdF64, WinKey};
 use crate::watermark::LocalClocks;
 
 /// Where ingestion sends its updates (the differential input sessions, or a test double).
 pub trait Updates {
     fn add(&mut self, key: WinKey, acc: Acc);
-    fn distinct(&mut self, key: WinKey, value: u128, diff: isize);
-    fn multiset(&mut self, key: WinKey, value: OrdF64, diff: isize);
+    /// Changes of a window's distinct-value presence counts.
+    fn distinct(&mut self, key: WinKey, delta: Bag<u128>);
+    /// Changes of a window's multiset of numbers.
+    fn multiset(&mut self, key: WinKey, delta: Bag<OrdF64>);
     fn names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>);
 }
 
@@ -84,6 +86,9 @@ pub struct IngestState {
     spec: Arc<Spec>,
     plan: Arc<JobPlan>,
     epoch_add: FxHashMap<(u16, u64, i64), Vec<Acc>>,
+    /// Per (metric, group, pane, slot): value changes of this epoch.
+    epoch_distinct: FxHashMap<(u16, u64, i64, u16), Vec<(u128, i64)>>,
+    epoch_multiset: FxHashMap<(u16, u64, i64, u16), Vec<(OrdF64, i64)>>,
     panes: Vec<BTreeMap<i64, Pane>>,
     names_sent: FxHashMap<u64, ()>,
     gid_cache: Vec<FxHashMap<Vec<Value>, u64>>,
@@ -100,6 +105,8 @@ impl IngestState {
         let domains = spec.domains.len();
         IngestState {
             epoch_add: FxHashMap::default(),
+            epoch_distinct: FxHashMap::default(),
+            epoch_multiset: FxHashMap::default(),
             panes: (0..plan.metrics.len()).map(|_| BTreeMap::new()).collect(),
             names_sent: FxHashMap::default(),
             gid_cache: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
@@ -240,26 +247,53 @@ impl IngestState {
             let pane_state = self.panes[m].entry(pane).or_default();
             for slot in 0..mp.distinct.len() {
                 if let Some(v) = mp.distinct_value(slot, ev) {
-                    for win in mp.windows.starts(ev.time) {
-                        out.distinct(WinKey { gid, win, metric: m as u16, slot: slot as u16 }, v, sign);
+                    // Only a value's presence in the pane matters to distinct counts: windows
+                    // hear of it when it appears in (or disappears from) this worker's pane.
+                    let count = pane_state.distinct.entry((gid, slot as u16, v)).or_insert(0);
+                    let before = *count;
+                    *count += sign;
+                    if (before == 0) != (*count == 0) {
+                        let diff = if *count > 0 { 1 } else { -1 };
+                        self.epoch_distinct.entry((m as u16, gid, pane, slot as u16)).or_default().push((v, diff));
                     }
-                    bump(&mut pane_state.distinct, (gid, slot as u16, v), sign);
+                    if *count == 0 {
+                        pane_state.distinct.remove(&(gid, slot as u16, v));
+                    }
                 }
             }
             for slot in 0..mp.multisets.len() {
                 if let Some(x) = mp.multiset_value(slot, ev) {
-                    let v = OrdF64(x);
-                    for win in mp.windows.starts(ev.time) {
-                        out.multiset(WinKey { gid, win, metric: m as u16, slot: slot as u16 }, v, sign);
-                    }
-                    bump(&mut pane_state.multiset, (gid, slot as u16, v), sign);
+                    self.epoch_multiset.entry((m as u16, gid, pane, slot as u16)).or_default().push((OrdF64(x), sign as i64));
                 }
             }
         }
     }
 
-    /// Ends an epoch: sends the pre-aggregated additive contributions.
+    /// Ends an epoch: sends the pre-aggregated additive and multiset contributions.
     pub fn flush_epoch(&mut self, out: &mut impl Updates) {
+        // One bag per window: every change of the epoch to that window's values.
+        for ((m, gid, pane, slot), changes) in self.epoch_distinct.drain() {
+            let bag = Bag::from_unsorted(changes);
+            if bag.0.is_empty() {
+                continue;
+            }
+            for win in self.plan.metrics[m as usize].windows.starts(pane) {
+                out.distinct(WinKey { gid, win, metric: m, slot }, bag.clone());
+            }
+        }
+        for ((m, gid, pane, slot), changes) in self.epoch_multiset.drain() {
+            let bag = Bag::from_unsorted(changes);
+            if bag.0.is_empty() {
+                continue;
+            }
+            let kept = self.panes[m as usize].entry(pane).or_default();
+            for (v, c) in &bag.0 {
+                bump(&mut kept.multiset, (gid, slot, *v), *c as isize);
+            }
+            for win in self.plan.metrics[m as usize].windows.starts(pane) {
+                out.multiset(WinKey { gid, win, metric: m, slot }, bag.clone());
+            }
+        }
         for ((m, gid, pane), accs) in self.epoch_add.drain() {
             let mp = &self.plan.metrics[m as usize];
             for (slot, acc) in accs.iter().enumerate() {
@@ -300,14 +334,28 @@ impl IngestState {
                         }
                     }
                 }
+                let mut distinct: FxHashMap<(u64, u16), Vec<(u128, i64)>> = FxHashMap::default();
                 for ((gid, slot, v), count) in state.distinct {
-                    for win in mp.windows.starts(pane) {
-                        out.distinct(WinKey { gid, win, metric: m as u16, slot }, v, -count);
+                    if count > 0 {
+                        distinct.entry((gid, slot)).or_default().push((v, -1));
                     }
                 }
-                for ((gid, slot, v), count) in state.multiset {
+                for ((gid, slot), values) in distinct {
+                    let bag = Bag::from_unsorted(values);
                     for win in mp.windows.starts(pane) {
-                        out.multiset(WinKey { gid, win, metric: m as u16, slot }, v, -count);
+                        out.distinct(WinKey { gid, win, metric: m as u16, slot }, bag.clone());
+                    }
+                }
+                let mut multiset: FxHashMap<(u64, u16), Vec<(OrdF64, i64)>> = FxHashMap::default();
+                for ((gid, slot, v), count) in state.multiset {
+                    if count != 0 {
+                        multiset.entry((gid, slot)).or_default().push((v, -(count as i64)));
+                    }
+                }
+                for ((gid, slot), values) in multiset {
+                    let bag = Bag::from_unsorted(values);
+                    for win in mp.windows.starts(pane) {
+                        out.multiset(WinKey { gid, win, metric: m as u16, slot }, bag.clone());
                     }
                 }
             }

@@ -169,3 +169,108 @@ pub struct DomainWm {
 pub const WM_START: i64 = i64::MIN / 4;
 /// Event-time watermark meaning "the input has ended": closes every window.
 pub const WM_END: i64 = i64::MAX / 4;
+
+/// A multiset delta as a differential difference: sorted values with non-zero
+/// counts. Adding two bags merges them; a bag is zero when empty. One update
+/// per window and epoch carries every value change of that window, so the
+/// dataflow moves a few large updates instead of one update per value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Bag<T>(pub Vec<(T, i64)>);
+
+impl<T: Ord + Clone> Bag<T> {
+    /// A bag from unsorted (value, count) pairs.
+    pub fn from_unsorted(mut items: Vec<(T, i64)>) -> Bag<T> {
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(T, i64)> = Vec::with_capacity(items.len());
+        for (v, c) in items {
+            match out.last_mut() {
+                Some(last) if last.0 == v => last.1 += c,
+                _ => out.push((v, c)),
+            }
+        }
+        out.retain(|(_, c)| *c != 0);
+        Bag(out)
+    }
+
+    /// Number of values with a positive count.
+    pub fn distinct(&self) -> usize {
+        self.0.iter().filter(|(_, c)| *c > 0).count()
+    }
+}
+
+impl<T> IsZero for Bag<T> {
+    fn is_zero(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: Ord + Clone> Semigroup for Bag<T> {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if rhs.0.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            self.0.clone_from(&rhs.0);
+            return;
+        }
+        let mut out = Vec::with_capacity(self.0.len() + rhs.0.len());
+        let (mut a, mut b) = (std::mem::take(&mut self.0).into_iter().peekable(), rhs.0.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.0.cmp(&y.0) {
+                    Ordering::Less => out.extend(a.next()),
+                    Ordering::Greater => out.extend(b.next().cloned()),
+                    Ordering::Equal => {
+                        if let (Some((v, c1)), Some((_, c2))) = (a.next(), b.next()) {
+                            if c1 + c2 != 0 {
+                                out.push((v, c1 + c2));
+                            }
+                        }
+                    }
+                },
+                (Some(_), None) => {
+                    out.extend(a);
+                    break;
+                }
+                (None, Some(_)) => {
+                    out.extend(b.cloned());
+                    break;
+                }
+                (None, None) => break,
+            }
+        }
+        self.0 = out;
+    }
+}
+
+impl<T: Ord + Clone> Monoid for Bag<T> {
+    fn zero() -> Self {
+        Bag(Vec::new())
+    }
+}
+
+impl<T: Ord + Clone> Abelian for Bag<T> {
+    fn negate(&mut self) {
+        for (_, c) in &mut self.0 {
+            *c = -*c;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bags_add_and_cancel() {
+        let mut a = Bag::from_unsorted(vec![(3u64, 1), (1, 2), (3, 1)]);
+        assert_eq!(a.0, vec![(1, 2), (3, 2)]);
+        a.plus_equals(&Bag(vec![(1, -2), (2, 1)]));
+        assert_eq!(a.0, vec![(2, 1), (3, 2)]);
+        assert_eq!(a.distinct(), 2);
+        let mut neg = a.clone();
+        neg.negate();
+        a.plus_equals(&neg);
+        assert!(a.is_zero());
+    }
+}

@@ -1,0 +1,137 @@
+//! The Kafka source of a worker: the spec's domain partitions are spread over
+//! all workers of all processes deterministically (partition i of the sorted
+//! list goes to worker i mod workers), read from the group's committed
+//! offsets, and committed with the job's closed watermark as metadata so that
+//! a restart knows which windows are already final.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pulse_kafka::KafkaConfig;
+use pulse_model::Spec;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::job::{Record, RecordSource, SourceStatus};
+use crate::types::WM_START;
+
+const METADATA_PREFIX: &str = "pulse-closed=";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topics: Vec<String>,
+    by_topic: HashMap<String, usize>,
+    pub assigned: Vec<(usize, i32)>,
+}
+
+/// Every (domain, partition) of the spec's topics, in a stable order.
+fn all_partitions(consumer: &BaseConsumer, spec: &Spec) -> Result<Vec<(usize, i32)>, KafkaError> {
+    let mut all = Vec::new();
+    for (d, domain) in spec.domains.iter().enumerate() {
+        let md = consumer.fetch_metadata(Some(&domain.topic), TIMEOUT)?;
+        let count = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        if count == 0 {
+            tracing::warn!(topic = %domain.topic, "topic has no partitions (does it exist? run `pulse topics`)");
+        }
+        all.extend((0..count).map(|p| (d, p)));
+    }
+    Ok(all)
+}
+
+impl KafkaSource {
+    /// Connects worker `worker` of `workers` and returns it with the closed
+    /// watermark per domain to resume from.
+    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize) -> Result<(KafkaSource, Vec<i64>), KafkaError> {
+        let mut cfg = kafka.consumer(group);
+        cfg.set("client.id", format!("pulse-dataflow-{worker}"));
+        let consumer: BaseConsumer = cfg.create()?;
+        let all = all_partitions(&consumer, spec)?;
+        let topics: Vec<String> = spec.domains.iter().map(|d| d.topic.clone()).collect();
+
+        // Committed offsets (and their watermark metadata) of every partition of the job.
+        let mut tpl = TopicPartitionList::new();
+        for &(d, p) in &all {
+            tpl.add_partition(&topics[d], p);
+        }
+        let committed = if all.is_empty() { TopicPartitionList::new() } else { consumer.committed_offsets(tpl, TIMEOUT)? };
+        let mut start = vec![WM_START; spec.domains.len()];
+        let mut offsets: HashMap<(String, i32), Offset> = HashMap::new();
+        for e in committed.elements() {
+            offsets.insert((e.topic().to_string(), e.partition()), e.offset());
+            if let Some(c) = e.metadata().strip_prefix(METADATA_PREFIX).and_then(|v| v.parse::<i64>().ok())
+                && let Some(d) = topics.iter().position(|t| t == e.topic())
+            {
+                // The furthest any worker got: its finals were durable before it committed.
+                start[d] = start[d].max(c);
+            }
+        }
+
+        let assigned: Vec<(usize, i32)> = all.iter().enumerate().filter(|(i, _)| i % workers.max(1) == worker).map(|(_, dp)| *dp).collect();
+        let mut assignment = TopicPartitionList::new();
+        for &(d, p) in &assigned {
+            let offset = match offsets.get(&(topics[d].clone(), p)) {
+                Some(Offset::Offset(o)) => Offset::Offset(*o),
+                _ => Offset::Beginning,
+            };
+            assignment.add_partition_offset(&topics[d], p, offset)?;
+        }
+        consumer.assign(&assignment)?;
+        tracing::info!(worker, partitions = assigned.len(), ?start, "dataflow source assigned");
+        let by_topic = topics.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect();
+        Ok((KafkaSource { consumer, topics, by_topic, assigned }, start))
+    }
+}
+
+impl RecordSource for KafkaSource {
+    fn poll(&mut self, max: usize, f: &mut dyn FnMut(Record<'_>)) -> SourceStatus {
+        let mut n = 0;
+        while n < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => {
+                    tracing::warn!("kafka: {e}");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    let Some(&domain) = self.by_topic.get(msg.topic()) else { continue };
+                    let now = crate::graph::now_ms();
+                    f(Record {
+                        domain,
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        timestamp_ms: msg.timestamp().to_millis().unwrap_or(now),
+                        key: msg.key(),
+                        payload: msg.payload(),
+                        topic: &self.topics[domain],
+                    });
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 { SourceStatus::Active } else { SourceStatus::Idle }
+    }
+
+    fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]) {
+        let mut tpl = TopicPartitionList::new();
+        for &((d, p), next) in offsets {
+            if next <= 0 {
+                continue;
+            }
+            let mut e = tpl.add_partition(&self.topics[d], p);
+            if e.set_offset(Offset::Offset(next)).is_err() {
+                continue;
+            }
+            e.set_metadata(format!("{METADATA_PREFIX}{}", closed.get(d).copied().unwrap_or(WM_START)));
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!("offset commit failed (will be retried with the next epoch): {e}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `pulse dataflow` as a service: timely workers (and processes) reading Kafka,
+//! an async runtime delivering their rows, the operations endpoints.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pulse_kafka::KafkaConfig;
+use pulse_model::Spec;
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use pulse_sink::{ClickHouseConfig, Writer, WriterMetrics};
+use rdkafka::producer::FutureProducer;
+
+use crate::job::{NoSource, RecordSource, WorkerConfig, WorkerSummary, run_worker};
+use crate::kafka::KafkaSource;
+use crate::metrics::JobMetrics;
+use crate::output::{Output, report_stats};
+
+/// Where the timely workers run.
+#[derive(Debug, Clone)]
+pub enum Cluster {
+    /// `workers` threads in this process.
+    Process { workers: usize },
+    /// Timely's cluster mode: `workers` threads in each of the processes listed
+    /// in `addresses` (host:port), this one being number `process`.
+    Cluster { workers: usize, process: usize, addresses: Vec<String> },
+}
+
+impl Cluster {
+    fn timely_config(&self) -> timely::Config {
+        match self {
+            Cluster::Process { workers } => timely::Config::process((*workers).max(1)),
+            Cluster::Cluster { workers, process, addresses } => timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: (*workers).max(1),
+                    process: *process,
+                    addresses: addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DataflowConfig {
+    pub group: String,
+    pub cluster: Cluster,
+    pub metrics_addr: Option<SocketAddr>,
+    pub instance: String,
+    pub stats_interval: Duration,
+    /// Overrides of the spec's emit interval / idle timeout (tests).
+    pub emit_interval: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for DataflowConfig {
+    fn default() -> Self {
+        DataflowConfig {
+            group: "pulse-dataflow".into(),
+            cluster: Cluster::Process { workers: 1 },
+            metrics_addr: None,
+            instance: "dataflow".into(),
+            stats_interval: Duration::from_secs(10),
+            emit_interval: None,
+            idle_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataflowError {
+    #[error("timely: {0}")]
+    Timely(String),
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Runs the job until `shutdown` fires (then drains the current epoch, waits
+/// for its rows to be durable, commits and returns). Blocks the calling thread;
+/// `rt` runs the outputs and the operations server.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    spec: Arc<Spec>,
+    kafka: &KafkaConfig,
+    clickhouse: &ClickHouseConfig,
+    cfg: DataflowConfig,
+    registry: Registry,
+    ready: Readiness,
+    shutdown: Shutdown,
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<WorkerSummary>, DataflowError> {
+    let metrics = JobMetrics::new(&registry);
+    let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
+    let producer: FutureProducer = kafka.reliable_producer().create()?;
+    let output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone());
+    if let Some(addr) = cfg.metrics_addr {
+        let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
+        rt.spawn(async move {
+            if let Err(e) = pulse_ops::serve_ops("dataflow", addr, registry, ready, shutdown).await {
+                tracing::error!("dataflow ops server: {e}");
+            }
+        });
+    }
+    rt.spawn(report_stats(Arc::clone(&spec), writer.clone(), clickhouse.database.clone(), metrics.clone(), cfg.instance.clone(), cfg.stats_interval, shutdown.clone()));
+    {
+        let (writer, ready, shutdown) = (writer.clone(), ready.clone(), shutdown.clone());
+        rt.spawn(async move {
+            while !shutdown.is_triggered() {
+                ready.set(writer.ping().await);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        });
+    }
+
+    // The workers poll this flag; the shutdown signal sets it.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, shutdown) = (Arc::clone(&stop), shutdown.clone());
+        rt.spawn(async move {
+            shutdown.wait().await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let summaries: Arc<Mutex<Vec<WorkerSummary>>> = Arc::new(Mutex::new(Vec::new()));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let (summaries2, errors2) = (Arc::clone(&summaries), Arc::clone(&errors));
+    let kafka = kafka.clone();
+    let rt2 = rt.clone();
+    let group = cfg.group.clone();
+    let emit_interval = cfg.emit_interval;
+    let idle_timeout = cfg.idle_timeout;
+    let guards = timely::execute(cfg.cluster.timely_config(), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        // Every worker must build the dataflow, even one whose source failed: it then
+        // reads nothing and the stop flag drains the job.
+        let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) = match KafkaSource::new(&kafka, &group, &spec, index, peers) {
+            Ok((s, start)) => (Box::new(s), start),
+            Err(e) => {
+                tracing::error!(worker = index, "cannot start the Kafka source: {e}");
+                if let Ok(mut errs) = errors2.lock() {
+                    errs.push(e.to_string());
+                }
+                stop.store(true, Ordering::Relaxed);
+                (Box::new(NoSource), Vec::new())
+            }
+        };
+        let mut sink = output.spawn(&rt2);
+        let mut wcfg = WorkerConfig::live(&spec);
+        wcfg.start = start;
+        if let Some(e) = emit_interval {
+            wcfg.emit_interval = e;
+        }
+        if let Some(i) = idle_timeout {
+            wcfg.idle_timeout = Some(i);
+        }
+        let summary = run_worker(worker, Arc::clone(&spec), source.as_mut(), &mut sink, &wcfg, &output.metrics, &stop);
+        if let Ok(mut s) = summaries2.lock() {
+            s.push(summary);
+        }
+    })
+    .map_err(DataflowError::Timely)?;
+    drop(guards.join());
+    if let Some(e) = errors.lock().ok().and_then(|e| e.first().cloned()) {
+        return Err(DataflowError::Timely(e));
+    }
+    let out = summaries.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(out)
+}

@@ -120,9 +120,8 @@ impl FileSource {
     /// Partition of a line: hash of the text after `"key":` up to the next comma or brace.
     fn partition_of(&self, line: &[u8]) -> i32 {
         let p = &self.key_pattern;
-        let value = line
-            .windows(p.len())
-            .position(|w| w == p.as_slice())
+        let value = (0..line.len().saturating_sub(p.len()))
+            .find(|&i| line[i] == b'"' && line[i..].starts_with(p))
             .map(|i| {
                 let rest = &line[i + p.len()..];
                 let end = rest.iter().position(|&c| c == b',' || c == b'}').unwrap_or(rest.len());

@@ -92,6 +92,7 @@ pub struct IngestState {
     panes: Vec<BTreeMap<i64, Pane>>,
     names_sent: FxHashMap<u64, ()>,
     gid_cache: Vec<FxHashMap<Vec<Value>, u64>>,
+    gid_fast: Vec<FxHashMap<(u8, u64), u64>>,
     live: Vec<HashMap<CompactString, Live>>,
     clocks: LocalClocks,
     /// Event-time watermark in use per domain (drops late data).
@@ -110,6 +111,7 @@ impl IngestState {
             panes: (0..plan.metrics.len()).map(|_| BTreeMap::new()).collect(),
             names_sent: FxHashMap::default(),
             gid_cache: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
+            gid_fast: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             live: (0..domains).map(|_| HashMap::new()).collect(),
             clocks: LocalClocks::default(),
             used: (0..domains).map(|d| start.get(d).copied().unwrap_or(crate::types::WM_START)).collect(),
@@ -202,6 +204,23 @@ impl IngestState {
 
     fn group_id(&mut self, m: usize, ev: &Event, out: &mut impl Updates) -> u64 {
         let plan = &self.plan.metrics[m];
+        // The common case, one interned or small group value, is looked up without allocating.
+        let fast = match plan.group_by.as_slice() {
+            [g] => match ev.values[*g] {
+                Value::Sym(s) => Some((1u8, u64::from(s.0))),
+                Value::Enum(i) => Some((2, u64::from(i))),
+                Value::Int(i) => Some((3, i as u64)),
+                Value::Bool(b) => Some((4, u64::from(b))),
+                Value::Null => Some((5, 0)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(k) = fast
+            && let Some(&gid) = self.gid_fast[m].get(&k)
+        {
+            return gid;
+        }
         let key: Vec<Value> = plan.group_by.iter().map(|&g| ev.values[g].clone()).collect();
         if let Some(&gid) = self.gid_cache[m].get(&key) {
             return gid;
@@ -209,6 +228,9 @@ impl IngestState {
         let values: Vec<GroupValue> = plan.group_values(ev);
         let gid = plan.group_id(&values);
         self.gid_cache[m].insert(key, gid);
+        if let Some(k) = fast {
+            self.gid_fast[m].insert(k, gid);
+        }
         if self.names_sent.insert(gid, ()).is_none() {
             out.names(gid, m as u16, values.iter().map(NamedValue::from).collect());
         }

@@ -199,7 +199,12 @@ pub fn run_worker(
                     None => Err("empty record (no payload)".to_string()),
                 };
                 match decoded {
-                    Ok(ev) => {
+                    Ok(mut ev) => {
+                        // Without a version, the record's broker timestamp orders an event's
+                        // versions (µs, as ingest writes them), the same rule as the raw tables.
+                        if ev.version.is_none() {
+                            ev.version = Some(u64::try_from(rec.timestamp_ms).unwrap_or(0).saturating_mul(1000));
+                        }
                         let time = ev.time;
                         match state.offer(rec.domain, rec.partition, rec.offset, ev, now, &mut graph) {
                             Accepted::Counted => {

@@ -66,7 +66,8 @@ impl RecordSource for MemorySource {
                 domain: r.domain,
                 partition: r.partition,
                 offset: *offset,
-                timestamp_ms: 0,
+                // Replays order versions by position when records carry none.
+                timestamp_ms: self.next as i64,
                 key: None,
                 payload: Some(&r.payload),
                 topic: &self.topics[r.domain],
@@ -159,7 +160,9 @@ impl RecordSource for FileSource {
             let offset = self.offsets.entry(partition).or_insert(0);
             let o = *offset;
             *offset += 1;
-            f(Record { domain: self.domain, partition, offset: o, timestamp_ms: 0, key: None, payload: Some(&self.line), topic: &self.topic });
+            // Replays order versions by line when records carry none.
+            let line = self.lines as i64;
+            f(Record { domain: self.domain, partition, offset: o, timestamp_ms: line, key: None, payload: Some(&self.line), topic: &self.topic });
             taken += 1;
         }
         SourceStatus::Active

@@ -22,3 +22,33 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// The default spec (`pulse.toml` at the workspace root) with every topic
+/// renamed to a name unique to this call, so tests can share one broker.
+pub fn unique_spec() -> std::sync::Arc<pulse_model::Spec> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => panic!("reading {}: {e}", path.display()),
+    };
+    unique_spec_from(&path, &text)
+}
+
+/// `text` (a spec) with every topic renamed to a name unique to this call.
+pub fn unique_spec_from(path: &std::path::Path, text: &str) -> std::sync::Arc<pulse_model::Spec> {
+    let prefix = unique_name("t").replace('_', "-");
+    let mut text = text.to_string();
+    let topics: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("topic = \"").and_then(|r| r.strip_suffix('"')).map(String::from))
+        .collect();
+    for topic in topics {
+        text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
+    }
+    let own = format!("aggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\n");
+    text = if text.contains("[pipeline]\n") { text.replace("[pipeline]\n", &format!("[pipeline]\n{own}")) } else { format!("[pipeline]\n{own}{text}") };
+    match pulse_model::Spec::parse(path, &text) {
+        Ok(spec) => std::sync::Arc::new(spec),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod migrate;
 pub mod schema;
 pub mod service;
+pub mod verify;
 pub mod testing;
 pub mod writer;
 

@@ -114,6 +114,7 @@ enum Enc {
 pub struct RawTable {
     pub table: Table,
     sources: Vec<(RawSource, Enc)>,
+    time_field: usize,
     enum_values: Vec<Option<Vec<String>>>,
 }
 
@@ -230,7 +231,7 @@ pub fn raw_table(domain: &Domain) -> RawTable {
             comment: format!("Pulse raw events of domain {} (replays collapse on the ordering key)", domain.name),
         }
     };
-    RawTable { table, sources, enum_values }
+    RawTable { table, sources, enum_values, time_field: domain.time_field }
 }
 
 /// The id of an event: its own, or one derived from its Kafka coordinates (stable across replays).
@@ -261,6 +262,11 @@ impl RawTable {
     pub fn encode(&self, ev: &Event, at: &Provenance<'_>, buf: &mut BytesMut) {
         for &(src, enc) in &self.sources {
             match src {
+                // A delete carries no event time: it is stamped with when it was accepted,
+                // so that TTL never expires the tombstone before the event it deletes.
+                RawSource::Field(i) if i == self.time_field && ev.values[i].is_null() => {
+                    buf.put_i64_le(ev.ingested_at.unwrap_or(at.timestamp_ms));
+                }
                 RawSource::Field(i) => self.put_value(buf, enc, &ev.values[i], i),
                 RawSource::PointLat(i) | RawSource::PointLng(i) => match ev.values[i] {
                     Value::Point { lat, lng } => {

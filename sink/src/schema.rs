@@ -34,6 +34,8 @@ pub struct Table {
     pub partition_by: Option<String>,
     pub order_by: Vec<String>,
     pub ttl: Option<String>,
+    /// Data-skipping indexes: (name, expression, type).
+    pub indexes: Vec<(String, String, String)>,
     pub comment: String,
 }
 
@@ -44,7 +46,10 @@ pub fn ident(name: &str) -> String {
 
 impl Table {
     pub fn create_sql(&self, database: &str) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| format!("    {} {}", ident(&c.name), c.ty)).collect();
+        let mut cols: Vec<String> = self.columns.iter().map(|c| format!("    {} {}", ident(&c.name), c.ty)).collect();
+        for (name, expr, ty) in &self.indexes {
+            cols.push(format!("    INDEX {} {expr} TYPE {ty} GRANULARITY 1", ident(name)));
+        }
         let mut sql = format!(
             "CREATE TABLE IF NOT EXISTS {}.{}\n(\n{}\n)\nENGINE = {}",
             ident(database),
@@ -201,6 +206,14 @@ pub fn raw_table(domain: &Domain) -> RawTable {
     let time = domain.time_field().name.clone();
     let retention_days = (domain.retention.ms() / 86_400_000).max(1);
     let ttl = Some(format!("toDateTime({}) + INTERVAL {retention_days} DAY", ident(&time)));
+    // Point reads by event id and timelines by key skip granules with bloom filters.
+    let key_name = domain.key_field().name.clone();
+    let mut indexes = Vec::new();
+    for col in ["event_id".to_string(), key_name.clone()] {
+        if !indexes.iter().any(|(n, _, _): &(String, String, String)| *n == format!("idx_{col}")) {
+            indexes.push((format!("idx_{col}"), ident(&col), "bloom_filter(0.01)".to_string()));
+        }
+    }
     let table = if domain.mutable {
         Table {
             name: domain.name.clone(),
@@ -209,6 +222,8 @@ pub fn raw_table(domain: &Domain) -> RawTable {
             partition_by: None,
             order_by: vec!["event_id".into()],
             ttl,
+            // Ordered by event_id already; timelines read by the key.
+            indexes: indexes.into_iter().filter(|(n, _, _)| n != "idx_event_id").collect(),
             comment: format!("Pulse raw events of domain {} (mutable: latest version per event_id, FINAL hides deleted)", domain.name),
         }
     } else {
@@ -228,6 +243,7 @@ pub fn raw_table(domain: &Domain) -> RawTable {
             partition_by: Some(format!("toYYYYMMDD({})", ident(&time))),
             order_by: order,
             ttl,
+            indexes,
             comment: format!("Pulse raw events of domain {} (replays collapse on the ordering key)", domain.name),
         }
     };
@@ -376,6 +392,7 @@ pub fn metric_table(spec: &Spec, metric: &Metric) -> MetricTable {
             partition_by: Some("toYYYYMMDD(window_start)".into()),
             order_by: order,
             ttl: None,
+            indexes: Vec::new(),
             comment: format!(
                 "Pulse metric {}: {} windows sliding {} per group; latest revision wins, final = window closed",
                 metric.name, metric.window, metric.slide
@@ -438,6 +455,7 @@ pub fn migrations_table() -> Table {
         partition_by: None,
         order_by: vec!["id".into()],
         ttl: None,
+        indexes: Vec::new(),
         comment: "Pulse: every DDL statement pulse migrate applied".into(),
     }
 }
@@ -458,6 +476,7 @@ pub fn stats_table() -> Table {
         partition_by: Some("toYYYYMMDD(ts)".into()),
         order_by: vec!["name".into(), "domain".into(), "ts".into()],
         ttl: Some("toDateTime(ts) + INTERVAL 30 DAY".into()),
+        indexes: Vec::new(),
         comment: "Pulse pipeline figures (events, late events, dead letters, watermark delay, lag) for the health dashboard".into(),
     }
 }
@@ -513,6 +532,8 @@ mod tests {
         assert!(sql.contains("PARTITION BY toYYYYMMDD(`timestamp`)"), "{sql}");
         assert!(sql.contains("ORDER BY (`city`, `timestamp`, `ride_id`, `event_id`)"), "{sql}");
         assert!(sql.contains("TTL toDateTime(`timestamp`) + INTERVAL 7 DAY"), "{sql}");
+        assert!(sql.contains("INDEX `idx_event_id` `event_id` TYPE bloom_filter(0.01) GRANULARITY 1"), "{sql}");
+        assert!(sql.contains("INDEX `idx_ride_id` `ride_id` TYPE bloom_filter"), "{sql}");
         let app = raw_table(spec.domain("app_events").expect("app")).table.create_sql("pulse");
         assert!(app.contains("ReplacingMergeTree(version, is_deleted)") && app.contains("ORDER BY (`event_id`)"), "{app}");
     }

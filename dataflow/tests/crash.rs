@@ -1,0 +1,272 @@
+//! Crash consistency: the dataflow, killed with SIGKILL at 5 random points of a
+//! 1,000,000-event stream and restarted each time, ends with the same final
+//! windows as an uninterrupted run: none missing, none extra, equal values —
+//! in ClickHouse and on the aggregated topic (latest row per key).
+//!
+//! The job runs in child processes (this test binary re-executed in "child"
+//! mode), so that it can be killed for real; Kafka is librdkafka's mock cluster
+//! in this process, reached over TCP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pulse_dataflow::service::{Cluster, DataflowConfig, run};
+use pulse_kafka::testing::{stack_brokers, unique_name};
+use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
+use pulse_model::Spec;
+use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use pulse_sink::ClickHouseConfig;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const EVENTS: usize = 1_000_000;
+
+/// Child mode: run the dataflow until killed (or SIGTERM).
+#[test]
+fn child() {
+    let Ok(spec_path) = std::env::var("PULSE_CRASH_CHILD_SPEC") else { return };
+    let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
+    let kafka = KafkaConfig { brokers: std::env::var("PULSE_CRASH_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };
+    let ch = ClickHouseConfig {
+        url: std::env::var("PULSE_CLICKHOUSE_URL").expect("url"),
+        database: std::env::var("PULSE_CRASH_CHILD_DATABASE").expect("database"),
+        ..ClickHouseConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let shutdown = Shutdown::new();
+    {
+        let s = shutdown.clone();
+        rt.spawn(async move {
+            s.on_signals();
+        });
+    }
+    let cfg = DataflowConfig {
+        group: std::env::var("PULSE_CRASH_CHILD_GROUP").expect("group"),
+        cluster: Cluster::Process { workers: 2 },
+        emit_interval: Some(Duration::from_millis(100)),
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..DataflowConfig::default()
+    };
+    run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, rt.handle()).expect("dataflow");
+}
+
+fn spawn_child(spec: &Path, brokers: &str, db: &str, group: &str) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child", "--nocapture", "--test-threads", "1"])
+        .env("PULSE_CRASH_CHILD_SPEC", spec)
+        .env("PULSE_CRASH_CHILD_BROKERS", brokers)
+        .env("PULSE_CRASH_CHILD_DATABASE", db)
+        .env("PULSE_CRASH_CHILD_GROUP", group)
+        .env("PULSE_LOG", "warn")
+        .spawn()
+        .expect("child process")
+}
+
+/// Final rows of every metric: (metric, group, window start) -> the row's values as text.
+fn finals(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, spec: &Spec) -> BTreeMap<(String, String, i64), String> {
+    let mut out = BTreeMap::new();
+    for m in &spec.metrics {
+        let group = &spec.metric_domain(m).fields[m.group_by[0]].name;
+        let aggs: Vec<String> = m.aggregates.iter().map(|a| format!("toString(round(`{}`, 9))", a.name)).collect();
+        let sql = format!(
+            "SELECT toString(`{group}`), toUnixTimestamp64Milli(window_start), arrayStringConcat([{}], ',') FROM `{}` FINAL WHERE final",
+            aggs.join(", "),
+            m.name
+        );
+        let rows: Vec<(String, i64, String)> = rt.block_on(ch.client().query(&sql).fetch_all()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        for (g, ws, values) in rows {
+            out.insert((m.name.clone(), g, ws), values);
+        }
+    }
+    out
+}
+
+/// Latest row per key on a topic, reduced to (final, values).
+fn topic_latest(kafka: &KafkaConfig, topic: &str) -> HashMap<String, (bool, serde_json::Value)> {
+    let consumer: BaseConsumer = kafka.consumer(&unique_name("reader")).create().expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
+        remaining += consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks").1;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut latest: HashMap<String, (u64, bool, serde_json::Value)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while remaining > 0 && Instant::now() < deadline {
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else { continue };
+        remaining -= 1;
+        let mut v: serde_json::Value = serde_json::from_slice(msg.payload().unwrap_or_default()).expect("json");
+        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+        let revision = v["revision"].as_u64().unwrap_or(0);
+        let is_final = v["final"].as_bool().unwrap_or(false);
+        if let Some(o) = v.as_object_mut() {
+            for volatile in ["revision", "emitted_at"] {
+                o.remove(volatile);
+            }
+        }
+        if latest.get(&key).is_none_or(|(r, _, _)| *r < revision) {
+            latest.insert(key, (revision, is_final, v));
+        }
+    }
+    latest.into_iter().map(|(k, (_, f, v))| (k, (f, v))).collect()
+}
+
+#[test]
+fn sigkill_at_five_points_changes_no_final_window() {
+    if std::env::var("PULSE_CRASH_CHILD_SPEC").is_ok() || stack_brokers().is_none() {
+        return;
+    }
+    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
+
+    // One set of input topics; each run writes to its own output topic and database.
+    let dir = std::env::temp_dir().join(unique_name("pulse-crash"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let prefix = unique_name("crash").replace('_', "-");
+    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).expect("spec");
+    for topic in ["ride-events", "driver-locations", "app-events"] {
+        text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
+    }
+    let mut specs = Vec::new();
+    for run_name in ["reference", "crashing"] {
+        let t = text.replace("[pipeline]\n", &format!("[pipeline]\naggregated_topic = \"{prefix}-{run_name}\"\ndead_letter_topic = \"{prefix}-dlq\"\n"));
+        let path = dir.join(format!("{run_name}.toml"));
+        std::fs::write(&path, &t).expect("spec file");
+        let spec = Spec::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let plans: Vec<_> = plan_topics(&spec).into_iter().filter(|p| run_name == "reference" || p.name.ends_with(run_name)).collect();
+        create_on_mock(&mock, &plans).expect("topics");
+        let ch = ClickHouseConfig { url: url.clone(), database: unique_name(&format!("pulse_crash_{run_name}")), ..ClickHouseConfig::default() };
+        rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+        specs.push((path, spec, ch));
+    }
+    let base = &specs[0].1;
+
+    // A million events over ~35 minutes of event time, in order up to 3 s of disorder.
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
+    let cfg = GenConfig { rate: 500.0, disorder_ms: 3_000, ..GenConfig::default() };
+    // When the idle partitions release the watermark, every window ending 30 s (the
+    // lateness) before the last event closes; a minute of margin for disorder.
+    let last_window = (cfg.start_ms + (EVENTS as i64) * 2 - 30_000 - 300_000) / 60_000 * 60_000 - 60_000;
+    let mut version = 0u64;
+    for op in Generator::new(cfg).take(EVENTS) {
+        version += 1;
+        let (domain, key, json) = match op {
+            GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
+                let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+                let key = match domain {
+                    GenDomain::Rides => v["ride_id"].as_str(),
+                    GenDomain::DriverLocations => v["driver_id"].as_str(),
+                    GenDomain::AppEvents => v["event_id"].as_str(),
+                }
+                .unwrap_or_default()
+                .to_string();
+                let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
+                (domain, key, json)
+            }
+            GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}")),
+        };
+        let topic = &base.domain(domain.name()).expect("domain").topic;
+        let mut record = BaseRecord::to(topic).key(&key).payload(&json);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+
+    let settle = |ch: &ClickHouseConfig, spec: &Spec, child: &mut Child| -> BTreeMap<(String, String, i64), String> {
+        // Wait until the stream's last windows are final and nothing changes any more.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut last = BTreeMap::new();
+        let mut stable_since = Instant::now();
+        loop {
+            assert!(child.try_wait().expect("child status").is_none(), "the dataflow exited");
+            std::thread::sleep(Duration::from_secs(1));
+            let now = finals(&rt, ch, spec);
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            } else if last.keys().any(|(m, _, ws)| m == "city_metrics" && *ws >= last_window) && stable_since.elapsed() > Duration::from_secs(3) {
+                return last;
+            }
+            assert!(Instant::now() < deadline, "finals did not settle ({} rows)", last.len());
+        }
+    };
+
+    // The uninterrupted run.
+    let (ref_path, ref_spec, ref_ch) = &specs[0];
+    let mut reference = spawn_child(ref_path, &brokers, &ref_ch.database, "crash-reference");
+    let expected = settle(ref_ch, ref_spec, &mut reference);
+    let _ = reference.kill();
+    let _ = reference.wait();
+    assert!(expected.len() > 20 * 30, "{} final windows", expected.len());
+
+    // The same stream, killed at five random points.
+    let (crash_path, crash_spec, crash_ch) = &specs[1];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(std::process::id() as u64);
+    let mut child = spawn_child(crash_path, &brokers, &crash_ch.database, "crash-crashing");
+    let mut mid_stream = 0;
+    for kill in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(700..2_000)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        let so_far = finals(&rt, crash_ch, crash_spec).len();
+        eprintln!("kill {}: {so_far} of {} finals so far", kill + 1, expected.len());
+        mid_stream += usize::from(so_far < expected.len());
+        child = spawn_child(crash_path, &brokers, &crash_ch.database, "crash-crashing");
+    }
+    assert!(mid_stream >= 3, "the kills should land while the stream is processed ({mid_stream} did)");
+    let got = settle(crash_ch, crash_spec, &mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    for (k, v) in &expected {
+        assert_eq!(&got[k], v, "window {k:?}");
+    }
+
+    // On the topics: the latest row of every final window is final and equal.
+    let ref_topic = topic_latest(&kafka, &ref_spec.pipeline.aggregated_topic);
+    let crash_topic = topic_latest(&kafka, &crash_spec.pipeline.aggregated_topic);
+    let finals_of = |t: &HashMap<String, (bool, serde_json::Value)>| -> BTreeMap<String, serde_json::Value> {
+        t.iter().filter(|(_, (f, _))| *f).map(|(k, (_, v))| (k.clone(), v.clone())).collect()
+    };
+    let (a, b) = (finals_of(&ref_topic), finals_of(&crash_topic));
+    assert_eq!(a.len(), expected.len(), "reference finals on the topic");
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the aggregated topics hold different windows");
+    for (key, va) in &a {
+        let vb = &b[key];
+        for (field, x) in va.as_object().into_iter().flatten() {
+            let y = &vb[field];
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{key}.{field}: {x} vs {y}"),
+                _ => assert_eq!(x, y, "{key}.{field}"),
+            }
+        }
+    }
+    for (_, _, ch) in &specs {
+        let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{}`", ch.database)).execute());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -46,8 +46,9 @@ pub trait RecordSource {
     /// Commits the next offset to read per (domain, partition); `closed` is the
     /// job's closed watermark per domain, stored with the offsets for restarts.
     fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]);
-    /// Partitions this worker reads that were idle for the whole poll (keeps them "active").
-    fn caught_up(&mut self) -> Vec<(usize, i32)> {
+    /// Whether each partition is read up to its end (a partition can only be
+    /// idle when it is); sources that cannot tell report nothing.
+    fn caught_up(&mut self) -> Vec<((usize, i32), bool)> {
         Vec::new()
     }
 }
@@ -232,9 +233,6 @@ pub fn run_worker(
                     }
                 }
             });
-            for (d, p) in source.caught_up() {
-                state.touch(d, p, now);
-            }
             if status == SourceStatus::Ended {
                 ended = true;
                 // The last data epoch reports "nothing more will come": every window closes.
@@ -256,6 +254,9 @@ pub fn run_worker(
             },
         };
         if boundary {
+            for ((d, p), caught) in source.caught_up() {
+                state.set_caught_up(d, p, caught);
+            }
             state.flush_epoch(&mut graph);
             // A worker whose input ended has no active partition left.
             let idle = if ended { Some(Duration::ZERO) } else { cfg.idle_timeout };

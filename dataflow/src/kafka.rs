@@ -5,14 +5,16 @@
 //! a restart knows which windows are already final.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use pulse_ops::prometheus::IntGaugeVec;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use crate::job::{Record, RecordSource, SourceStatus};
 use crate::types::WM_START;
@@ -20,15 +22,44 @@ use crate::types::WM_START;
 const METADATA_PREFIX: &str = "pulse-closed=";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Receives librdkafka's statistics: per-partition consumer lag, published as a
+/// gauge and kept for the source to tell which partitions are read to their end.
+pub struct SourceContext {
+    lag: Option<IntGaugeVec>,
+    lags: Arc<Mutex<HashMap<(String, i32), i64>>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let Ok(mut lags) = self.lags.lock() else { return };
+        for (topic, t) in &stats.topics {
+            for (&partition, p) in &t.partitions {
+                if partition < 0 {
+                    continue;
+                }
+                lags.insert((topic.clone(), partition), p.consumer_lag);
+                if let Some(g) = &self.lag
+                    && p.consumer_lag >= 0
+                {
+                    g.with_label_values(&["dataflow", topic, &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
+    lags: Arc<Mutex<HashMap<(String, i32), i64>>>,
     topics: Vec<String>,
     by_topic: HashMap<String, usize>,
     pub assigned: Vec<(usize, i32)>,
 }
 
 /// Every (domain, partition) of the spec's topics, in a stable order.
-fn all_partitions(consumer: &BaseConsumer, spec: &Spec) -> Result<Vec<(usize, i32)>, KafkaError> {
+fn all_partitions(consumer: &BaseConsumer<SourceContext>, spec: &Spec) -> Result<Vec<(usize, i32)>, KafkaError> {
     let mut all = Vec::new();
     for (d, domain) in spec.domains.iter().enumerate() {
         let md = consumer.fetch_metadata(Some(&domain.topic), TIMEOUT)?;
@@ -44,10 +75,12 @@ fn all_partitions(consumer: &BaseConsumer, spec: &Spec) -> Result<Vec<(usize, i3
 impl KafkaSource {
     /// Connects worker `worker` of `workers` and returns it with the closed
     /// watermark per domain to resume from.
-    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize) -> Result<(KafkaSource, Vec<i64>), KafkaError> {
+    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize, lag: Option<IntGaugeVec>) -> Result<(KafkaSource, Vec<i64>), KafkaError> {
         let mut cfg = kafka.consumer(group);
         cfg.set("client.id", format!("pulse-dataflow-{worker}"));
-        let consumer: BaseConsumer = cfg.create()?;
+        cfg.set("statistics.interval.ms", "1000");
+        let lags = Arc::new(Mutex::new(HashMap::new()));
+        let consumer: BaseConsumer<SourceContext> = cfg.create_with_context(SourceContext { lag, lags: Arc::clone(&lags) })?;
         let all = all_partitions(&consumer, spec)?;
         let topics: Vec<String> = spec.domains.iter().map(|d| d.topic.clone()).collect();
 
@@ -81,7 +114,7 @@ impl KafkaSource {
         consumer.assign(&assignment)?;
         tracing::info!(worker, partitions = assigned.len(), ?start, "dataflow source assigned");
         let by_topic = topics.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect();
-        Ok((KafkaSource { consumer, topics, by_topic, assigned }, start))
+        Ok((KafkaSource { consumer, lags, topics, by_topic, assigned }, start))
     }
 }
 
@@ -113,6 +146,14 @@ impl RecordSource for KafkaSource {
             }
         }
         if n > 0 { SourceStatus::Active } else { SourceStatus::Idle }
+    }
+
+    fn caught_up(&mut self) -> Vec<((usize, i32), bool)> {
+        let Ok(lags) = self.lags.lock() else { return Vec::new() };
+        self.assigned
+            .iter()
+            .map(|&(d, p)| ((d, p), lags.get(&(self.topics[d].clone(), p)).is_some_and(|&lag| lag == 0)))
+            .collect()
     }
 
     fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]) {

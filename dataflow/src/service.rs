@@ -141,7 +141,7 @@ pub fn run(
         let (index, peers) = (worker.index(), worker.peers());
         // Every worker must build the dataflow, even one whose source failed: it then
         // reads nothing and the stop flag drains the job.
-        let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) = match KafkaSource::new(&kafka, &group, &spec, index, peers) {
+        let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) = match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
             Ok((s, start)) => (Box::new(s), start),
             Err(e) => {
                 tracing::error!(worker = index, "cannot start the Kafka source: {e}");

@@ -14,6 +14,10 @@ use crate::types::{DomainWm, WM_START, WmReport};
 struct PartitionClock {
     max_time: i64,
     last_activity: Instant,
+    /// The source has read everything the partition holds (known from the
+    /// broker's high watermark). Only a caught-up partition can be idle: one
+    /// whose records cannot be fetched (a broker down) keeps holding back.
+    caught_up: bool,
 }
 
 /// A worker's view of its own partitions, per domain.
@@ -25,15 +29,16 @@ pub struct LocalClocks {
 impl LocalClocks {
     /// Records an event time read from a partition.
     pub fn observe(&mut self, domain: usize, partition: i32, time: i64, now: Instant) {
-        let c = self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: time, last_activity: now });
+        let c = self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: time, last_activity: now, caught_up: false });
         c.max_time = c.max_time.max(time);
         c.last_activity = now;
+        c.caught_up = false;
     }
 
-    /// Marks a partition as read up to its end without new events (keeps it active).
-    pub fn touch(&mut self, domain: usize, partition: i32, now: Instant) {
+    /// Records whether the source has read a partition up to its end.
+    pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool) {
         if let Some(c) = self.partitions.get_mut(&(domain, partition)) {
-            c.last_activity = now;
+            c.caught_up = caught_up;
         }
     }
 
@@ -46,7 +51,7 @@ impl LocalClocks {
                 continue;
             }
             max_seen = Some(max_seen.map_or(c.max_time, |m| m.max(c.max_time)));
-            let idle = idle_timeout.is_some_and(|t| now.duration_since(c.last_activity) >= t);
+            let idle = idle_timeout.is_some_and(|t| t.is_zero() || (c.caught_up && now.duration_since(c.last_activity) >= t));
             if !idle {
                 min_active = Some(min_active.map_or(c.max_time, |m| m.min(c.max_time)));
             }
@@ -147,7 +152,10 @@ mod tests {
         assert_eq!(c.domain_wm(0, 7, t0, None), DomainWm { min_active: Some(1000), max_seen: Some(5000), used: 7 });
         let later = t0 + Duration::from_secs(11);
         c.observe(0, 1, 6000, later);
-        // Partition 0 has been silent for 11 s > 10 s idle timeout.
+        // Partition 0 has been silent for 11 s > 10 s, but it may hold unread records.
+        assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(1000));
+        // Once it is known to be read to its end, its silence makes it idle.
+        c.set_caught_up(0, 0, true);
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
     }
 

@@ -192,7 +192,7 @@ fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, serde
 fn finals_equal_sql_recomputation_across_a_restart() {
     let Some(ch) = stack_clickhouse("pulse_df_live") else { return };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mock = MockCluster::new(1).expect("mock cluster");
+    let mock = MockCluster::new(3).expect("mock cluster");
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
@@ -216,11 +216,27 @@ fn finals_equal_sql_recomputation_across_a_restart() {
 
     // More events (continuing in event time), a few of them far too late.
     let second = records(12_000, 8, last_ts(&first) - 2_000, 1_000_000);
-    rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &second[..4_000]));
     let late = vec![(GenDomain::Rides, "late-1".to_string(), format!(
         "{{\"event_type\":\"requested\",\"ride_id\":\"late-1\",\"city\":\"Lima\",\"estimated_fare\":1,\"user_id\":\"u-late\",\"timestamp\":{START_MS}}}"
     ))];
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone());
+    // Broker faults while the job runs and events keep coming: every partition's
+    // leader moves, then one broker goes down for 3 s and comes back.
+    let rest = {
+        let (spec, kafka, ch, recs) = (Arc::clone(&spec), kafka.clone(), ch.clone(), second[4_000..].to_vec());
+        rt.spawn(async move { produce_and_store(&spec, &kafka, &ch, &recs).await })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    for d in &spec.domains {
+        for p in 0..d.partitions {
+            mock.partition_leader(&d.topic, p, Some(1 + (p + 1) % 3)).expect("leader change");
+        }
+    }
+    mock.broker_down(2).expect("broker down");
+    std::thread::sleep(Duration::from_secs(3));
+    mock.broker_up(2).expect("broker up");
+    rt.block_on(rest).expect("producer task");
     // Every window ending a minute before the newest event must become final.
     let horizon = last_ts(&second) - 60_000;
     let expected_closed = |finals: &HashMap<(String, String, i64), Vec<Option<f64>>>| {

@@ -18,6 +18,8 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 pub enum BenchWhat {
+    /// Replay a JSON-lines file through the dataflow (no Kafka); prints events per CPU-second and peak RSS.
+    Dataflow(crate::dataflow_cmd::BenchDataflowArgs),
     /// Decode generated ride events on one thread; prints events per CPU-second.
     Decode {
         /// Number of events to decode.
@@ -27,11 +29,16 @@ pub enum BenchWhat {
         #[arg(long, default_value = "rides")]
         domain: String,
     },
+    /// The Go reference scenario over HTTP (500k inserts, 200k updates, 200k deletes at
+    /// concurrency 100) plus batched NDJSON throughput; events/s and p50/p99 per phase.
+    Ingest(crate::ingest_cmd::BenchIngestArgs),
 }
 
 pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Decode { events, domain } => decode(global, events, &domain),
+        BenchWhat::Ingest(args) => crate::ingest_cmd::bench(global, args),
+        BenchWhat::Dataflow(args) => crate::dataflow_cmd::bench(global, &args),
     }
 }
 

@@ -46,8 +46,14 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Consume the domain topics and store every raw event in ClickHouse.
     Sink(crate::services::SinkArgs),
+    /// Run the timely/differential job: windowed metrics to Kafka and ClickHouse.
+    Dataflow(crate::dataflow_cmd::DataflowArgs),
     /// Measure Pulse's throughput.
     Bench(crate::bench::BenchArgs),
+    /// Serve the HTTP write API: validated events into their domain's Kafka topic.
+    Ingest(crate::ingest_cmd::IngestArgs),
+    /// Generate realistic events: over HTTP, straight to Kafka, or into a JSON-lines file.
+    Loadgen(crate::ingest_cmd::LoadgenArgs),
 }
 
 /// Kafka connection (librdkafka properties pass through as PULSE_KAFKA_<PROPERTY>).

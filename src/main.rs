@@ -2,6 +2,8 @@
 
 mod bench;
 mod cli;
+mod ingest_cmd;
+mod dataflow_cmd;
 mod services;
 
 use std::process::ExitCode;
@@ -18,7 +20,10 @@ fn main() -> ExitCode {
         Command::Topics(args) => services::topics(&cli.global, &args),
         Command::Migrate(args) => services::migrate(&cli.global, &args),
         Command::Sink(args) => services::sink(&cli.global, &args),
+        Command::Dataflow(args) => dataflow_cmd::dataflow(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Ingest(args) => ingest_cmd::ingest(&cli.global, &args),
+        Command::Loadgen(args) => ingest_cmd::loadgen(&cli.global, &args),
     };
     match result {
         Ok(code) => code,

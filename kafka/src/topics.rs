@@ -131,9 +131,22 @@ pub async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, plans: &[T
         }
     }
     if !grow.is_empty() {
-        for result in admin.create_partitions(grow.iter(), &opts).await? {
-            if let Err((name, code)) = result {
-                return Err(Error::Topic { topic: name, message: format!("cannot add partitions: {code}") });
+        match admin.create_partitions(grow.iter(), &opts).await {
+            Ok(results) => {
+                for result in results {
+                    if let Err((name, code)) = result {
+                        return Err(Error::Topic { topic: name, message: format!("cannot add partitions: {code}") });
+                    }
+                }
+            }
+            // A broker without the CreatePartitions API (e.g. Tansu 0.6): report, do not abort.
+            Err(e) => {
+                let (failed, kept): (Vec<String>, Vec<String>) =
+                    report.fixed.drain(..).partition(|f| grow.iter().any(|g| f.starts_with(&format!("{}: partitions ", g.topic_name))));
+                report.fixed = kept;
+                for f in failed {
+                    report.drift.push(format!("{f} not possible: the broker cannot add partitions ({e})"));
+                }
             }
         }
     }
@@ -162,7 +175,8 @@ pub async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, plans: &[T
                         })
                         .collect();
                     if differs.is_empty() {
-                        if !report.fixed.iter().any(|f| f.starts_with(&format!("{}:", p.name))) {
+                        let prefix = format!("{}:", p.name);
+                        if !report.fixed.iter().chain(&report.drift).any(|f| f.starts_with(&prefix)) {
                             report.unchanged.push(p.name.clone());
                         }
                     } else {
@@ -171,10 +185,16 @@ pub async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, plans: &[T
                     }
                 }
                 if !alter.is_empty() {
-                    for result in admin.alter_configs(alter.iter(), &opts).await? {
-                        if let Err((resource, code)) = result {
-                            report.drift.push(format!("{resource:?}: cannot alter configs: {code}"));
+                    match admin.alter_configs(alter.iter(), &opts).await {
+                        Ok(results) => {
+                            for result in results {
+                                if let Err((resource, code)) = result {
+                                    report.drift.push(format!("{resource:?}: cannot alter configs: {code}"));
+                                }
+                            }
                         }
+                        // A broker without the AlterConfigs API: report, do not abort.
+                        Err(e) => report.drift.push(format!("cannot alter topic configs ({e}); see the fixes listed above")),
                     }
                 }
             }

@@ -17,8 +17,12 @@ use rdkafka::{Offset, TopicPartitionList};
 const MESSAGES: usize = 2_000;
 const PARTITIONS: i32 = 4;
 
-async fn produce(cfg: &KafkaConfig, topic: &str) -> BTreeMap<i32, Vec<(String, i64)>> {
-    let producer: FutureProducer = cfg.reliable_producer().create().expect("producer");
+async fn produce(cfg: &KafkaConfig, topic: &str, one_per_batch: bool) -> BTreeMap<i32, Vec<(String, i64)>> {
+    let mut pcfg = cfg.reliable_producer();
+    if one_per_batch {
+        pcfg.set("batch.num.messages", "1");
+    }
+    let producer: FutureProducer = pcfg.create().expect("producer");
     let mut sent: BTreeMap<i32, Vec<(String, i64)>> = BTreeMap::new();
     let futures: Vec<_> = (0..MESSAGES)
         .map(|i| {
@@ -51,6 +55,9 @@ fn consume(cfg: &KafkaConfig, group: &str, topic: &str, want: usize, commit: usi
     while got.len() < want && Instant::now() < deadline {
         let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
         let msg = msg.expect("message");
+        if msg.payload() == Some(b"tail".as_slice()) {
+            continue;
+        }
         let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
         let payload = String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned();
         got.push((msg.partition(), msg.offset(), key, payload));
@@ -71,8 +78,23 @@ fn consume(cfg: &KafkaConfig, group: &str, topic: &str, want: usize, commit: usi
     got
 }
 
-async fn roundtrip(cfg: KafkaConfig, topic: &str) {
-    let sent = produce(&cfg, topic).await;
+/// `tansu`: works around two limits of Tansu 0.6. It hands a partition's last
+/// batch to consumers only once more data follows it (so one more message per
+/// partition, which the checks ignore, follows the messages), and a fetch that
+/// starts inside a record batch resumes at the next batch (so every message is
+/// its own batch, and a committed offset never falls inside one).
+async fn roundtrip(cfg: KafkaConfig, topic: &str, tansu: bool) {
+    let sent = produce(&cfg, topic, tansu).await;
+    if tansu {
+        let producer: FutureProducer = cfg.reliable_producer().create().expect("producer");
+        for p in 0..PARTITIONS {
+            producer
+                .send(FutureRecord::to(topic).partition(p).key("tail").payload("tail"), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("tail acknowledged");
+        }
+    }
     assert_eq!(sent.values().map(Vec::len).sum::<usize>(), MESSAGES);
     assert!(sent.len() > 1, "keys spread over partitions: {:?}", sent.keys());
     // The same key always lands on the same partition.
@@ -114,7 +136,7 @@ async fn mock_cluster_keyed_lz4_group_manual_commit() {
     let mock = MockCluster::new(3).expect("mock cluster");
     let topic = unique_name("roundtrip");
     mock.create_topic(&topic, PARTITIONS, 1).expect("topic");
-    roundtrip(KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() }, &topic).await;
+    roundtrip(KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() }, &topic, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,5 +150,5 @@ async fn tansu_keyed_lz4_group_manual_commit() {
         .await
         .expect("create topics");
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    roundtrip(cfg, &topic).await;
+    roundtrip(cfg, &topic, true).await;
 }

@@ -1,0 +1,88 @@
+//! Settings of the ingest service. The binary fills them from flags and
+//! `PULSE_INGEST_*` variables; `pulse demo` and the tests build them directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::ApiKeys;
+
+pub const DEFAULT_ADDR: &str = "0.0.0.0:8081";
+pub const DEFAULT_MAX_BODY: usize = 5 * 1024 * 1024;
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
+
+/// Variables holding the write API keys, in order of precedence.
+pub const INGEST_KEYS_ENV: &str = "PULSE_INGEST_API_KEYS";
+pub const SHARED_KEYS_ENV: &str = "PULSE_API_KEYS";
+
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub addr: SocketAddr,
+    /// Largest request body in bytes (413 above).
+    pub max_body: usize,
+    /// Most events in one request (413 above).
+    pub max_batch: usize,
+    /// Largest encoded event Kafka takes (librdkafka's `message.max.bytes`); a
+    /// bigger event is rejected as invalid before anything is produced.
+    pub max_event_bytes: usize,
+    /// API keys; empty = no authentication.
+    pub keys: ApiKeys,
+    /// Events per second per API key (token bucket); `None` = unlimited.
+    pub rate_limit: Option<f64>,
+    /// Bucket size in events (defaults to one second's worth).
+    pub rate_burst: Option<f64>,
+    /// How long a request may wait for room in the producer and for Kafka's
+    /// acknowledgements before it is answered 503. Also librdkafka's `message.timeout.ms`.
+    pub produce_timeout: Duration,
+    /// Events produced but not yet acknowledged, over all requests; a request
+    /// waits (up to `produce_timeout`) for room.
+    pub max_in_flight: usize,
+    /// librdkafka `linger.ms`: how long the producer gathers a batch.
+    pub linger: Duration,
+    /// `Retry-After` seconds on 503 answers.
+    pub retry_after_secs: u64,
+    /// How often the broker's reachability (and so `/ready`) is checked.
+    pub ready_interval: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            max_body: DEFAULT_MAX_BODY,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_event_bytes: 1_000_000,
+            keys: ApiKeys::default(),
+            rate_limit: None,
+            rate_burst: None,
+            produce_timeout: Duration::from_secs(5),
+            max_in_flight: 200_000,
+            linger: Duration::from_millis(1),
+            retry_after_secs: 1,
+            ready_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The write API keys from the environment: `PULSE_INGEST_API_KEYS`, else
+/// `PULSE_API_KEYS` (comma-separated; blanks ignored).
+pub fn keys_from_env() -> ApiKeys {
+    keys_from(std::env::var(INGEST_KEYS_ENV).ok(), std::env::var(SHARED_KEYS_ENV).ok())
+}
+
+pub fn keys_from(ingest: Option<String>, shared: Option<String>) -> ApiKeys {
+    let list = ingest.filter(|s| !s.trim().is_empty()).or(shared).unwrap_or_default();
+    ApiKeys::parse(&list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_keys_take_precedence() {
+        assert_eq!(keys_from(Some("a, b".into()), Some("c".into())).len(), 2);
+        assert_eq!(keys_from(None, Some("c".into())).len(), 1);
+        assert_eq!(keys_from(Some(" ".into()), Some("c,d,,".into())).len(), 2);
+        assert!(keys_from(None, None).is_empty());
+    }
+}

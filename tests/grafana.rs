@@ -1,0 +1,241 @@
+//! The Grafana provisioning, checked the way Grafana and the ClickHouse plugin
+//! would: structure, uids, references, durations and states; then every panel's
+//! and the alert rule's SQL, with the plugin's macros expanded, runs against
+//! ClickHouse holding what the real pipeline produced.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pulse_model::generate::{CITIES, GenConfig, Generator};
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn yaml(path: &str) -> Yaml {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn dashboards() -> Vec<(String, Json)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root().join("grafana/dashboards")).expect("dashboards dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).expect("dashboard");
+            out.push((path.display().to_string(), serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Grafana's rule for uids: at most 40 of [A-Za-z0-9_-].
+fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 40 && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn valid_duration(d: &str) -> bool {
+    let (num, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len()));
+    !num.is_empty() && matches!(unit, "s" | "m" | "h" | "d")
+}
+
+fn datasource_uids() -> HashSet<String> {
+    let ds = yaml("grafana/provisioning/datasources/clickhouse.yaml");
+    ds["datasources"].as_sequence().expect("datasources").iter().map(|d| d["uid"].as_str().expect("uid").to_string()).collect()
+}
+
+#[test]
+fn datasource_uses_the_plugin_v4_keys() {
+    let ds = yaml("grafana/provisioning/datasources/clickhouse.yaml");
+    assert_eq!(ds["apiVersion"].as_i64(), Some(1));
+    let d = &ds["datasources"][0];
+    assert_eq!(d["type"].as_str(), Some("grafana-clickhouse-datasource"));
+    assert!(valid_uid(d["uid"].as_str().expect("uid")));
+    for key in ["host", "port", "protocol", "username", "defaultDatabase"] {
+        assert!(!d["jsonData"][key].is_null(), "jsonData.{key} missing");
+    }
+    for legacy in ["server", "url", "database"] {
+        assert!(d["jsonData"][legacy].is_null(), "legacy key jsonData.{legacy}");
+    }
+    assert!(matches!(d["jsonData"]["protocol"].as_str(), Some("http" | "native")));
+    assert!(d["secureJsonData"]["password"].as_str().is_some_and(|p| p.starts_with("${")), "password comes from the environment");
+    assert!(d["jsonData"]["password"].is_null(), "no password in jsonData");
+    let provider = yaml("grafana/provisioning/dashboards/pulse.yaml");
+    assert_eq!(provider["providers"][0]["type"].as_str(), Some("file"));
+    assert!(provider["providers"][0]["options"]["path"].as_str().is_some());
+}
+
+#[test]
+fn dashboards_are_well_formed() {
+    let uids = datasource_uids();
+    let mut dash_uids = HashSet::new();
+    for (path, d) in dashboards() {
+        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{path}: uid"));
+        assert!(valid_uid(uid) && dash_uids.insert(uid.to_string()), "{path}: uid {uid}");
+        assert_eq!(d["schemaVersion"].as_i64(), Some(41), "{path}");
+        assert_eq!(d["refresh"].as_str(), Some("10s"), "{path}");
+        assert!(d["time"]["from"].as_str().is_some() && d["time"]["to"].as_str().is_some(), "{path}: time range");
+        let mut ids = HashSet::new();
+        let panels = d["panels"].as_array().unwrap_or_else(|| panic!("{path}: panels"));
+        assert!(!panels.is_empty());
+        for p in panels {
+            let id = p["id"].as_i64().unwrap_or_else(|| panic!("{path}: panel id"));
+            assert!(ids.insert(id), "{path}: duplicate panel id {id}");
+            let g = &p["gridPos"];
+            assert!(g["w"].as_i64().is_some_and(|w| (1..=24).contains(&w)) && g["h"].as_i64().is_some_and(|h| h > 0), "{path}: gridPos of {id}");
+            assert!(g["x"].as_i64().unwrap_or(-1) + g["w"].as_i64().unwrap_or(0) <= 24, "{path}: panel {id} overflows the grid");
+            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{path}: targets of {id}"));
+            let mut refs = HashSet::new();
+            for t in targets {
+                assert!(refs.insert(t["refId"].as_str().expect("refId").to_string()), "{path}: duplicate refId in {id}");
+                assert!(uids.contains(t["datasource"]["uid"].as_str().expect("datasource uid")), "{path}: unknown datasource in {id}");
+                assert_eq!(t["editorType"].as_str(), Some("sql"));
+                assert!(matches!(t["format"].as_i64(), Some(0 | 1)), "{path}: format of {id}");
+                assert!(t["rawSql"].as_str().is_some_and(|s| !s.trim().is_empty()), "{path}: rawSql of {id}");
+            }
+        }
+        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+            if let Some(ds) = v["datasource"]["uid"].as_str() {
+                assert!(uids.contains(ds), "{path}: variable datasource");
+            }
+        }
+    }
+    let city = dashboards().into_iter().find(|(_, d)| d["uid"] == "pulse-city-operations").expect("city dashboard").1;
+    assert!(city["templating"]["list"].as_array().expect("variables").iter().any(|v| v["name"] == "city"), "city variable");
+    let titles: Vec<&str> = city["panels"].as_array().expect("panels").iter().filter_map(|p| p["title"].as_str()).collect();
+    assert!(titles.iter().any(|t| t.contains("Cancellation rate")) && titles.iter().any(|t| t.contains("drivers")), "{titles:?}");
+    let rate = city["panels"].as_array().expect("panels").iter().find(|p| p["title"].as_str().is_some_and(|t| t.starts_with("Cancellation rate by city"))).expect("rate panel");
+    let steps = rate["fieldConfig"]["defaults"]["thresholds"]["steps"].as_array().expect("thresholds");
+    assert!(steps.iter().any(|s| s["value"].as_f64() == Some(0.3)), "the 30% threshold is drawn");
+}
+
+#[test]
+fn alert_rule_contact_point_and_policy_are_well_formed() {
+    let a = yaml("grafana/provisioning/alerting/pulse.yaml");
+    assert_eq!(a["apiVersion"].as_i64(), Some(1));
+    let uids = datasource_uids();
+    let group = &a["groups"][0];
+    assert!(valid_duration(group["interval"].as_str().expect("interval")));
+    let rule = &group["rules"][0];
+    assert!(valid_uid(rule["uid"].as_str().expect("rule uid")));
+    assert_eq!(rule["for"].as_str(), Some("5m"));
+    assert!(matches!(rule["noDataState"].as_str(), Some("NoData" | "Alerting" | "OK" | "KeepLast")));
+    assert!(matches!(rule["execErrState"].as_str(), Some("Alerting" | "Error" | "OK" | "KeepLast")));
+    let data = rule["data"].as_sequence().expect("data");
+    let refs: HashSet<&str> = data.iter().map(|d| d["refId"].as_str().expect("refId")).collect();
+    assert_eq!(refs.len(), data.len(), "unique refIds");
+    assert!(refs.contains(rule["condition"].as_str().expect("condition")), "condition names a refId");
+    let thresholds: Vec<&Yaml> = data.iter().filter(|d| d["model"]["type"].as_str() == Some("threshold")).collect();
+    assert_eq!(thresholds.len(), 1, "exactly one threshold expression");
+    let conds = thresholds[0]["model"]["conditions"].as_sequence().expect("conditions");
+    assert_eq!(conds.len(), 1);
+    assert_eq!(conds[0]["evaluator"]["type"].as_str(), Some("gt"));
+    assert_eq!(conds[0]["evaluator"]["params"][0].as_f64(), Some(0.3));
+    for d in data {
+        let ds = d["datasourceUid"].as_str().expect("datasourceUid");
+        assert!(ds == "__expr__" || uids.contains(ds), "unknown datasource {ds}");
+        assert!(d["relativeTimeRange"]["from"].as_i64().is_some());
+        if let Some(e) = d["model"]["expression"].as_str() {
+            assert!(refs.contains(e), "expression refers to {e}");
+        }
+    }
+    let summary = rule["annotations"]["summary"].as_str().expect("summary");
+    assert!(summary.contains("$labels.city") && summary.contains("$values.B"), "{summary}");
+    let cp = &a["contactPoints"][0];
+    let receiver = &cp["receivers"][0];
+    assert_eq!(receiver["type"].as_str(), Some("webhook"));
+    assert!(valid_uid(receiver["uid"].as_str().expect("receiver uid")));
+    assert!(receiver["settings"]["url"].as_str().is_some_and(|u| u.contains("${PULSE_ALERT_WEBHOOK_URL}")));
+    let policy = &a["policies"][0];
+    assert_eq!(policy["receiver"].as_str(), cp["name"].as_str(), "policy routes to the contact point");
+    assert!(policy["group_by"].as_sequence().expect("group_by").iter().any(|g| g.as_str() == Some("city")));
+}
+
+/// The plugin's backend macros and the front end's variable expansion.
+fn expand(sql: &str, from_s: i64, to_s: i64, interval_s: i64, cities: &[&str]) -> String {
+    let mut out = sql.replace("${city:singlequote}", &cities.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(","));
+    let macro_arg = |s: &str, name: &str| -> Option<(usize, usize, String)> {
+        let start = s.find(name)?;
+        let open = start + name.len();
+        let close = open + s[open..].find(')')?;
+        Some((start, close + 1, s[open + 1..close].to_string()))
+    };
+    while let Some((a, b, col)) = macro_arg(&out, "$__timeFilter_ms") {
+        out.replace_range(a..b, &format!("{col} >= fromUnixTimestamp64Milli({}) AND {col} <= fromUnixTimestamp64Milli({})", from_s * 1000, to_s * 1000));
+    }
+    while let Some((a, b, col)) = macro_arg(&out, "$__timeFilter") {
+        out.replace_range(a..b, &format!("{col} >= toDateTime({from_s}) AND {col} <= toDateTime({to_s})"));
+    }
+    while let Some((a, b, col)) = macro_arg(&out, "$__timeInterval") {
+        out.replace_range(a..b, &format!("toStartOfInterval(toDateTime({col}), INTERVAL {interval_s} second)"));
+    }
+    out.replace("$__fromTime", &format!("toDateTime({from_s})"))
+        .replace("$__toTime", &format!("toDateTime({to_s})"))
+        .replace("$__interval_s", &interval_s.to_string())
+}
+
+#[test]
+fn every_query_runs_on_pipeline_data_and_the_alert_fires_for_the_surging_city() {
+    let Some(mut p) = support::Pipeline::start("pulse_grafana") else { return };
+    // 20 minutes of events ending now; Amsterdam cancels 40% of its rides.
+    let now = support::now_ms();
+    let cfg = GenConfig { start_ms: now - 20 * 60_000, rate: 60.0, surge_after_ms: Some(0), surge_city: 0, surge_cancel_rate: 0.40, disorder_ms: 2_000, ..GenConfig::default() };
+    let produced = p.produce(Generator::new(cfg).take(72_000)) as f64;
+    // (Counting the raw tables would undercount: app-event versions collapse on insert.)
+    p.wait_for("every record stored by the sink", Duration::from_secs(120), |p| {
+        p.scalar("SELECT sum(value) FROM pulse_pipeline_stats WHERE service = 'sink' AND name = 'events_stored'") >= produced
+    });
+    p.wait_for("city windows near now", Duration::from_secs(120), |p| {
+        p.scalar("SELECT toFloat64(count()) FROM city_metrics FINAL WHERE window_start >= now() - INTERVAL 10 MINUTE") >= 40.0
+    });
+    p.wait_for("pipeline stats", Duration::from_secs(30), |p| p.scalar("SELECT toFloat64(count()) FROM pulse_pipeline_stats") > 0.0);
+
+    // The dashboard's time range ends now (rows were ingested after the events' times).
+    let to = support::now_ms() / 1000;
+    let from = to - 3600;
+    let all: Vec<&str> = CITIES.to_vec();
+    let mut ran = 0;
+    for (path, d) in dashboards() {
+        for panel in d["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let sql = expand(t["rawSql"].as_str().expect("sql"), from, to, 60, &all);
+                let rows = p.rows(&sql);
+                let title = panel["title"].as_str().unwrap_or_default();
+                assert!(!rows.is_empty(), "{path}: panel {title:?} returned no rows:\n{sql}");
+                // Time series need a time column; every query names its columns.
+                if t["format"].as_i64() == Some(0) {
+                    assert!(rows[0].get("time").is_some(), "{path}: {title:?} has no time column: {}", rows[0]);
+                }
+                ran += 1;
+            }
+        }
+        // Template variables run too.
+        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+            if let Some(q) = v["query"].as_str() {
+                assert!(!p.rows(q).is_empty(), "{path}: variable {} has no values", v["name"]);
+            }
+        }
+    }
+    assert!(ran >= 18, "ran {ran} panel queries");
+
+    // The alert query: one row per city with enough requests; above 0.3 only for Amsterdam.
+    let alert = yaml("grafana/provisioning/alerting/pulse.yaml");
+    let query = &alert["groups"][0]["rules"][0]["data"][0];
+    let range = query["relativeTimeRange"]["from"].as_i64().expect("from");
+    let sql = expand(query["model"]["rawSql"].as_str().expect("sql"), to - range, to, 60, &all);
+    let rows = p.rows(&sql);
+    let rates: HashMap<String, f64> = rows
+        .iter()
+        .map(|r| (r["city"].as_str().expect("city").to_string(), r["cancellation_rate"].as_f64().expect("rate")))
+        .collect();
+    assert_eq!(rates.len(), 20, "a row per city: {rates:?}");
+    let firing: Vec<&String> = rates.iter().filter(|(_, r)| **r > 0.3).map(|(c, _)| c).collect();
+    assert_eq!(firing, vec!["Amsterdam"], "{rates:?}");
+    p.stop();
+}

@@ -1,0 +1,155 @@
+//! The whole pipeline in one test process: librdkafka's mock cluster as Kafka,
+//! the local stack's ClickHouse, `pulse sink` and `pulse dataflow` running as
+//! their library services. Tests produce generated events and read the results.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pulse_dataflow::service::{Cluster, DataflowConfig};
+use pulse_kafka::testing::unique_spec;
+use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
+use pulse_model::Spec;
+use pulse_model::generate::{GenDomain, GenOp};
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use pulse_sink::ClickHouseConfig;
+use pulse_sink::service::SinkConfig;
+use pulse_sink::testing::stack_clickhouse;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub struct Pipeline {
+    pub rt: tokio::runtime::Runtime,
+    pub mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub kafka: KafkaConfig,
+    pub ch: ClickHouseConfig,
+    pub spec: Arc<Spec>,
+    pub shutdown: Shutdown,
+    dataflow: Option<std::thread::JoinHandle<()>>,
+    version: u64,
+}
+
+impl Pipeline {
+    /// Starts sink and dataflow over a fresh spec (unique topics) and database;
+    /// `None` when the local stack is not part of this test run.
+    pub fn start(prefix: &str) -> Option<Pipeline> {
+        let ch = stack_clickhouse(prefix)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let spec = unique_spec();
+        create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
+        let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+        rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+        let shutdown = Shutdown::new();
+        let sink_cfg = SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() };
+        {
+            let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
+            rt.spawn(async move {
+                if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, sink_cfg, Registry::new(), Readiness::default(), shutdown).await {
+                    panic!("sink failed: {e}");
+                }
+            });
+        }
+        let dataflow = {
+            let (spec, kafka, ch, shutdown, handle) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone());
+            std::thread::spawn(move || {
+                let cfg = DataflowConfig {
+                    cluster: Cluster::Process { workers: 2 },
+                    emit_interval: Some(Duration::from_millis(100)),
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    stats_interval: Duration::from_secs(1),
+                    ..DataflowConfig::default()
+                };
+                if let Err(e) = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, &handle) {
+                    panic!("dataflow failed: {e}");
+                }
+            })
+        };
+        Some(Pipeline { rt, mock, kafka, ch, spec, shutdown, dataflow: Some(dataflow), version: 0 })
+    }
+
+    /// Produces generated writes straight to Kafka, as producers without ingest would
+    /// (app-event writes carry a version, as ingest would add).
+    pub fn produce(&mut self, ops: impl IntoIterator<Item = GenOp>) -> usize {
+        let producer: FutureProducer = self.kafka.reliable_producer().create().expect("producer");
+        let mut records = Vec::new();
+        for op in ops {
+            self.version += 1;
+            let v = self.version;
+            let (domain, key, json) = match op {
+                GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
+                    let parsed: serde_json::Value = serde_json::from_str(&json).expect("generated JSON");
+                    let key_field = match domain {
+                        GenDomain::Rides => "ride_id",
+                        GenDomain::DriverLocations => "driver_id",
+                        GenDomain::AppEvents => "event_id",
+                    };
+                    let key = parsed[key_field].as_str().unwrap_or_default().to_string();
+                    let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{v}}}", &json[..json.len() - 1]) } else { json };
+                    (domain, key, json)
+                }
+                GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{v}}}")),
+            };
+            let topic = self.spec.domain(domain.name()).expect("domain").topic.clone();
+            records.push((topic, key, json));
+        }
+        let n = records.len();
+        self.rt.block_on(async {
+            for chunk in records.chunks(5_000) {
+                let sends: Vec<_> = chunk
+                    .iter()
+                    .map(|(topic, key, json)| producer.send(FutureRecord::to(topic).key(key).payload(json), Duration::from_secs(10)))
+                    .collect();
+                for r in futures::future::join_all(sends).await {
+                    r.map_err(|(e, _)| e).expect("acknowledged");
+                }
+            }
+        });
+        n
+    }
+
+    /// Runs a query returning one number.
+    pub fn scalar(&self, sql: &str) -> f64 {
+        self.rt
+            .block_on(async { self.ch.client().query(sql).fetch_one::<f64>().await })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Rows of a query as JSON objects.
+    pub fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        self.rt.block_on(async {
+            let mut cursor = self
+                .ch
+                .client()
+                .query(sql)
+                .with_setting("output_format_json_quote_64bit_integers", "0")
+                .fetch_bytes("JSONEachRow")
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("JSON row")).collect()
+        })
+    }
+
+    /// Waits until `check` holds (panics with `what` after `timeout`).
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Pipeline) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(d) = self.dataflow.take() {
+            d.join().expect("dataflow thread");
+        }
+        let db = self.ch.database.clone();
+        let _ = self.rt.block_on(self.ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute());
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

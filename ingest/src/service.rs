@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::serve::ListenerExt;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use prometheus::Registry;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
@@ -382,19 +382,36 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
 }
 
+/// How much of an oversize body is still read (and dropped) before the 413 is
+/// sent: a client that is still writing then reliably gets the answer instead
+/// of a reset connection. Beyond this the connection is closed.
+const DRAIN_CAP: u64 = 64 << 20;
+
 /// Reads the body up to `max` bytes (413 beyond, decided from Content-Length when given).
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+async fn read_body(mut body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::TooLarge(format!("the body is larger than {max} bytes; split it into smaller requests"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > max as u64
-    {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > DRAIN_CAP) {
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::Malformed(format!("cannot read the body: {e}"))),
+    let mut over = declared.is_some_and(|len| len > max as u64);
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::Malformed(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len() as u64;
+        if over || buf.len() + data.len() > max {
+            over = true;
+            buf.clear();
+            if seen > DRAIN_CAP {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&data);
     }
+    if over { Err(too_large()) } else { Ok(buf.freeze()) }
 }
 
 /// A failed request, as answered.

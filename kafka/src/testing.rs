@@ -27,15 +27,24 @@ pub fn unique_name(prefix: &str) -> String {
 /// renamed to a name unique to this call, so tests can share one broker.
 pub fn unique_spec() -> std::sync::Arc<pulse_model::Spec> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    match pulse_model::Spec::parse(&path, &unique_spec_text()) {
+        Ok(spec) => std::sync::Arc::new(spec),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The text of the default spec with every topic renamed to a name unique to
+/// this call (for tests that hand a spec file to another process).
+pub fn unique_spec_text() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => with_unique_topics(&t),
         Err(e) => panic!("reading {}: {e}", path.display()),
-    };
-    unique_spec_from(&path, &text)
+    }
 }
 
 /// `text` (a spec) with every topic renamed to a name unique to this call.
-pub fn unique_spec_from(path: &std::path::Path, text: &str) -> std::sync::Arc<pulse_model::Spec> {
+pub fn with_unique_topics(text: &str) -> String {
     let prefix = unique_name("t").replace('_', "-");
     let mut text = text.to_string();
     let topics: Vec<String> = text
@@ -46,9 +55,5 @@ pub fn unique_spec_from(path: &std::path::Path, text: &str) -> std::sync::Arc<pu
         text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
     }
     let own = format!("aggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\n");
-    text = if text.contains("[pipeline]\n") { text.replace("[pipeline]\n", &format!("[pipeline]\n{own}")) } else { format!("[pipeline]\n{own}{text}") };
-    match pulse_model::Spec::parse(path, &text) {
-        Ok(spec) => std::sync::Arc::new(spec),
-        Err(e) => panic!("{e}"),
-    }
+    if text.contains("[pipeline]\n") { text.replace("[pipeline]\n", &format!("[pipeline]\n{own}")) } else { format!("[pipeline]\n{own}{text}") }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC};
-use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
+use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec, unique_spec_text};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
@@ -194,14 +194,14 @@ fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let Some(ch) = stack_clickhouse("pulse_sink_kill") else { return };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock");
-    let spec = unique_spec();
-    create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
-    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
     let dir = std::env::temp_dir().join(unique_name("pulse-sink-kill"));
     std::fs::create_dir_all(&dir).expect("dir");
     let spec_path = dir.join("pulse.toml");
-    std::fs::write(&spec_path, spec_text(&spec)).expect("spec");
+    std::fs::write(&spec_path, unique_spec_text()).expect("spec");
+    let spec = Arc::new(Spec::load(&spec_path).expect("spec"));
+    create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
     let spawn = || -> Child {
         Command::new(std::env::current_exe().expect("exe"))
             .args(["--exact", "child", "--nocapture", "--test-threads", "1"])
@@ -230,18 +230,6 @@ fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let _ = child.wait();
     let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE `{}`", ch.database)).execute());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The spec as a file the child can load (topics included).
-fn spec_text(spec: &Spec) -> String {
-    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).expect("spec");
-    for (d, original) in spec.domains.iter().zip(["ride-events", "driver-locations", "app-events"]) {
-        text = text.replace(&format!("topic = \"{original}\""), &format!("topic = \"{}\"", d.topic));
-    }
-    text.replace(
-        "[pipeline]\n",
-        &format!("[pipeline]\naggregated_topic = \"{}\"\ndead_letter_topic = \"{}\"\n", spec.pipeline.aggregated_topic, spec.pipeline.dead_letter_topic),
-    )
 }
 
 /// A private ClickHouse (the chDB front-end) that the test can stop and start.

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,18 +25,7 @@ use tokio::net::TcpListener;
 
 /// The default spec with every topic renamed to a name unique to this call.
 pub fn unique_spec() -> Arc<Spec> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
-    let text = std::fs::read_to_string(&path).expect("pulse.toml");
-    let prefix = unique_name("t").replace('_', "-");
-    let mut text = text;
-    for topic in ["ride-events", "driver-locations", "app-events"] {
-        text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
-    }
-    text = text.replace(
-        "[pipeline]\n",
-        &format!("[pipeline]\naggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\n"),
-    );
-    Arc::new(Spec::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")))
+    pulse_kafka::testing::unique_spec()
 }
 
 pub struct Server {

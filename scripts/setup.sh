@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything Pulse's tests and demo need on a fresh machine; idempotent.
+# Installs everything Pulse's demo (and, with --for-tests, its tests) need on a
+# fresh machine; idempotent.
 #   - Debian packages for the build and browser tests (only if missing)
 #   - the Python venv with chDB (ClickHouse engine) and Tansu (Kafka broker), via scripts/stack
 set -euo pipefail
@@ -9,6 +10,10 @@ need_pkgs=()
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v make >/dev/null || need_pkgs+=(make)
 command -v gcc >/dev/null || need_pkgs+=(gcc)
+# Headless Chromium drives the API's live page in its browser test (tests only).
+if [[ "${1:-}" == "--for-tests" ]]; then
+  [[ -x /usr/bin/chromium ]] || need_pkgs+=(chromium)
+fi
 if ((${#need_pkgs[@]})); then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
   if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi

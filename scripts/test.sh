@@ -12,9 +12,10 @@ export PULSE_STACK_DIR="${PULSE_TEST_STACK_DIR:-$ROOT/.stack/test}"
 export PULSE_CLICKHOUSE_URL="http://127.0.0.1:$PULSE_CHDB_PORT"
 export PULSE_KAFKA_BROKERS="127.0.0.1:$PULSE_TANSU_PORT"
 export PULSE_TEST_STACK=1
+export PULSE_CHDB_PYTHON="${PULSE_CACHE:-$HOME/.cache/pulse}/venv/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-scripts/setup.sh
+scripts/setup.sh --for-tests
 rm -rf "$PULSE_STACK_DIR"
 trap 'scripts/stack down' EXIT
 scripts/stack up
@@ -24,4 +25,7 @@ scripts/stack python scripts/test_chdb_server.py
 
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads "${PULSE_TEST_THREADS:-4}"
+
+echo "== Python SDK against real services"
+PULSE_BIN="$ROOT/target/debug/pulse" scripts/stack python -m pytest -q sdk/python/tests
 echo "== all tests passed"

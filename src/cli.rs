@@ -48,12 +48,16 @@ pub enum Command {
     Sink(crate::services::SinkArgs),
     /// Run the timely/differential job: windowed metrics to Kafka and ClickHouse.
     Dataflow(crate::dataflow_cmd::DataflowArgs),
+    /// The whole pipeline in one process, with a load generator and a live table.
+    Demo(crate::demo::DemoArgs),
     /// Measure Pulse's throughput.
     Bench(crate::bench::BenchArgs),
     /// Serve the HTTP write API: validated events into their domain's Kafka topic.
     Ingest(crate::ingest_cmd::IngestArgs),
     /// Generate realistic events: over HTTP, straight to Kafka, or into a JSON-lines file.
     Loadgen(crate::ingest_cmd::LoadgenArgs),
+    /// Serve the read API (events, metrics, analytics, live streams) and the live page.
+    Api(crate::api_cmd::ApiArgs),
 }
 
 /// Kafka connection (librdkafka properties pass through as PULSE_KAFKA_<PROPERTY>).
@@ -79,8 +83,10 @@ pub struct ClickHouseArgs {
     /// Database holding Pulse's tables.
     #[arg(long = "clickhouse-database", env = "PULSE_CLICKHOUSE_DATABASE", default_value = pulse_sink::config::DEFAULT_DATABASE)]
     pub database: String,
+    /// ClickHouse user (the server's default user when unset).
     #[arg(long = "clickhouse-user", env = "PULSE_CLICKHOUSE_USER")]
     pub user: Option<String>,
+    /// ClickHouse password (never logged).
     #[arg(long = "clickhouse-password", env = "PULSE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Compress INSERT bodies with LZ4.

@@ -146,6 +146,13 @@ pub struct LoadgenArgs {
     #[arg(long, env = "PULSE_LOADGEN_RATE", default_value_t = 0.0)]
     pub rate: f64,
     /// Requests in flight.
+    /// Events per second of event time (how fast the events' timestamps advance);
+    /// defaults to --rate, or 5,000 when sending as fast as possible.
+    #[arg(long, env = "PULSE_LOADGEN_EVENT_RATE")]
+    pub event_rate: Option<f64>,
+    /// Start the events' timestamps this long before now (e.g. 10m).
+    #[arg(long, env = "PULSE_LOADGEN_START_AGO", value_parser = parse_duration)]
+    pub start_ago: Option<Duration>,
     #[arg(long, env = "PULSE_LOADGEN_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Events per request: 1 = one POST per event, more = NDJSON batches.
@@ -228,9 +235,9 @@ impl LoadgenArgs {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let generator = GenConfig {
             seed: self.seed,
-            start_ms: now,
+            start_ms: now - self.start_ago.map_or(0, |d| d.as_millis() as i64),
             // Event time advances with the target rate (or a realistic 5,000/s when unlimited).
-            rate: rate.unwrap_or(5_000.0),
+            rate: self.event_rate.filter(|r| *r > 0.0).or(rate).unwrap_or(5_000.0),
             mix,
             cities: self.cities.clamp(1, CITIES.len()),
             users: self.users.max(1),

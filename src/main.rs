@@ -1,10 +1,13 @@
 //! `pulse`: one binary, one subcommand per deployment.
 
+mod api_cmd;
 mod bench;
 mod cli;
 mod ingest_cmd;
 mod dataflow_cmd;
+mod demo;
 mod services;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -21,7 +24,9 @@ fn main() -> ExitCode {
         Command::Migrate(args) => services::migrate(&cli.global, &args),
         Command::Sink(args) => services::sink(&cli.global, &args),
         Command::Dataflow(args) => dataflow_cmd::dataflow(&cli.global, &args),
+        Command::Demo(args) => demo::demo(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Api(args) => api_cmd::api(&cli.global, &args),
         Command::Ingest(args) => ingest_cmd::ingest(&cli.global, &args),
         Command::Loadgen(args) => ingest_cmd::loadgen(&cli.global, &args),
     };

@@ -1,0 +1,90 @@
+//! Errors of the read API and their HTTP answers: always a JSON body
+//! `{"error": "...", "parameter": "..."}` (`parameter` when one input is at fault).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: 400 naming the parameter.
+    #[error("{message}")]
+    BadRequest { parameter: String, message: String },
+    /// Unknown domain, metric, event or route: 404.
+    #[error("{message}")]
+    NotFound {
+        parameter: Option<String>,
+        message: String,
+    },
+    #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// ClickHouse (or Kafka) unreachable or too slow: 503 with Retry-After.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    /// A query failed for another reason: 500 (the cause is logged, not returned).
+    #[error("internal error")]
+    Internal,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// The request parameter at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad(parameter: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            parameter: parameter.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(parameter: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError::NotFound {
+            parameter: parameter.map(String::from),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let parameter = match &self {
+            ApiError::BadRequest { parameter, .. } => Some(parameter.clone()),
+            ApiError::NotFound { parameter, .. } => parameter.clone(),
+            _ => None,
+        };
+        let status = self.status();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                parameter,
+            }),
+        )
+            .into_response();
+        if let ApiError::Unavailable { retry_after, .. } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

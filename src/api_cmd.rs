@@ -1,0 +1,166 @@
+//! `pulse api` (the read API and live page) and `pulse bench api`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pulse_api::config::{StreamConfig, keys_from_env, parse_list};
+use pulse_api::{Api, ApiConfig};
+use pulse_kafka::KafkaConfig;
+use pulse_model::Spec;
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use pulse_sink::ClickHouseConfig;
+
+use crate::cli::{ClickHouseArgs, Global, KafkaArgs};
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Address to serve on (/v1, /health, /ready, /metrics, /openapi.json, the live page at /).
+    #[arg(long, env = "PULSE_API_ADDR", default_value = pulse_api::config::DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// Origins allowed by CORS, comma-separated (`*` for any); none by default.
+    #[arg(long, env = "PULSE_API_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+    /// Serve /v1/stream (SSE) from the aggregated topic; needs Kafka.
+    #[arg(long, env = "PULSE_API_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub stream: bool,
+    /// Apply the schema (pulse migrate) before serving.
+    #[arg(long, env = "PULSE_API_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+}
+
+/// Settings for the API from the environment's keys (`PULSE_READ_API_KEYS`, else `PULSE_API_KEYS`).
+fn config(addr: SocketAddr, cors: &str, kafka: Option<KafkaConfig>) -> ApiConfig {
+    ApiConfig {
+        addr,
+        cors_origins: parse_list(cors),
+        keys: keys_from_env(),
+        stream: kafka.map(StreamConfig::new),
+        ..ApiConfig::default()
+    }
+}
+
+pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let spec = Arc::new(global.load_spec()?);
+    let ch = args.clickhouse.config();
+    let kafka = args.stream.then(|| args.kafka.config());
+    let cfg = config(args.addr, &args.cors_origins, kafka);
+    crate::services::runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.on_signals();
+        if args.migrate {
+            pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
+        }
+        tracing::info!(keys = cfg.keys.len(), cors = ?cfg.cors_origins, stream = cfg.stream.is_some(), clickhouse = %ch.url, database = %ch.database, "api starting");
+        let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
+        let api = Api::new(spec, &ch, cfg, Registry::new(), Readiness::default(), shutdown.clone())?;
+        pulse_api::serve(api, listener, shutdown).await.context("serving the API")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The API inside another command (`pulse demo`): binds `addr` and serves until `shutdown`.
+pub fn spawn_embedded(
+    rt: &tokio::runtime::Runtime,
+    spec: Arc<Spec>,
+    ch: &ClickHouseConfig,
+    kafka: &KafkaConfig,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let cfg = config(
+        addr,
+        &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(),
+        Some(kafka.clone()),
+    );
+    let _guard = rt.enter();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding {addr}"))?;
+    let api = Api::new(
+        spec,
+        ch,
+        cfg,
+        Registry::new(),
+        Readiness::default(),
+        shutdown.clone(),
+    )?;
+    Ok(rt.spawn(pulse_api::serve(api, listener, shutdown)))
+}
+
+#[derive(Args, Debug)]
+pub struct BenchApiArgs {
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Raw ride rows to load.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub rides: usize,
+    /// App events to load (with updates and deletes).
+    #[arg(long, default_value_t = 500_000)]
+    pub app_events: usize,
+    /// Hours of event time the data covers, ending now.
+    #[arg(long, default_value_t = 48)]
+    pub hours: u64,
+    /// Measured requests per endpoint (analytics endpoints: a fifth of it).
+    #[arg(long, default_value_t = 500)]
+    pub requests: usize,
+    /// Requests in flight at once, comma-separated: each endpoint is measured at each.
+    #[arg(long, default_value = "1,4", value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Database to load into (default: a fresh pulse_bench_api_<time>, dropped afterwards unless --keep).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Keep the database (and reuse it on the next run with --database).
+    #[arg(long)]
+    pub keep: bool,
+    /// Skip OPTIMIZE TABLE ... FINAL after loading.
+    #[arg(long)]
+    pub no_optimize: bool,
+}
+
+pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
+    let spec = Arc::new(global.load_spec()?);
+    let reuse = args.database.is_some();
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("pulse_bench_api_{}", std::process::id()));
+    let ch = args.clickhouse.config().with_database(database.clone());
+    let cfg = pulse_api::bench::BenchConfig {
+        rides: args.rides,
+        app_events: args.app_events,
+        span: Duration::from_secs(args.hours.max(1) * 3600),
+        requests: args.requests.max(1),
+        concurrency: args.concurrency.iter().map(|&c| c.max(1)).collect(),
+        reuse,
+        optimize: !args.no_optimize,
+        ..Default::default()
+    };
+    let rt = crate::services::runtime()?;
+    let report = rt.block_on(pulse_api::bench::run(spec, &ch, &cfg, &|msg| {
+        eprintln!("bench api: {msg}")
+    }));
+    if !args.keep && !reuse {
+        let drop = rt.block_on(
+            ch.server_client()
+                .query(&format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    pulse_sink::schema::ident(&database)
+                ))
+                .execute(),
+        );
+        if let Err(e) = drop {
+            eprintln!("bench api: could not drop {database}: {e}");
+        }
+    }
+    print!("{}", report?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,276 @@
+//! `pulse demo`: the whole pipeline in one process. Kafka is librdkafka's
+//! in-process mock cluster (or `--kafka` brokers), ClickHouse the local stack's
+//! (or `--clickhouse-url`); ingest on :8081, api on :8080, sink, dataflow and a
+//! load generator with a cancellation surge in one city after a minute. The
+//! terminal shows the newest window per city, refreshed every second.
+
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use pulse_kafka::KafkaConfig;
+use pulse_model::generate::{CITIES, GenConfig};
+use pulse_model::{Spec, parse_duration};
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::mocking::MockCluster;
+use serde::Deserialize;
+
+use crate::cli::{ClickHouseArgs, Global};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// Use these Kafka brokers instead of the embedded mock cluster.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Stop after this long (e.g. 2m); runs until Ctrl-C otherwise.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Events per second the load generator sends (all domains together).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
+    /// Send nothing: feed the pipeline yourself (e.g. with curl).
+    #[arg(long)]
+    pub no_load: bool,
+    /// City whose riders start cancelling 45% of their rides.
+    #[arg(long, default_value = "Paris")]
+    pub surge_city: String,
+    /// When the surge starts.
+    #[arg(long, default_value = "60s")]
+    pub surge_after: String,
+    /// Write API address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub ingest_addr: SocketAddr,
+    /// Read API and live page address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_addr: SocketAddr,
+    /// Print a summary line every 10 s instead of the live table.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The newest window of a city, as the table shows it.
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct CityRow {
+    city: String,
+    requests: u64,
+    completions: u64,
+    cancellations: u64,
+    cancellation_rate: Option<f64>,
+    avg_fare: Option<f64>,
+    unique_riders: u64,
+    active_drivers: u64,
+}
+
+pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    let spec = Arc::new(global.load_spec()?);
+    let ch = args.clickhouse.config();
+    let duration = args.duration.as_deref().map(parse_duration).transpose().map_err(|e| anyhow::anyhow!("--duration: {e}"))?.map(|d| d.as_std());
+    let surge_after = parse_duration(&args.surge_after).map_err(|e| anyhow::anyhow!("--surge-after: {e}"))?;
+    let surge_city = CITIES
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(&args.surge_city))
+        .with_context(|| format!("--surge-city must be one of {}", CITIES.join(", ")))?;
+    let rt = crate::services::runtime()?;
+    let shutdown = Shutdown::new();
+    rt.block_on(async { shutdown.on_signals() });
+
+    // Kafka: embedded (topics through the mock) or external (topics through the admin API).
+    let plans = pulse_kafka::plan_topics(&spec);
+    let (_mock, kafka) = match &args.kafka {
+        None => {
+            let mock = MockCluster::new(1).context("starting the embedded Kafka")?;
+            pulse_kafka::topics::create_on_mock(&mock, &plans)?;
+            let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+            (Some(mock), kafka)
+        }
+        Some(brokers) => {
+            let kafka = KafkaConfig::from_env(brokers.clone());
+            rt.block_on(async {
+                let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
+                pulse_kafka::ensure_topics(&admin, &plans).await.map_err(anyhow::Error::from)
+            })?;
+            (None, kafka)
+        }
+    };
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {} (is it up? `scripts/stack up clickhouse`)", ch.url))?;
+
+    // The services.
+    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig { addr: args.ingest_addr, ..Default::default() }, Registry::new(), Readiness::default())?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
+    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener, shutdown.clone()));
+    let sink_task = {
+        let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
+        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, Default::default(), Registry::new(), Readiness::default(), shutdown).await })
+    };
+    let dataflow_registry = Registry::new();
+    let dataflow = {
+        let (spec, kafka, ch, shutdown, handle, registry) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), dataflow_registry.clone());
+        std::thread::spawn(move || {
+            let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers: 1 }, ..Default::default() };
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
+        })
+    };
+    let api_task = crate::api_cmd::spawn_embedded(&rt, Arc::clone(&spec), &ch, &kafka, args.api_addr, shutdown.clone())?;
+
+    let load_task = (!args.no_load).then(|| {
+        let generator = GenConfig {
+            start_ms: now_ms(),
+            rate: args.rate,
+            surge_after_ms: Some(surge_after.ms()),
+            surge_city,
+            disorder_ms: 2_000,
+            ..GenConfig::default()
+        };
+        let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration, rate: Some(args.rate), concurrency: 8, batch: 50, progress: false };
+        let url = format!("http://{}", args.ingest_addr);
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            let client = pulse_client::Client::new(&url, None, None)?;
+            client.wait_until_ready(Duration::from_secs(30)).await?;
+            pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
+        })
+    });
+
+    println!("Pulse demo: write API http://{}  read API + live page http://{}/  ClickHouse {} (database {})", args.ingest_addr, args.api_addr, ch.url, ch.database);
+    println!("Ctrl-C stops everything.");
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal() && !args.quiet;
+    let client = ch.client();
+    let mut last_events = 0.0;
+    let mut last_at = Instant::now();
+    let mut last_print = Instant::now() - Duration::from_secs(60);
+    while !shutdown.is_triggered() {
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            shutdown.trigger();
+            break;
+        }
+        rt.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => {}
+            }
+        });
+        let rows: Vec<CityRow> = rt.block_on(newest_windows(&client)).unwrap_or_default();
+        let figures = Figures::read(&dataflow_registry, &spec);
+        let now = Instant::now();
+        let rate = (figures.events - last_events) / now.duration_since(last_at).as_secs_f64().max(0.001);
+        (last_events, last_at) = (figures.events, now);
+        if tty {
+            print!("\x1b[2J\x1b[H");
+            println!("Pulse demo: newest 5-minute window per city (live revisions, final when closed)   up {:.0}s", started.elapsed().as_secs_f64());
+            println!("write http://{}   read http://{}   live page http://{}/   Ctrl-C stops\n", args.ingest_addr, args.api_addr, args.api_addr);
+            println!("{:<11} {:>9} {:>11} {:>13} {:>10} {:>9} {:>8} {:>8}", "city", "requests", "completions", "cancellations", "cancel %", "avg fare", "riders", "drivers");
+            for r in &rows {
+                let rate = r.cancellation_rate.unwrap_or(0.0);
+                let mark = if rate > 0.3 { "  << above 30%" } else { "" };
+                println!(
+                    "{:<11} {:>9} {:>11} {:>13} {:>9.1}% {:>9.2} {:>8} {:>8}{mark}",
+                    r.city,
+                    r.requests,
+                    r.completions,
+                    r.cancellations,
+                    rate * 100.0,
+                    r.avg_fare.unwrap_or(0.0),
+                    r.unique_riders,
+                    r.active_drivers
+                );
+            }
+            println!(
+                "\npipeline: {:.0} events/s into the dataflow, watermark delay {:.1} s, late events {}, windows final {}",
+                rate, figures.watermark_delay, figures.late, figures.finals
+            );
+            let _ = std::io::stdout().flush();
+        } else if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            let hot: Vec<String> = rows.iter().filter(|r| r.cancellation_rate.unwrap_or(0.0) > 0.3).map(|r| r.city.clone()).collect();
+            println!(
+                "[{:>4.0}s] {} cities, {:.0} events/s, watermark delay {:.1} s, late {}, finals {}, above 30%: {:?}",
+                started.elapsed().as_secs_f64(),
+                rows.len(),
+                rate,
+                figures.watermark_delay,
+                figures.late,
+                figures.finals,
+                hot
+            );
+        }
+    }
+    println!("stopping: draining the pipeline");
+    if let Some(task) = load_task {
+        match rt.block_on(task) {
+            Ok(Ok(report)) => print!("{report}"),
+            Ok(Err(e)) => eprintln!("load generator: {e:#}"),
+            Err(e) => eprintln!("load generator: {e}"),
+        }
+    }
+    let _ = rt.block_on(ingest_task);
+    let _ = rt.block_on(sink_task);
+    let _ = rt.block_on(api_task);
+    match dataflow.join() {
+        Ok(Ok(summaries)) => println!("dataflow: {} events counted", summaries.iter().map(|s| s.events).sum::<u64>()),
+        Ok(Err(e)) => eprintln!("dataflow: {e}"),
+        Err(_) => eprintln!("dataflow: worker panicked"),
+    }
+    let peak = pulse_model::process::peak_rss_bytes().unwrap_or(0);
+    println!("peak RSS {:.0} MB", peak as f64 / 1e6);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn newest_windows(client: &clickhouse::Client) -> Result<Vec<CityRow>, clickhouse::error::Error> {
+    client
+        .query(
+            // argMax of a tuple keeps each newest row whole (argMax alone skips NULLs).
+            "SELECT m.city AS city, tupleElement(m.newest, 1) AS requests, tupleElement(m.newest, 2) AS completions,
+                    tupleElement(m.newest, 3) AS cancellations, tupleElement(m.newest, 4) AS cancellation_rate,
+                    tupleElement(m.newest, 5) AS avg_fare, tupleElement(m.newest, 6) AS unique_riders, s.active_drivers AS active_drivers
+             FROM (SELECT city, max(window_start) AS ws,
+                          argMax((requests, completions, cancellations, cancellation_rate, avg_fare, unique_riders), window_start) AS newest
+                   FROM city_metrics FINAL GROUP BY city) AS m
+             LEFT JOIN (SELECT city, window_start AS ws, active_drivers FROM city_supply FINAL) AS s ON s.city = m.city AND s.ws = m.ws
+             ORDER BY m.city",
+        )
+        .fetch_all()
+        .await
+}
+
+/// Pipeline figures read off the dataflow's metrics.
+struct Figures {
+    events: f64,
+    late: u64,
+    finals: i64,
+    watermark_delay: f64,
+}
+
+impl Figures {
+    fn read(registry: &Registry, spec: &Spec) -> Figures {
+        let mut f = Figures { events: 0.0, late: 0, finals: 0, watermark_delay: 0.0 };
+        for family in registry.gather() {
+            for m in family.get_metric() {
+                let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+                match family.name() {
+                    "pulse_dataflow_events_total" if label("outcome").as_deref() == Some("counted") => f.events += m.get_counter().get_value(),
+                    "pulse_late_events_total" => f.late += m.get_counter().get_value() as u64,
+                    "pulse_windows_final_total" => f.finals = m.get_gauge().get_value() as i64,
+                    "pulse_watermark_delay_seconds" if label("domain").as_deref() == spec.domains.first().map(|d| d.name.as_str()) => {
+                        f.watermark_delay = m.get_gauge().get_value();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        f
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,227 @@
+//! `pulse bench soak`: ingest → Kafka → dataflow at a fixed rate for minutes,
+//! in one process (the embedded mock cluster, or `--kafka` brokers). Every few
+//! seconds it samples RSS, consumer lag and the dataflow's progress; it also
+//! measures freshness: probe events in a city of their own are timed from the
+//! moment ingest acknowledged them to the revision on the aggregated topic
+//! that first counts them.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use pulse_kafka::KafkaConfig;
+use pulse_model::generate::GenConfig;
+use pulse_ops::prometheus::Registry;
+use pulse_ops::{Readiness, Shutdown};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::cli::{ClickHouseArgs, Global};
+
+#[derive(Args, Debug)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// Events per second sent through ingest.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// Use these brokers instead of the embedded mock cluster.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 5)]
+    pub every: u64,
+    /// Timely workers of the dataflow.
+    #[arg(long, short = 'w', default_value_t = 1)]
+    pub workers: usize,
+}
+
+const PROBE_CITY: &str = "Probe";
+
+pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
+    let spec = Arc::new(global.load_spec()?);
+    let ch = args.clickhouse.config();
+    let rt = crate::services::runtime()?;
+    let shutdown = Shutdown::new();
+    rt.block_on(async { shutdown.on_signals() });
+    let plans = pulse_kafka::plan_topics(&spec);
+    let (_mock, kafka) = match &args.kafka {
+        None => {
+            let mock = MockCluster::new(1).context("embedded Kafka")?;
+            pulse_kafka::topics::create_on_mock(&mock, &plans)?;
+            let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+            (Some(mock), kafka)
+        }
+        Some(b) => (None, KafkaConfig::from_env(b.clone())),
+    };
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
+
+    let ingest_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let ingest_url = format!("http://{}", ingest_listener.local_addr()?);
+    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), Registry::new(), Readiness::default())?;
+    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener, shutdown.clone()));
+    let registry = Registry::new();
+    let dataflow = {
+        let (spec, kafka, ch, shutdown, handle, registry) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), registry.clone());
+        let workers = args.workers;
+        std::thread::spawn(move || {
+            let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers }, ..Default::default() };
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
+        })
+    };
+
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    let generator = GenConfig { start_ms: now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
+    let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration: Some(duration), rate: Some(args.rate), concurrency: 8, batch: 200, progress: false };
+    let load = {
+        let (url, shutdown) = (ingest_url.clone(), shutdown.clone());
+        rt.spawn(async move {
+            let client = pulse_client::Client::new(&url, None, None)?;
+            client.wait_until_ready(Duration::from_secs(30)).await?;
+            pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
+        })
+    };
+
+    // Freshness probes: one ride every 100 ms in a city of its own, through ingest.
+    let probes: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let probe_task = {
+        let (url, shutdown, probes) = (ingest_url.clone(), shutdown.clone(), Arc::clone(&probes));
+        rt.spawn(async move {
+            let client = pulse_client::Client::new(&url, None, None)?;
+            client.wait_until_ready(Duration::from_secs(30)).await?;
+            let mut n = 0u64;
+            while !shutdown.is_triggered() {
+                n += 1;
+                let t = now_ms();
+                let json = format!(
+                    "{{\"event_type\":\"requested\",\"ride_id\":\"probe-{n}\",\"city\":\"{PROBE_CITY}\",\"estimated_fare\":1,\"user_id\":\"probe\",\"timestamp\":{t}}}"
+                );
+                if client.track_json("rides", json).await.is_ok()
+                    && let Ok(mut p) = probes.lock()
+                {
+                    p.push((t, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    // Revisions of the probe city's windows: the newest probe each one counts.
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (kafka, topic, shutdown, probes, latencies) = (kafka.clone(), spec.pipeline.aggregated_topic.clone(), shutdown.clone(), Arc::clone(&probes), Arc::clone(&latencies));
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let consumer: BaseConsumer = kafka.consumer("pulse-soak-reader").create()?;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
+                tpl.add_partition_offset(&topic, p, Offset::End)?;
+            }
+            consumer.assign(&tpl)?;
+            let mut seen: HashMap<i64, u64> = HashMap::new();
+            while !shutdown.is_triggered() {
+                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let received = Instant::now();
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
+                if v["metric"] != "city_metrics" || v["city"] != PROBE_CITY {
+                    continue;
+                }
+                let (ws, we, n) = (v["window_start"].as_i64().unwrap_or(0), v["window_end"].as_i64().unwrap_or(0), v["total_events"].as_u64().unwrap_or(0));
+                if seen.get(&ws).is_some_and(|&old| old >= n) {
+                    continue;
+                }
+                seen.insert(ws, n);
+                let Ok(p) = probes.lock() else { continue };
+                // The n-th probe of the window (probes are sent in time order).
+                let in_window: Vec<&(i64, Instant)> = p.iter().filter(|(t, _)| *t >= ws && *t < we).collect();
+                if let Some((_, acked)) = n.checked_sub(1).and_then(|i| in_window.get(i as usize))
+                    && let Ok(mut l) = latencies.lock()
+                {
+                    l.push(received.duration_since(*acked).as_secs_f64());
+                }
+            }
+            Ok(())
+        })
+    };
+
+    println!("soak: {:.0} events/s through ingest into the dataflow for {:.1} min ({} worker(s)); a sample every {} s", args.rate, args.minutes, args.workers, args.every);
+    println!("{:>6} {:>10} {:>10} {:>8} {:>10} {:>9} {:>12}", "t (s)", "events/s", "counted", "RSS MB", "lag", "wm delay", "fresh p99 s");
+    let started = Instant::now();
+    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
+    let mut last = (0.0, Instant::now());
+    while started.elapsed() < duration && !shutdown.is_triggered() {
+        std::thread::sleep(Duration::from_secs(args.every));
+        let (counted, lag, delay) = figures(&registry);
+        let rate = (counted - last.0) / last.1.elapsed().as_secs_f64().max(0.001);
+        last = (counted, Instant::now());
+        let rss = pulse_model::process::rss_bytes().unwrap_or(0) as f64 / 1e6;
+        let p99 = latencies.lock().map(|l| quantile(&l, 0.99)).unwrap_or(f64::NAN);
+        println!("{:>6.0} {:>10.0} {:>10.0} {:>8.0} {:>10.0} {:>9.1} {:>12.3}", started.elapsed().as_secs_f64(), rate, counted, rss, lag, delay, p99);
+        samples.push((rss, lag, rate));
+    }
+    shutdown.trigger();
+    let report = rt.block_on(load).context("load generator")??;
+    let _ = rt.block_on(probe_task);
+    let _ = reader.join();
+    let _ = rt.block_on(ingest_task);
+    let _ = dataflow.join();
+
+    let l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let third = samples.len() / 3;
+    let avg = |s: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| s.iter().map(f).sum::<f64>() / s.len().max(1) as f64;
+    println!("\n{report}");
+    println!(
+        "sustained {:.0} events/s into the dataflow; RSS {:.0} MB in the middle third, {:.0} MB in the last third (peak {:.0} MB); lag at most {:.0}, {:.0} at the end",
+        avg(&samples[third.min(samples.len())..], |s| s.2),
+        avg(&samples[third..(2 * third).max(third)], |s| s.0),
+        avg(&samples[(2 * third).min(samples.len())..], |s| s.0),
+        pulse_model::process::peak_rss_bytes().unwrap_or(0) as f64 / 1e6,
+        samples.iter().map(|s| s.1).fold(0.0, f64::max),
+        samples.last().map_or(0.0, |s| s.1)
+    );
+    println!(
+        "freshness (ingest ack -> revision on the aggregated topic): {} probes, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        l.len(),
+        quantile(&l, 0.5),
+        quantile(&l, 0.99),
+        l.iter().copied().fold(0.0, f64::max)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// (events counted by the dataflow, summed consumer lag, watermark delay of the first domain).
+fn figures(registry: &Registry) -> (f64, f64, f64) {
+    let (mut counted, mut lag, mut delay) = (0.0, 0.0, 0.0);
+    for family in registry.gather() {
+        for m in family.get_metric() {
+            let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string());
+            match family.name() {
+                "pulse_dataflow_events_total" if label("outcome").as_deref() == Some("counted") => counted += m.get_counter().get_value(),
+                "pulse_consumer_lag" => lag += m.get_gauge().get_value(),
+                "pulse_watermark_delay_seconds" if label("domain").as_deref() == Some("rides") => delay = m.get_gauge().get_value(),
+                _ => {}
+            }
+        }
+    }
+    (counted, lag, delay)
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((q * v.len() as f64) as usize).min(v.len() - 1)]
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,246 @@
+//! The deployment files, checked against the code: `docker-compose.yml` and
+//! the `Dockerfile` (Docker cannot run here, so they are read, not run), and
+//! the README's table of environment variables.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml");
+    let mut v: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    // Resolve `<<: *anchor` merge keys, as docker compose does.
+    v.apply_merge().expect("merge keys");
+    v
+}
+
+/// Every `PULSE_*` variable the code reads: clap `env = "..."` attributes and `env::var("...")` calls.
+fn code_variables() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root().join("src")];
+    for krate in ["model", "kafka", "ops", "sink", "ingest", "client", "dataflow", "api"] {
+        stack.push(root().join(krate).join("src"));
+    }
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                for (i, _) in text.match_indices("\"PULSE_") {
+                    let rest = &text[i + 1..];
+                    let end = rest.find('"').unwrap_or(0);
+                    let name = &rest[..end];
+                    // PULSE_KAFKA_<PROPERTY> is the librdkafka passthrough, not a fixed variable.
+                    let passthrough = name.starts_with("PULSE_KAFKA_") && name != "PULSE_KAFKA_BROKERS";
+                    if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') && !name.ends_with('_') && !passthrough {
+                        out.insert(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Variables the Grafana provisioning, the ClickHouse config and the scripts read (not the binary).
+fn deployment_variables() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root().join("grafana"), root().join("deploy"), root().join("scripts")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            for (i, _) in text.match_indices("PULSE_") {
+                let name: String = text[i..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+fn subcommands() -> BTreeSet<String> {
+    let help = Command::new(env!("CARGO_BIN_EXE_pulse")).arg("--help").output().expect("pulse --help");
+    let text = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut out = BTreeSet::new();
+    let mut in_commands = false;
+    for line in text.lines() {
+        if line.starts_with("Commands:") {
+            in_commands = true;
+            continue;
+        }
+        if in_commands {
+            if line.trim().is_empty() || !line.starts_with("  ") {
+                break;
+            }
+            if let Some(cmd) = line.split_whitespace().next() {
+                out.insert(cmd.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn compose_services_run_real_subcommands_with_known_variables() {
+    let c = compose();
+    let services = c["services"].as_mapping().expect("services");
+    let names: BTreeSet<String> = services.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+    let commands = subcommands();
+    let known = code_variables();
+    let deployment = deployment_variables();
+    let mut pulse_services = 0;
+    for (name, svc) in services {
+        let name = name.as_str().expect("service name");
+        // depends_on names existing services.
+        if let Some(deps) = svc["depends_on"].as_mapping() {
+            for dep in deps.keys() {
+                assert!(names.contains(dep.as_str().expect("dependency")), "{name} depends on unknown {dep:?}");
+            }
+        }
+        // Environment: every PULSE_* variable is one the code (or the provisioning) reads.
+        let env = svc["environment"].as_mapping().cloned().unwrap_or_default();
+        for k in env.keys().filter_map(|k| k.as_str()) {
+            if k.starts_with("PULSE_") && k != "PULSE_KAFKA_BROKERS" && k.starts_with("PULSE_KAFKA_") {
+                continue; // librdkafka passthrough
+            }
+            if k.starts_with("PULSE_") {
+                assert!(known.contains(k) || deployment.contains(k), "{name}: {k} is read by nothing");
+            }
+        }
+        if svc["image"].as_str() == Some("pulse:latest") {
+            pulse_services += 1;
+            let cmd = svc["command"].as_sequence().expect("pulse services name their subcommand");
+            let sub = cmd[0].as_str().expect("subcommand");
+            assert!(commands.contains(sub), "{name}: `pulse {sub}` is not a subcommand ({commands:?})");
+            let status = Command::new(env!("CARGO_BIN_EXE_pulse"))
+                .args(cmd.iter().filter_map(|a| a.as_str()))
+                .arg("--help")
+                .output()
+                .expect("pulse <subcommand> --help");
+            assert!(status.status.success(), "{name}: `pulse {} --help` fails", sub);
+            // Long-running services have health checks on their /ready.
+            if svc["restart"].as_str() != Some("no") {
+                let test = svc["healthcheck"]["test"].as_sequence().expect("healthcheck");
+                assert!(test.iter().any(|t| t.as_str().is_some_and(|s| s.ends_with("/ready"))), "{name}: healthcheck on /ready");
+            }
+        }
+        // Mounted files exist.
+        for v in svc["volumes"].as_sequence().into_iter().flatten() {
+            if let Some(spec) = v.as_str()
+                && spec.starts_with("./")
+            {
+                let host = spec.split(':').next().expect("host path");
+                assert!(root().join(host).exists(), "{name}: mounts {host}, which does not exist");
+            }
+        }
+    }
+    assert!(pulse_services >= 6, "topics, migrate, ingest, sink, dataflow, api");
+}
+
+#[test]
+fn compose_ports_match_the_defaults() {
+    let c = compose();
+    let svc = |n: &str| c["services"][n].clone();
+    let env = |s: &Value, k: &str| s["environment"][k].as_str().map(String::from);
+    let port_of = |addr: &str| addr.rsplit(':').next().expect("port").to_string();
+    // Defaults in the code.
+    let help = |args: &[&str]| String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).arg("--help").output().expect("help").stdout).into_owned();
+    for (service, sub, var, default_port) in [
+        ("ingest", "ingest", "PULSE_INGEST_ADDR", "8081"),
+        ("api", "api", "PULSE_API_ADDR", "8080"),
+        ("sink", "sink", "PULSE_SINK_METRICS_ADDR", "9101"),
+        ("dataflow", "dataflow", "PULSE_DATAFLOW_METRICS_ADDR", "9102"),
+    ] {
+        let s = svc(service);
+        let addr = env(&s, var).unwrap_or_else(|| panic!("{service}: {var}"));
+        assert_eq!(port_of(&addr), default_port, "{service}: {var}");
+        let h = help(&[sub]);
+        assert!(h.contains(&format!(":{default_port}]")), "`pulse {sub}` defaults to port {default_port}:\n{h}");
+        if let Some(ports) = s["ports"].as_sequence() {
+            for p in ports {
+                let p = p.as_str().expect("port mapping");
+                assert!(p.ends_with(&format!(":{default_port}")), "{service}: {p}");
+            }
+        }
+    }
+    assert_eq!(env(&svc("ingest"), "PULSE_KAFKA_BROKERS").as_deref(), Some("kafka:9092"));
+    let kafka = svc("kafka");
+    let advertised = env(&kafka, "KAFKA_ADVERTISED_LISTENERS").expect("advertised listeners");
+    assert!(advertised.contains("kafka:9092") && advertised.contains("localhost:29092"), "{advertised}");
+    assert_eq!(env(&kafka, "KAFKA_PROCESS_ROLES").as_deref(), Some("broker,controller"), "KRaft mode");
+}
+
+#[test]
+fn grafana_points_at_the_compose_clickhouse_and_its_read_only_user() {
+    let c = compose();
+    let g = &c["services"]["grafana"];
+    let env: HashMap<String, String> = g["environment"]
+        .as_mapping()
+        .expect("grafana env")
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+        .collect();
+    assert!(c["services"][env["PULSE_GRAFANA_CLICKHOUSE_HOST"].as_str()].is_mapping(), "the data source host is a compose service");
+    assert_eq!(env["PULSE_GRAFANA_CLICKHOUSE_PORT"], "8123");
+    assert!(env["GF_PLUGINS_PREINSTALL_SYNC"].starts_with("grafana-clickhouse-datasource@4."), "plugin v4 pinned");
+    let image = g["image"].as_str().expect("image");
+    let version: Vec<u32> = image.rsplit(':').next().expect("tag").split('.').filter_map(|p| p.parse().ok()).collect();
+    assert!(version.first().copied().unwrap_or(0) > 11 || (version.first() == Some(&11) && version.get(1).copied().unwrap_or(0) >= 6), "Grafana 11.6+: {image}");
+    let users = std::fs::read_to_string(root().join("deploy/clickhouse/users.d/grafana.xml")).expect("users file");
+    let user = &env["PULSE_GRAFANA_CLICKHOUSE_USER"];
+    assert!(users.contains(&format!("<{user}>")), "the ClickHouse users file defines {user}");
+    assert!(users.contains("<readonly>") && users.contains("GRANT SELECT ON pulse.*") && !users.contains("GRANT ALL"), "SELECT only");
+    let ds = std::fs::read_to_string(root().join("grafana/provisioning/datasources/clickhouse.yaml")).expect("datasource");
+    for var in ["PULSE_GRAFANA_CLICKHOUSE_HOST", "PULSE_GRAFANA_CLICKHOUSE_PORT", "PULSE_GRAFANA_CLICKHOUSE_USER", "PULSE_GRAFANA_CLICKHOUSE_PASSWORD"] {
+        assert!(ds.contains(&format!("${{{var}}}")), "the data source reads {var}");
+        assert!(env.contains_key(var), "compose sets {var} for Grafana");
+    }
+    // Mounted where the provider looks.
+    let provider = std::fs::read_to_string(root().join("grafana/provisioning/dashboards/pulse.yaml")).expect("provider");
+    let mounts: Vec<&str> = g["volumes"].as_sequence().expect("volumes").iter().filter_map(|v| v.as_str()).collect();
+    assert!(mounts.iter().any(|m| m.starts_with("./grafana/dashboards:") && provider.contains(m.split(':').nth(1).expect("target"))), "{mounts:?}");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_and_ships_spec_and_grafana() {
+    let d = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let froms = d.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(froms >= 2, "multi-stage");
+    assert!(d.contains("cargo build --release --locked"), "release build from the lock file");
+    assert!(d.contains("--mount=type=cache"), "cached dependencies");
+    let last_user = d.lines().filter(|l| l.starts_with("USER ")).last().expect("USER");
+    assert!(!last_user.contains("root"), "non-root: {last_user}");
+    for needed in ["COPY pulse.toml", "COPY grafana", "ENTRYPOINT [\"pulse\"]"] {
+        assert!(d.contains(needed), "{needed}");
+    }
+}
+
+#[test]
+fn readme_lists_every_environment_variable() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `PULSE_"))
+        .filter_map(|l| l.split('`').nth(1).map(String::from))
+        .collect();
+    let code = code_variables();
+    let missing: Vec<&String> = code.iter().filter(|v| !documented.contains(*v) && !v.starts_with("PULSE_TEST") && !v.starts_with("PULSE_CRASH") && !v.starts_with("PULSE_SINK_CHILD")).collect();
+    assert!(missing.is_empty(), "README lacks {missing:?}");
+    let stale: Vec<&String> = documented.iter().filter(|v| !code.contains(*v) && !deployment_variables().contains(*v) && !v.ends_with("_*")).collect();
+    assert!(stale.is_empty(), "README documents variables nothing reads: {stale:?}");
+}

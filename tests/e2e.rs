@@ -1,0 +1,292 @@
+//! The whole system as separate processes against the local stack's real
+//! broker (Tansu) and ClickHouse: `pulse loadgen` → `pulse ingest` → topics →
+//! `pulse sink` + `pulse dataflow` → ClickHouse → `pulse api`.
+//!
+//! Checked: every acknowledged event is in the raw tables exactly once; every
+//! final window in ClickHouse equals the same aggregation recomputed in SQL
+//! over the raw tables (city_metrics, city_supply, event_metrics); the
+//! aggregated topic holds the same finals; the surged city's cancellation
+//! rate crosses 0.3 in the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pulse_kafka::KafkaConfig;
+use pulse_kafka::testing::{stack_brokers, unique_name};
+use pulse_model::Spec;
+use pulse_sink::ClickHouseConfig;
+use pulse_sink::verify::recompute_sql;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn start(name: &'static str, env: &[(String, String)], args: &[&str], dir: &std::path::Path) -> Service {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Service { name, child, log }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.alive() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn http_get(url: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl").args(["-s", "-o", "-", "-w", "\n%{http_code}", url]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+fn wait_ready(url: &str, svc: &mut Service) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(svc.alive(), "{} exited: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
+        if http_get(url).is_some_and(|(code, _)| code == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} not ready: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Accepted events per domain, from ingest's Prometheus metrics.
+fn accepted(metrics: &str) -> HashMap<String, u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("pulse_ingest_events_total{") && l.contains("outcome=\"accepted\""))
+        .filter_map(|l| {
+            let domain = l.split("domain=\"").nth(1)?.split('"').next()?.to_string();
+            let value: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((domain, value as u64))
+        })
+        .collect()
+}
+
+/// Tansu hands a partition's last batch to consumers only once more data
+/// follows it: one record that every consumer rejects (dead-lettered) follows
+/// on each partition of each topic.
+fn push_tails(kafka: &KafkaConfig, topics: &[(String, i32)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            producer.send(BaseRecord::to(topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush tails");
+}
+
+fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> Vec<serde_json::Value> {
+    rt.block_on(async {
+        let mut cursor = ch.client().query(sql).with_setting("output_format_json_quote_64bit_integers", "0").fetch_bytes("JSONEachRow").expect("query");
+        let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("row")).collect()
+    })
+}
+
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+        _ => a == b || (a.is_null() && b.as_f64() == Some(0.0)) || (b.is_null() && a.as_f64() == Some(0.0)),
+    }
+}
+
+#[test]
+fn loadgen_to_api_through_separate_processes() {
+    let Some(brokers) = stack_brokers() else { return };
+    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let dir = std::env::temp_dir().join(unique_name("pulse-e2e"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let spec_path = dir.join("pulse.toml");
+    std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
+    let spec = Spec::load(&spec_path).expect("spec");
+    let ch = ClickHouseConfig { url: url.clone(), database: unique_name("pulse_e2e"), ..ClickHouseConfig::default() };
+    let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
+    let (ingest_port, api_port) = (free_port(), free_port());
+    let env: Vec<(String, String)> = [
+        ("PULSE_SPEC", spec_path.display().to_string()),
+        ("PULSE_KAFKA_BROKERS", brokers.clone()),
+        ("PULSE_CLICKHOUSE_URL", url.clone()),
+        ("PULSE_CLICKHOUSE_DATABASE", ch.database.clone()),
+        ("PULSE_LOG", "info".into()),
+        ("PULSE_INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
+        ("PULSE_API_ADDR", format!("127.0.0.1:{api_port}")),
+        ("PULSE_SINK_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("PULSE_DATAFLOW_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("PULSE_SINK_BATCH_MS", "300".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().expect("run");
+        assert!(out.status.success(), "pulse {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["topics"]);
+    run(&["migrate"]);
+
+    let mut ingest = Service::start("ingest", &env, &["ingest"], &dir);
+    let mut api = Service::start("api", &env, &["api"], &dir);
+    let sink = Service::start("sink", &env, &["sink"], &dir);
+    let dataflow = Service::start("dataflow", &env, &["dataflow", "-w", "2"], &dir);
+    wait_ready(&format!("http://127.0.0.1:{ingest_port}/ready"), &mut ingest);
+    wait_ready(&format!("http://127.0.0.1:{api_port}/ready"), &mut api);
+
+    // 9 minutes of events (150 per second of event time), ending a minute ago,
+    // sent as fast as ingest takes them; Paris cancels 45% of its rides after
+    // the first minute. No late events: finals must equal a batch recomputation.
+    let load = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args([
+            "loadgen", "--url", &format!("http://127.0.0.1:{ingest_port}"), "--events", "80000", "--event-rate", "150", "--start-ago", "10m",
+            "--batch", "100", "--concurrency", "8", "--late-fraction", "0", "--surge-city", "Paris", "--surge-after", "60s", "--quiet",
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .output()
+        .expect("loadgen");
+    assert!(load.status.success(), "loadgen: {}", String::from_utf8_lossy(&load.stdout));
+    let metrics = http_get(&format!("http://127.0.0.1:{ingest_port}/metrics")).expect("ingest metrics").1;
+    let acked = accepted(&metrics);
+    assert!(acked.get("rides").copied().unwrap_or(0) > 40_000, "{acked:?}");
+
+    let mut topics: Vec<(String, i32)> = spec.domains.iter().map(|d| (d.topic.clone(), d.partitions)).collect();
+    push_tails(&kafka, &topics);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+
+    // 1. Every acknowledged event, exactly once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = rows(&rt, &ch, "SELECT (SELECT count() FROM rides) AS rides_raw, (SELECT count() FROM rides FINAL) AS rides, (SELECT count() FROM driver_locations) AS drivers_raw, (SELECT count() FROM driver_locations FINAL) AS drivers");
+        let c = &counts[0];
+        let want = (acked["rides"], acked["driver_locations"]);
+        let got = (c["rides"].as_u64().unwrap_or(0), c["drivers"].as_u64().unwrap_or(0));
+        if got == want {
+            assert_eq!((c["rides_raw"].as_u64(), c["drivers_raw"].as_u64()), (Some(want.0), Some(want.1)), "no duplicate rows, even before merges");
+            break;
+        }
+        assert!(Instant::now() < deadline, "raw tables hold {got:?}, ingest acknowledged {want:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let apps = rows(&rt, &ch, "SELECT uniqExact(event_id) AS ids, countIf(is_deleted = 1) AS deletes FROM app_events");
+    assert!(apps[0]["ids"].as_u64().unwrap_or(0) > 1_000, "{apps:?}");
+
+    // 2. Finals equal SQL over the raw tables. Wait until the last full windows are final.
+    let newest: i64 = rows(&rt, &ch, "SELECT toUnixTimestamp64Milli(max(timestamp)) AS t FROM rides")[0]["t"].as_i64().expect("newest event");
+    let last_window = (newest - 30_000 - 300_000) / 60_000 * 60_000 - 60_000;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rows(&rt, &ch, &format!("SELECT count() AS n FROM city_metrics FINAL WHERE final AND toUnixTimestamp64Milli(window_start) >= {last_window}"))[0]["n"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the last windows never became final");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut finals_checked = 0;
+    let mut finals_by_key: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for m in &spec.metrics {
+        let group = &spec.metric_domain(m).fields[m.group_by[0]].name;
+        let finals = rows(&rt, &ch, &format!("SELECT *, toUnixTimestamp64Milli(window_start) AS ws FROM `{}` FINAL WHERE final", m.name));
+        assert!(!finals.is_empty(), "{}: no finals", m.name);
+        let from = finals.iter().filter_map(|r| r["ws"].as_i64()).min().unwrap_or(0);
+        let to = finals.iter().filter_map(|r| r["ws"].as_i64()).max().unwrap_or(0) + 1;
+        let sql = recompute_sql(&spec, m, &ch.database).replace("{from:Int64}", &from.to_string()).replace("{to:Int64}", &to.to_string());
+        let expected: HashMap<(String, i64), serde_json::Value> = rows(&rt, &ch, &format!("SELECT * FROM ({sql}) FORMAT JSONEachRow"))
+            .into_iter()
+            .map(|r| ((r[group].as_str().unwrap_or_default().to_string(), r["window_start"].as_i64().unwrap_or(0)), r))
+            .collect();
+        for f in &finals {
+            let key = (f[group].as_str().unwrap_or_default().to_string(), f["ws"].as_i64().unwrap_or(0));
+            let e = expected.get(&key).unwrap_or_else(|| panic!("{}: final {key:?} has no events in SQL", m.name));
+            for a in &m.aggregates {
+                assert!(close(&f[&a.name], &e[&a.name]), "{}/{key:?}.{}: dataflow {} != SQL {}", m.name, a.name, f[&a.name], e[&a.name]);
+            }
+            finals_by_key.insert(format!("{}/{}/{}", m.name, key.0, key.1), f.clone());
+            finals_checked += 1;
+        }
+    }
+    assert!(finals_checked > 200, "{finals_checked} finals checked");
+
+    // 3. The aggregated topic holds the same finals (latest row per key).
+    topics.push((spec.pipeline.aggregated_topic.clone(), pulse_kafka::topics::AGGREGATED_PARTITIONS));
+    push_tails(&kafka, &topics[topics.len() - 1..]);
+    let consumer: BaseConsumer = kafka.consumer(&unique_name("e2e-reader")).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
+        tpl.add_partition_offset(&spec.pipeline.aggregated_topic, p, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut on_topic: HashMap<String, (u64, serde_json::Value)> = HashMap::new();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(5) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                quiet_since = Instant::now();
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
+                if v.get("tail").is_some() {
+                    continue;
+                }
+                let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+                let rev = v["revision"].as_u64().unwrap_or(0);
+                if on_topic.get(&key).is_none_or(|(r, _)| *r < rev) {
+                    on_topic.insert(key, (rev, v));
+                }
+            }
+            _ => continue,
+        }
+    }
+    let topic_finals: BTreeMap<&String, &serde_json::Value> = on_topic.iter().filter(|(_, (_, v))| v["final"] == true).map(|(k, (_, v))| (k, v)).collect();
+    assert_eq!(topic_finals.len(), finals_by_key.len(), "finals on the topic vs in ClickHouse");
+    for (key, v) in topic_finals {
+        let f = finals_by_key.get(key).unwrap_or_else(|| panic!("{key} is final on the topic only"));
+        let m = spec.metric(v["metric"].as_str().unwrap_or_default()).expect("metric");
+        for a in &m.aggregates {
+            assert!(close(&v[&a.name], &f[&a.name]), "{key}.{}: topic {} != ClickHouse {}", a.name, v[&a.name], f[&a.name]);
+        }
+    }
+
+    // 4. The surged city crosses 30% in the API.
+    let (code, body) = http_get(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Paris&limit=1000")).expect("api");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let list = answer.as_array().cloned().or_else(|| answer.as_object().and_then(|o| o.values().find_map(|v| v.as_array().cloned()))).unwrap_or_default();
+    let max_rate = list.iter().filter_map(|r| r["cancellation_rate"].as_f64()).fold(0.0f64, f64::max);
+    assert!(max_rate > 0.3, "Paris peaks at {max_rate}: {body}");
+    let others = http_get(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Lima&final=true&limit=1000")).expect("api").1;
+    assert!(others.contains("Lima"), "{others}");
+
+    drop((sink, dataflow, api, ingest));
+    let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{}`", ch.database)).execute());
+    let _ = std::fs::remove_dir_all(&dir);
+}

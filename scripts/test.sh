@@ -24,7 +24,7 @@ echo "== ClickHouse front-end self-test"
 scripts/stack python scripts/test_chdb_server.py
 
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads "${PULSE_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${PULSE_TEST_THREADS:-4}"
 
 echo "== Python SDK against real services"
 PULSE_BIN="$ROOT/target/debug/pulse" scripts/stack python -m pytest -q sdk/python/tests

@@ -1,7 +1,9 @@
 //! Crash consistency: the dataflow, killed with SIGKILL at 5 random points of a
 //! 1,000,000-event stream and restarted each time, ends with the same final
 //! windows as an uninterrupted run: none missing, none extra, equal values —
-//! in ClickHouse and on the aggregated topic (latest row per key).
+//! in ClickHouse and on the aggregated topic (latest row per key). And the same
+//! stream on two timely processes (cluster mode on loopback) gives the same
+//! final windows as one process.
 //!
 //! The job runs in child processes (this test binary re-executed in "child"
 //! mode), so that it can be killed for real; Kafka is librdkafka's mock cluster
@@ -34,6 +36,7 @@ const EVENTS: usize = 1_000_000;
 #[test]
 fn child() {
     let Ok(spec_path) = std::env::var("PULSE_CRASH_CHILD_SPEC") else { return };
+    pulse_kafka::testing::exit_with_parent();
     let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
     let kafka = KafkaConfig { brokers: std::env::var("PULSE_CRASH_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };
     let ch = ClickHouseConfig {
@@ -49,9 +52,21 @@ fn child() {
             s.on_signals();
         });
     }
+    // "n,p,host:port;host:port" runs this child as process p of an n-process timely cluster.
+    let cluster = match std::env::var("PULSE_CRASH_CHILD_CLUSTER") {
+        Ok(c) => {
+            let mut parts = c.splitn(3, ',');
+            let n: usize = parts.next().and_then(|v| v.parse().ok()).expect("processes");
+            let process: usize = parts.next().and_then(|v| v.parse().ok()).expect("process index");
+            let addresses: Vec<String> = parts.next().expect("addresses").split(';').map(String::from).collect();
+            assert_eq!(addresses.len(), n);
+            Cluster::Cluster { workers: 1, process, addresses }
+        }
+        Err(_) => Cluster::Process { workers: 2 },
+    };
     let cfg = DataflowConfig {
         group: std::env::var("PULSE_CRASH_CHILD_GROUP").expect("group"),
-        cluster: Cluster::Process { workers: 2 },
+        cluster,
         emit_interval: Some(Duration::from_millis(100)),
         idle_timeout: Some(Duration::from_secs(1)),
         ..DataflowConfig::default()
@@ -60,8 +75,15 @@ fn child() {
 }
 
 fn spawn_child(spec: &Path, brokers: &str, db: &str, group: &str) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child", "--nocapture", "--test-threads", "1"])
+    spawn_child_in(spec, brokers, db, group, None)
+}
+
+fn spawn_child_in(spec: &Path, brokers: &str, db: &str, group: &str, cluster: Option<String>) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    if let Some(c) = cluster {
+        cmd.env("PULSE_CRASH_CHILD_CLUSTER", c);
+    }
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads", "1"])
         .env("PULSE_CRASH_CHILD_SPEC", spec)
         .env("PULSE_CRASH_CHILD_BROKERS", brokers)
         .env("PULSE_CRASH_CHILD_DATABASE", db)
@@ -142,7 +164,7 @@ fn sigkill_at_five_points_changes_no_final_window() {
         text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
     }
     let mut specs = Vec::new();
-    for run_name in ["reference", "crashing"] {
+    for run_name in ["reference", "crashing", "cluster"] {
         let t = text.replace("[pipeline]\n", &format!("[pipeline]\naggregated_topic = \"{prefix}-{run_name}\"\ndead_letter_topic = \"{prefix}-dlq\"\n"));
         let path = dir.join(format!("{run_name}.toml"));
         std::fs::write(&path, &t).expect("spec file");
@@ -235,6 +257,19 @@ fn sigkill_at_five_points_changes_no_final_window() {
         child = spawn_child(crash_path, &brokers, &crash_ch.database, "crash-crashing");
     }
     assert!(mid_stream >= 3, "the kills should land while the stream is processed ({mid_stream} did)");
+
+    // The same stream on two timely processes (one worker each) on loopback.
+    let (cluster_path, cluster_spec, cluster_ch) = &specs[2];
+    let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")).collect();
+    let hosts = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(";");
+    let mut procs: Vec<Child> = (0..2).map(|p| spawn_child_in(cluster_path, &brokers, &cluster_ch.database, "crash-cluster", Some(format!("2,{p},{hosts}")))).collect();
+    let two = settle(cluster_ch, cluster_spec, &mut procs[0]);
+    for p in procs.iter_mut() {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert_eq!(two.len(), expected.len(), "two processes: as many final windows as one");
+    assert!(two == expected, "two processes give the same final windows as one");
     let got = settle(crash_ch, crash_spec, &mut child);
     let _ = child.kill();
     let _ = child.wait();

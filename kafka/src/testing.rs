@@ -57,3 +57,21 @@ pub fn with_unique_topics(text: &str) -> String {
     let own = format!("aggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\n");
     if text.contains("[pipeline]\n") { text.replace("[pipeline]\n", &format!("[pipeline]\n{own}")) } else { format!("[pipeline]\n{own}{text}") }
 }
+
+/// For test children: exits this process when its parent is gone, so that a
+/// failed test run never leaves a child running (and holding its pipes).
+pub fn exit_with_parent() {
+    fn ppid() -> Option<u32> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    }
+    let Some(parent) = ppid() else { return };
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if ppid() != Some(parent) {
+                std::process::exit(1);
+            }
+        }
+    });
+}

@@ -492,6 +492,10 @@ impl<'a> Reader<'a> {
     /// Reads the value of field `name` as `kind`.
     fn typed(&mut self, kind: &Kind, name: &str) -> Result<Value, Box<DecodeError>> {
         let c = self.peek();
+        // Not the start of any JSON value (or the end of the input): a syntax error, not a type error.
+        if !matches!(c, Some(b'"' | b'{' | b'[' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9')) {
+            return Err(self.syntax("a JSON value"));
+        }
         if c == Some(b'n') {
             self.literal(b"null")?;
             return Ok(Value::Null);

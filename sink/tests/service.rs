@@ -1,10 +1,11 @@
 //! `pulse sink` against Kafka (librdkafka's mock cluster, reached over TCP) and
 //! the local ClickHouse: typed round trip with updates, deletes and a poison
-//! record; SIGKILL mid-stream; ClickHouse down for 30 s mid-stream. In every
-//! case each event ends up in its raw table exactly once (read with FINAL).
+//! record; SIGKILL mid-stream; broker faults (leader moves, failing fetches, a
+//! broker down); ClickHouse down for 30 s mid-stream. In every case each event
+//! ends up in its raw table exactly once (read with FINAL).
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
 use pulse_sink::ClickHouseConfig;
 use pulse_sink::service::{SinkConfig, run};
-use pulse_sink::testing::stack_clickhouse;
+use pulse_sink::testing::{PrivateClickHouse, stack_clickhouse};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -174,6 +175,7 @@ fn round_trip_updates_deletes_and_a_poison_record() {
 #[test]
 fn child() {
     let Ok(spec_path) = std::env::var("PULSE_SINK_CHILD_SPEC") else { return };
+    pulse_kafka::testing::exit_with_parent();
     let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
     let kafka = KafkaConfig { brokers: std::env::var("PULSE_SINK_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };
     let ch = ClickHouseConfig {
@@ -232,61 +234,13 @@ fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A private ClickHouse (the chDB front-end) that the test can stop and start.
-struct PrivateClickHouse {
-    port: u16,
-    data: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateClickHouse {
-    fn python() -> PathBuf {
-        std::env::var("PULSE_CHDB_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-            let cache = std::env::var("PULSE_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pulse"));
-            cache.join("venv/bin/python")
-        })
-    }
-
-    fn start(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/chdb_server.py");
-        let child = Command::new(Self::python())
-            .arg(script)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--data"])
-            .arg(&self.data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chDB front-end");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private ClickHouse did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateClickHouse {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
 #[test]
 fn clickhouse_down_for_30_seconds_mid_stream() {
     if std::env::var("PULSE_SINK_CHILD_SPEC").is_ok() || stack_brokers().is_none() {
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-    let mut server = PrivateClickHouse { port, data: std::env::temp_dir().join(unique_name("pulse-chdb")), child: None };
+    let mut server = PrivateClickHouse::new(port);
     server.start();
     let ch = ClickHouseConfig { url: format!("http://127.0.0.1:{port}"), database: "pulse_outage".into(), timeout: Duration::from_secs(5), ..ClickHouseConfig::default() };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -314,4 +268,44 @@ fn clickhouse_down_for_30_seconds_mid_stream() {
     assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(90));
     shutdown.trigger();
     rt.block_on(sink).expect("join").expect("sink");
+}
+
+#[test]
+fn broker_faults_mid_stream_pause_and_resume_exactly_once() {
+    if std::env::var("PULSE_SINK_CHILD_SPEC").is_ok() {
+        return;
+    }
+    let Some(ch) = stack_clickhouse("pulse_sink_faults") else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mock = MockCluster::new(3).expect("mock");
+    let spec = unique_spec();
+    create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    let shutdown = Shutdown::new();
+    let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
+    let sink = {
+        let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
+        rt.spawn(async move { run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown).await })
+    };
+    let mut produced = Produced::default();
+    produce(&kafka, &spec, 20_000, 6, &mut produced);
+    // Faults while the sink consumes: every leader moves, fetches fail for a
+    // while, then a broker is down for 3 s; more events arrive meanwhile.
+    for d in &spec.domains {
+        for p in 0..d.partitions {
+            mock.partition_leader(&d.topic, p, Some(1 + (p + 2) % 3)).expect("leader change");
+        }
+    }
+    mock.request_errors(rdkafka::types::RDKafkaApiKey::Fetch, &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 20]);
+    produce(&kafka, &spec, 10_000, 7, &mut produced);
+    mock.broker_down(3).expect("broker down");
+    std::thread::sleep(Duration::from_secs(3));
+    mock.broker_up(3).expect("broker up");
+    produce(&kafka, &spec, 10_000, 8, &mut produced);
+    assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(90));
+    assert!(!sink.is_finished(), "the sink rides out the faults");
+    shutdown.trigger();
+    rt.block_on(sink).expect("join").expect("sink");
+    let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE `{}`", ch.database)).execute());
 }

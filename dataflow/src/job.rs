@@ -255,7 +255,7 @@ pub fn run_worker(
         };
         if boundary {
             for ((d, p), caught) in source.caught_up() {
-                state.set_caught_up(d, p, caught);
+                state.set_caught_up(d, p, caught, now);
             }
             state.flush_epoch(&mut graph);
             // A worker whose input ended has no active partition left.

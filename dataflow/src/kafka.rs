@@ -37,7 +37,16 @@ impl ClientContext for SourceContext {
                 if partition < 0 {
                     continue;
                 }
-                lags.insert((topic.clone(), partition), p.consumer_lag);
+                // Behind the partition's end as read (not as committed): the
+                // position when something was consumed, else empty partitions are 0.
+                let behind = if p.hi_offset >= 0 && p.app_offset >= 0 {
+                    (p.hi_offset - p.app_offset).max(0)
+                } else if p.hi_offset >= 0 && p.hi_offset == p.lo_offset {
+                    0
+                } else {
+                    p.consumer_lag
+                };
+                lags.insert((topic.clone(), partition), behind);
                 if let Some(g) = &self.lag
                     && p.consumer_lag >= 0
                 {

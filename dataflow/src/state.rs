@@ -129,8 +129,8 @@ impl IngestState {
         o.next = o.next.max(next);
     }
 
-    pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool) {
-        self.clocks.set_caught_up(domain, partition, caught_up);
+    pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool, now: std::time::Instant) {
+        self.clocks.set_caught_up(domain, partition, caught_up, now);
     }
 
     /// The watermark of `domain` below which a metric's windows are closed for this worker.

@@ -35,11 +35,13 @@ impl LocalClocks {
         c.caught_up = false;
     }
 
-    /// Records whether the source has read a partition up to its end.
-    pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool) {
-        if let Some(c) = self.partitions.get_mut(&(domain, partition)) {
-            c.caught_up = caught_up;
-        }
+    /// Records whether the source has read a partition up to its end. The
+    /// source reports every partition assigned to it, so a partition that has
+    /// delivered nothing yet is known too: it holds the watermark back (at the
+    /// start) until it delivers or is read to its end and idle, so that a
+    /// partition fetched late at start-up does not find its events late.
+    pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool, now: Instant) {
+        self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: WM_START, last_activity: now, caught_up }).caught_up = caught_up;
     }
 
     /// This worker's report for one domain.
@@ -155,8 +157,26 @@ mod tests {
         // Partition 0 has been silent for 11 s > 10 s, but it may hold unread records.
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(1000));
         // Once it is known to be read to its end, its silence makes it idle.
-        c.set_caught_up(0, 0, true);
+        c.set_caught_up(0, 0, true, later);
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
+    }
+
+    #[test]
+    fn an_assigned_partition_that_delivered_nothing_holds_back_until_idle() {
+        let t0 = Instant::now();
+        let mut c = LocalClocks::default();
+        c.set_caught_up(0, 0, false, t0);
+        c.set_caught_up(0, 1, false, t0);
+        c.observe(0, 0, 5000, t0);
+        // Partition 1 has not been fetched yet: its events may be the oldest.
+        assert_eq!(c.domain_wm(0, 7, t0, Some(Duration::from_secs(10))).min_active, Some(WM_START));
+        let later = t0 + Duration::from_secs(11);
+        c.observe(0, 0, 6000, later);
+        assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(WM_START), "not known to be empty");
+        // Read to its end (empty) and silent for the idle timeout: no longer holds back.
+        c.set_caught_up(0, 1, true, later);
+        assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
+        assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).max_seen, Some(6000));
     }
 
     #[test]

@@ -26,7 +26,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-const START_MS: i64 = 1_795_478_400_000;
 
 /// Generated writes as the records producers would send straight to Kafka.
 fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDomain, String, String)> {
@@ -190,6 +189,8 @@ fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, serde
 
 #[test]
 fn finals_equal_sql_recomputation_across_a_restart() {
+    // Recent, so that the raw tables' TTL keeps the events the SQL recomputes from.
+    let start_ms = pulse_model::generate::recent_start_ms();
     let Some(ch) = stack_clickhouse("pulse_df_live") else { return };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(3).expect("mock cluster");
@@ -199,7 +200,7 @@ fn finals_equal_sql_recomputation_across_a_restart() {
     rt.block_on(migrate(&ch, &spec)).expect("migrate");
 
     // 40 events per second of event time: 12,000 events span 5 minutes.
-    let first = records(12_000, 7, START_MS, 0);
+    let first = records(12_000, 7, start_ms, 0);
     let last_ts = |recs: &[(GenDomain, String, String)]| {
         recs.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(0)
     };
@@ -218,7 +219,7 @@ fn finals_equal_sql_recomputation_across_a_restart() {
     let second = records(12_000, 8, last_ts(&first) - 2_000, 1_000_000);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &second[..4_000]));
     let late = vec![(GenDomain::Rides, "late-1".to_string(), format!(
-        "{{\"event_type\":\"requested\",\"ride_id\":\"late-1\",\"city\":\"Lima\",\"estimated_fare\":1,\"user_id\":\"u-late\",\"timestamp\":{START_MS}}}"
+        "{{\"event_type\":\"requested\",\"ride_id\":\"late-1\",\"city\":\"Lima\",\"estimated_fare\":1,\"user_id\":\"u-late\",\"timestamp\":{start_ms}}}"
     ))];
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone());
     // Broker faults while the job runs and events keep coming: every partition's
@@ -241,7 +242,7 @@ fn finals_equal_sql_recomputation_across_a_restart() {
     let horizon = last_ts(&second) - 60_000;
     let expected_closed = |finals: &HashMap<(String, String, i64), Vec<Option<f64>>>| {
         // Windows from the one holding the whole first minute on (earlier ones see only a few cities).
-        finals.keys().filter(|(m, _, ws)| m == "city_metrics" && *ws >= START_MS - 240_000 && ws + 300_000 <= horizon).count()
+        finals.keys().filter(|(m, _, ws)| m == "city_metrics" && *ws >= start_ms - 240_000 && ws + 300_000 <= horizon).count()
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut finals = rt.block_on(clickhouse_finals(&spec, &ch));
@@ -262,7 +263,7 @@ fn finals_equal_sql_recomputation_across_a_restart() {
     for ((metric, group, ws), values) in &finals {
         let m = spec.metric(metric).expect("metric");
         // The late ride sits in the raw table but in no window: skip its windows.
-        if metric == "city_metrics" && group == "Lima" && *ws <= START_MS && START_MS < ws + 300_000 {
+        if metric == "city_metrics" && group == "Lima" && *ws <= start_ms && start_ms < ws + 300_000 {
             continue;
         }
         let expected = rt.block_on(recomputed(&spec, &ch, m, *ws, group)).unwrap_or_default();

@@ -47,11 +47,24 @@ pub struct GenConfig {
     pub delete_fraction: f64,
 }
 
+/// The default first event time: the start of the previous hour (UTC), fixed
+/// for the life of the process so that two generators with the same seed
+/// produce the same stream. Recent, so that generated events are inside every
+/// domain's retention (raw tables expire older rows by TTL).
+pub fn recent_start_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        const HOUR_MS: i64 = 3_600_000;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        now / HOUR_MS * HOUR_MS - HOUR_MS
+    })
+}
+
 impl Default for GenConfig {
     fn default() -> Self {
         GenConfig {
             seed: 42,
-            start_ms: 1_795_478_400_000, // 2026-11-24T00:00:00Z
+            start_ms: recent_start_ms(),
             rate: 1000.0,
             mix: [0.6, 0.25, 0.15],
             cities: 20,

@@ -189,6 +189,7 @@ fn child() {
 }
 
 #[test]
+/// SIGKILL at 5 random points of a million-event stream, restarting each time.
 fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     if std::env::var("PULSE_SINK_CHILD_SPEC").is_ok() {
         return;
@@ -215,17 +216,22 @@ fn sigkill_mid_stream_loses_and_duplicates_nothing() {
             .expect("child")
     };
     let mut produced = Produced::default();
-    produce(&kafka, &spec, 150_000, 3, &mut produced);
+    produce(&kafka, &spec, 1_000_000, 3, &mut produced);
     let mut child = spawn();
     let mut rng_state = std::process::id() as u64;
-    for _ in 0..3 {
+    let mut mid_stream = 0;
+    for _ in 0..5 {
         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         std::thread::sleep(Duration::from_millis(800 + (rng_state >> 33) % 1500));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
+        let stored = count(&rt, &ch, "SELECT count() FROM rides FINAL");
+        eprintln!("kill: {stored} of {} rides stored", produced.immutable["rides"]);
+        mid_stream += usize::from(stored < produced.immutable["rides"]);
         child = spawn();
     }
-    assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(120));
+    assert!(mid_stream >= 3, "the kills should land while the stream is stored ({mid_stream} did)");
+    assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(300));
     let raw = count(&rt, &ch, "SELECT count() FROM rides");
     eprintln!("rides: {} produced, {raw} raw rows before merges (replays collapse under FINAL)", produced.immutable["rides"]);
     let _ = child.kill();

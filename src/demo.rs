@@ -55,6 +55,10 @@ pub struct DemoArgs {
     /// Print a summary line every 10 s instead of the live table.
     #[arg(long)]
     pub quiet: bool,
+    /// Measure freshness: probe rides (in a city named "Probe") timed from ingest's
+    /// acknowledgement to the first revision counting them; figures at the end.
+    #[arg(long)]
+    pub freshness: bool,
 }
 
 /// The newest window of a city, as the table shows it.
@@ -140,6 +144,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         })
     });
 
+    let freshness = args.freshness.then(|| crate::freshness::Freshness::start(&rt, &format!("http://{}", args.ingest_addr), &kafka, &spec.pipeline.aggregated_topic, &shutdown));
     println!("Pulse demo: write API http://{}  read API + live page http://{}/  ClickHouse {} (database {})", args.ingest_addr, args.api_addr, ch.url, ch.database);
     println!("Ctrl-C stops everything.");
     let started = Instant::now();
@@ -211,6 +216,9 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             Ok(Err(e)) => eprintln!("load generator: {e:#}"),
             Err(e) => eprintln!("load generator: {e}"),
         }
+    }
+    if let Some(f) = freshness {
+        println!("{}", f.finish(&rt));
     }
     let _ = rt.block_on(ingest_task);
     let _ = rt.block_on(sink_task);

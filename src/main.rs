@@ -6,6 +6,7 @@ mod cli;
 mod ingest_cmd;
 mod dataflow_cmd;
 mod demo;
+mod freshness;
 mod services;
 mod soak;
 

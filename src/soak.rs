@@ -1,13 +1,10 @@
 //! `pulse bench soak`: ingest → Kafka → dataflow at a fixed rate for minutes,
 //! in one process (the embedded mock cluster, or `--kafka` brokers). Every few
-//! seconds it samples RSS, consumer lag and the dataflow's progress; it also
-//! measures freshness: probe events in a city of their own are timed from the
-//! moment ingest acknowledged them to the revision on the aggregated topic
-//! that first counts them.
+//! seconds it samples RSS, consumer lag and the dataflow's progress, and it
+//! measures freshness (`crate::freshness`).
 
-use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,10 +13,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::generate::GenConfig;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::cli::{ClickHouseArgs, Global};
 
@@ -43,8 +37,6 @@ pub struct SoakArgs {
     #[arg(long, short = 'w', default_value_t = 1)]
     pub workers: usize,
 }
-
-const PROBE_CITY: &str = "Probe";
 
 pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     let spec = Arc::new(global.load_spec()?);
@@ -90,66 +82,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    // Freshness probes: one ride every 100 ms in a city of its own, through ingest.
-    let probes: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let probe_task = {
-        let (url, shutdown, probes) = (ingest_url.clone(), shutdown.clone(), Arc::clone(&probes));
-        rt.spawn(async move {
-            let client = pulse_client::Client::new(&url, None, None)?;
-            client.wait_until_ready(Duration::from_secs(30)).await?;
-            let mut n = 0u64;
-            while !shutdown.is_triggered() {
-                n += 1;
-                let t = now_ms();
-                let json = format!(
-                    "{{\"event_type\":\"requested\",\"ride_id\":\"probe-{n}\",\"city\":\"{PROBE_CITY}\",\"estimated_fare\":1,\"user_id\":\"probe\",\"timestamp\":{t}}}"
-                );
-                if client.track_json("rides", json).await.is_ok()
-                    && let Ok(mut p) = probes.lock()
-                {
-                    p.push((t, Instant::now()));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    };
-    // Revisions of the probe city's windows: the newest probe each one counts.
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let (kafka, topic, shutdown, probes, latencies) = (kafka.clone(), spec.pipeline.aggregated_topic.clone(), shutdown.clone(), Arc::clone(&probes), Arc::clone(&latencies));
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let consumer: BaseConsumer = kafka.consumer("pulse-soak-reader").create()?;
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
-                tpl.add_partition_offset(&topic, p, Offset::End)?;
-            }
-            consumer.assign(&tpl)?;
-            let mut seen: HashMap<i64, u64> = HashMap::new();
-            while !shutdown.is_triggered() {
-                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
-                let received = Instant::now();
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
-                if v["metric"] != "city_metrics" || v["city"] != PROBE_CITY {
-                    continue;
-                }
-                let (ws, we, n) = (v["window_start"].as_i64().unwrap_or(0), v["window_end"].as_i64().unwrap_or(0), v["total_events"].as_u64().unwrap_or(0));
-                if seen.get(&ws).is_some_and(|&old| old >= n) {
-                    continue;
-                }
-                seen.insert(ws, n);
-                let Ok(p) = probes.lock() else { continue };
-                // The n-th probe of the window (probes are sent in time order).
-                let in_window: Vec<&(i64, Instant)> = p.iter().filter(|(t, _)| *t >= ws && *t < we).collect();
-                if let Some((_, acked)) = n.checked_sub(1).and_then(|i| in_window.get(i as usize))
-                    && let Ok(mut l) = latencies.lock()
-                {
-                    l.push(received.duration_since(*acked).as_secs_f64());
-                }
-            }
-            Ok(())
-        })
-    };
+    let freshness = crate::freshness::Freshness::start(&rt, &ingest_url, &kafka, &spec.pipeline.aggregated_topic, &shutdown);
 
     println!("soak: {:.0} events/s through ingest into the dataflow for {:.1} min ({} worker(s)); a sample every {} s", args.rate, args.minutes, args.workers, args.every);
     println!("{:>6} {:>10} {:>10} {:>8} {:>10} {:>9} {:>12}", "t (s)", "events/s", "counted", "RSS MB", "lag", "wm delay", "fresh p99 s");
@@ -162,18 +95,16 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
         let rate = (counted - last.0) / last.1.elapsed().as_secs_f64().max(0.001);
         last = (counted, Instant::now());
         let rss = pulse_model::process::rss_bytes().unwrap_or(0) as f64 / 1e6;
-        let p99 = latencies.lock().map(|l| quantile(&l, 0.99)).unwrap_or(f64::NAN);
+        let p99 = freshness.quantile(0.99);
         println!("{:>6.0} {:>10.0} {:>10.0} {:>8.0} {:>10.0} {:>9.1} {:>12.3}", started.elapsed().as_secs_f64(), rate, counted, rss, lag, delay, p99);
         samples.push((rss, lag, rate));
     }
     shutdown.trigger();
     let report = rt.block_on(load).context("load generator")??;
-    let _ = rt.block_on(probe_task);
-    let _ = reader.join();
+    let fresh = freshness.finish(&rt);
     let _ = rt.block_on(ingest_task);
     let _ = dataflow.join();
 
-    let l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     let third = samples.len() / 3;
     let avg = |s: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| s.iter().map(f).sum::<f64>() / s.len().max(1) as f64;
     println!("\n{report}");
@@ -186,13 +117,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
         samples.iter().map(|s| s.1).fold(0.0, f64::max),
         samples.last().map_or(0.0, |s| s.1)
     );
-    println!(
-        "freshness (ingest ack -> revision on the aggregated topic): {} probes, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-        l.len(),
-        quantile(&l, 0.5),
-        quantile(&l, 0.99),
-        l.iter().copied().fold(0.0, f64::max)
-    );
+    println!("{fresh}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,15 +136,6 @@ fn figures(registry: &Registry) -> (f64, f64, f64) {
         }
     }
     (counted, lag, delay)
-}
-
-fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((q * v.len() as f64) as usize).min(v.len() - 1)]
 }
 
 fn now_ms() -> i64 {

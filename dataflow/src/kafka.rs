@@ -32,14 +32,21 @@ pub struct SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         let Ok(mut lags) = self.lags.lock() else { return };
+        // Brokers the client is connected to: a partition whose leader is not one
+        // of them cannot be fetched, whatever its last known offsets say.
+        let up: std::collections::HashSet<i32> = stats.brokers.values().filter(|b| b.state == "UP" && b.nodeid >= 0).map(|b| b.nodeid).collect();
         for (topic, t) in &stats.topics {
             for (&partition, p) in &t.partitions {
                 if partition < 0 {
                     continue;
                 }
                 // Behind the partition's end as read (not as committed): the
-                // position when something was consumed, else empty partitions are 0.
-                let behind = if p.hi_offset >= 0 && p.app_offset >= 0 {
+                // position when something was consumed, else empty partitions are 0;
+                // unknown (-1) while the partition cannot be fetched.
+                let fetchable = up.contains(&p.leader) && p.fetch_state == "active";
+                let behind = if !fetchable {
+                    -1
+                } else if p.hi_offset >= 0 && p.app_offset >= 0 {
                     (p.hi_offset - p.app_offset).max(0)
                 } else if p.hi_offset >= 0 && p.hi_offset == p.lo_offset {
                     0

@@ -40,8 +40,15 @@ impl LocalClocks {
     /// delivered nothing yet is known too: it holds the watermark back (at the
     /// start) until it delivers or is read to its end and idle, so that a
     /// partition fetched late at start-up does not find its events late.
+    /// Idleness counts from the last moment the partition was behind or could
+    /// not be fetched: after its broker comes back, the partition must stay
+    /// read to its end for a whole `idle_timeout` before it stops holding back.
     pub fn set_caught_up(&mut self, domain: usize, partition: i32, caught_up: bool, now: Instant) {
-        self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: WM_START, last_activity: now, caught_up }).caught_up = caught_up;
+        let c = self.partitions.entry((domain, partition)).or_insert(PartitionClock { max_time: WM_START, last_activity: now, caught_up });
+        c.caught_up = caught_up;
+        if !caught_up {
+            c.last_activity = now;
+        }
     }
 
     /// This worker's report for one domain.
@@ -159,6 +166,13 @@ mod tests {
         // Once it is known to be read to its end, its silence makes it idle.
         c.set_caught_up(0, 0, true, later);
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
+        // Behind again (its broker went away): it holds back, and once read to its
+        // end it needs the whole idle timeout again.
+        c.set_caught_up(0, 0, false, later);
+        let back = later + Duration::from_secs(3);
+        c.set_caught_up(0, 0, true, back);
+        assert_eq!(c.domain_wm(0, 7, back, Some(Duration::from_secs(10))).min_active, Some(1000));
+        assert_eq!(c.domain_wm(0, 7, later + Duration::from_secs(10), Some(Duration::from_secs(10))).min_active, Some(6000));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct GenConfig {
     /// Share of app events that are later updated / deleted.
     pub update_fraction: f64,
     pub delete_fraction: f64,
+    /// Updates and deletes pick among this many most recent app events: the
+    /// larger, the further behind in event time a change can arrive (a change
+    /// arriving after a window of its event closed is late for that window).
+    pub change_pool: usize,
 }
 
 /// The default first event time: the start of the previous hour (UTC), fixed
@@ -80,6 +84,7 @@ impl Default for GenConfig {
             cancel_rate: 0.12,
             update_fraction: 0.02,
             delete_fraction: 0.01,
+            change_pool: 1000,
         }
     }
 }
@@ -305,7 +310,7 @@ impl Generator {
         let name = self.rng.random_range(0..EVENT_NAMES.len());
         let session = self.rng.random_range(0..self.cfg.sessions.max(1));
         self.recent_app.push_back((id, ts, name, session));
-        if self.recent_app.len() > 1000 {
+        if self.recent_app.len() > self.cfg.change_pool.max(1) {
             self.recent_app.pop_front();
         }
         let json = self.app_json(id, ts, name, session);

@@ -127,7 +127,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let load_task = (!args.no_load).then(|| {
         let generator = GenConfig {
-            start_ms: now_ms(),
+            start_ms: pulse_model::now_ms(),
             rate: args.rate,
             surge_after_ms: Some(surge_after.ms()),
             surge_city,
@@ -277,8 +277,4 @@ impl Figures {
         }
         f
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

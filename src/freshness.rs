@@ -4,7 +4,7 @@
 //! aggregated topic maps each revision of the probe city's windows (its
 //! `total_events`) back to the newest probe it includes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ impl Freshness {
                 let mut n = 0u64;
                 while !shutdown.is_triggered() {
                     n += 1;
-                    let t = now_ms();
+                    let t = pulse_model::now_ms();
                     let json = format!(
                         "{{\"event_type\":\"requested\",\"ride_id\":\"probe-{n}\",\"city\":\"{PROBE_CITY}\",\"estimated_fare\":1,\"user_id\":\"probe\",\"timestamp\":{t}}}"
                     );
@@ -78,6 +78,8 @@ impl Freshness {
                 }
                 consumer.assign(&tpl)?;
                 let mut seen: HashMap<i64, u64> = HashMap::new();
+                // Each probe is timed once, by the first revision of any window that counts it.
+                let mut timed: HashSet<usize> = HashSet::new();
                 while !shutdown.is_triggered() {
                     let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
                     let received = Instant::now();
@@ -86,17 +88,22 @@ impl Freshness {
                         continue;
                     }
                     let (ws, we, n) = (v["window_start"].as_i64().unwrap_or(0), v["window_end"].as_i64().unwrap_or(0), v["total_events"].as_u64().unwrap_or(0));
-                    if seen.get(&ws).is_some_and(|&old| old >= n) {
+                    let old = seen.get(&ws).copied().unwrap_or(0);
+                    if old >= n {
                         continue;
                     }
                     seen.insert(ws, n);
-                    let Ok(s) = sent.lock() else { continue };
-                    // The n-th probe of the window (probes are sent in time order).
-                    let in_window: Vec<&(i64, Instant)> = s.iter().filter(|(t, _)| *t >= ws && *t < we).collect();
-                    if let Some((_, acked)) = n.checked_sub(1).and_then(|i| in_window.get(i as usize))
-                        && let Ok(mut l) = latencies.lock()
-                    {
-                        l.push(received.duration_since(*acked).as_secs_f64());
+                    let (Ok(s), Ok(mut l)) = (sent.lock(), latencies.lock()) else { continue };
+                    // The window's probes old+1..=n are newly counted (probes are sent, and
+                    // kept, in time order); each is timed by its first counting revision.
+                    let first = s.partition_point(|(t, _)| *t < ws);
+                    for probe in first + old as usize..first + n as usize {
+                        if let Some((t, acked)) = s.get(probe)
+                            && *t < we
+                            && timed.insert(probe)
+                        {
+                            l.push(received.duration_since(*acked).as_secs_f64());
+                        }
                     }
                 }
                 Ok(())
@@ -125,8 +132,4 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v[((q * v.len() as f64) as usize).min(v.len() - 1)]
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -71,7 +71,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     };
 
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
-    let generator = GenConfig { start_ms: now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
+    let generator = GenConfig { start_ms: pulse_model::now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
     let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration: Some(duration), rate: Some(args.rate), concurrency: 8, batch: 200, progress: false };
     let load = {
         let (url, shutdown) = (ingest_url.clone(), shutdown.clone());
@@ -136,8 +136,4 @@ fn figures(registry: &Registry) -> (f64, f64, f64) {
         }
     }
     (counted, lag, delay)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -166,9 +166,7 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use pulse_model::now_ms;
 
 async fn scalar(ch: &ClickHouseConfig, sql: &str) -> Result<u64, BenchError> {
     Ok(ch.client().query(sql).fetch_one::<u64>().await?)

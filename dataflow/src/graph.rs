@@ -208,9 +208,4 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
     Graph { add, distinct, multiset, names, reports, durable, probe, durable_probe, shared }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use pulse_model::now_ms;

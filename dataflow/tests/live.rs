@@ -26,7 +26,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-
 /// Generated writes as the records producers would send straight to Kafka.
 fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDomain, String, String)> {
     // Changes pick among the last 10 app events (about 2 s of event time): they

@@ -59,8 +59,7 @@ pub fn recent_start_ms() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *START.get_or_init(|| {
         const HOUR_MS: i64 = 3_600_000;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        now / HOUR_MS * HOUR_MS - HOUR_MS
+        crate::now_ms() / HOUR_MS * HOUR_MS - HOUR_MS
     })
 }
 

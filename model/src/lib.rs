@@ -15,3 +15,8 @@ pub use duration::{Millis, parse_duration};
 pub use spec::{AggKind, Aggregate, Domain, Field, FieldType, Filter, LatePolicy, Literal, Metric, Spec, SpecError, SpecErrors};
 pub use value::{Event, Op, Sym, Value};
 pub use window::Windows;
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

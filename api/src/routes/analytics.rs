@@ -23,9 +23,7 @@ const DAY_MS: i64 = 86_400_000;
 /// Longest `since` of the city figures.
 const MAX_SINCE_MS: i64 = 31 * DAY_MS;
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use pulse_model::now_ms;
 
 /// The named fields of a domain (404 when the spec lacks one).
 fn fields<'a>(

@@ -131,16 +131,16 @@ pub struct MigrateArgs {
 #[derive(Args)]
 pub struct CheckArgs {
     /// Spec file to check (defaults to --spec / PULSE_SPEC).
-    #[arg(env = "PULSE_SPEC", default_value = "pulse.toml")]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
 }
 
-pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    match Spec::load(&args.file) {
+pub fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let file = args.file.as_ref().unwrap_or(&global.spec);
+    match Spec::load(file) {
         Ok(spec) => {
             println!(
                 "{}: ok ({} domains, {} metrics)",
-                args.file.display(),
+                file.display(),
                 spec.domains.len(),
                 spec.metrics.len()
             );

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(&cli.global.log);
     let result = match cli.command {
-        Command::Check(args) => cli::check(&args),
+        Command::Check(args) => cli::check(&cli.global, &args),
         Command::Topics(args) => services::topics(&cli.global, &args),
         Command::Migrate(args) => services::migrate(&cli.global, &args),
         Command::Sink(args) => services::sink(&cli.global, &args),

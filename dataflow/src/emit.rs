@@ -36,7 +36,8 @@ impl WindowState {
 
 pub struct Emitter {
     plan: Arc<JobPlan>,
-    names: FxHashMap<u64, Vec<GroupValue>>,
+    /// Group values per group id, with how many workers hold the group open.
+    names: FxHashMap<u64, (isize, Vec<GroupValue>)>,
     /// Per metric: open windows by (window start, group id).
     windows: Vec<BTreeMap<(i64, u64), WindowState>>,
     /// Per metric: windows with `end <= closed_below` are closed.
@@ -74,7 +75,12 @@ impl Emitter {
         changes.sort_by_key(|(_, diff)| *diff > 0);
         for (change, diff) in changes {
             if let EmitIn::Names(gid, _, values) = &change {
-                self.names.entry(*gid).or_insert_with(|| values.iter().map(GroupValue::from).collect());
+                // Every worker that has the group open holds one reference to its names.
+                let entry = self.names.entry(*gid).or_insert_with(|| (0, values.iter().map(GroupValue::from).collect()));
+                entry.0 += diff;
+                if entry.0 <= 0 {
+                    self.names.remove(gid);
+                }
                 continue;
             }
             let key = match &change {
@@ -185,7 +191,7 @@ impl Emitter {
             .collect();
         MetricRow {
             metric: m,
-            group: self.names.get(&gid).cloned().unwrap_or_default(),
+            group: self.names.get(&gid).map(|(_, v)| v.clone()).unwrap_or_default(),
             window_start: win,
             window_end: mp.windows.end(win),
             values,

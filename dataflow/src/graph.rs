@@ -94,6 +94,9 @@ impl Updates for Graph {
     fn names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>) {
         self.names.update(EmitIn::Names(gid, metric, values), 1);
     }
+    fn forget_names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>) {
+        self.names.update(EmitIn::Names(gid, metric, values), -1);
+    }
 }
 
 /// Builds the dataflow on a worker. `start` is the closed watermark per domain

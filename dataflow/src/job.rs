@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pulse_kafka::DeadLetter;
 use pulse_model::metric_row::MetricRow;
-use pulse_model::{Decoder, LatePolicy, Spec};
+use pulse_model::{Decoder, LatePolicy, Op, Spec, TimeBounds};
 use timely::worker::Worker;
 
 use crate::graph::{self, Graph};
@@ -50,6 +50,11 @@ pub trait RecordSource {
     /// idle when it is); sources that cannot tell report nothing.
     fn caught_up(&mut self) -> Vec<((usize, i32), bool)> {
         Vec::new()
+    }
+    /// Whether `Record::timestamp_ms` is the broker's record timestamp (the
+    /// trust boundary's reference clock); replays number records instead.
+    fn broker_timestamps(&self) -> bool {
+        false
     }
 }
 
@@ -117,6 +122,8 @@ pub struct WorkerSummary {
     pub events: u64,
     pub late: u64,
     pub stale: u64,
+    /// Ids already counted in an open window (retries of immutable events).
+    pub duplicates: u64,
     pub dead_lettered: u64,
     pub finals: u64,
     pub revisions: u64,
@@ -139,6 +146,8 @@ pub fn run_worker(
     let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start);
     let mut state = IngestState::new(Arc::clone(&spec), Arc::clone(&plan), &cfg.start);
     let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
+    let bounds: Vec<TimeBounds> = spec.domains.iter().map(TimeBounds::of).collect();
+    let judge_time = source.broker_timestamps();
     let index = worker.index();
     let replay = cfg.replay_epoch_records.is_some();
     let interval_ms = cfg.emit_interval.as_millis().max(1) as u64;
@@ -162,7 +171,7 @@ pub fn run_worker(
     let late_to_dlq = cfg.late_policy == LatePolicy::DeadLetter;
     // Counter handles per domain, resolved once (label lookups are not free per event).
     let counter = |outcome: &str| -> Vec<_> { spec.domains.iter().map(|d| metrics.events.with_label_values(&[&d.name, outcome])).collect() };
-    let (counted_c, stale_c, dead_c) = (counter("counted"), counter("stale"), counter("dead_lettered"));
+    let (counted_c, stale_c, dead_c, dup_c) = (counter("counted"), counter("stale"), counter("dead_lettered"), counter("duplicate"));
     let late_c: Vec<_> = spec.domains.iter().map(|d| metrics.late.with_label_values(&[&d.name])).collect();
 
     loop {
@@ -191,6 +200,7 @@ pub fn run_worker(
                 Some(n) => n.saturating_sub(in_epoch).clamp(1, cfg.max_poll),
                 None => cfg.max_poll,
             };
+            let wall_ms = pulse_model::now_ms();
             status = source.poll(budget, &mut |rec| {
                 summary.records += 1;
                 in_epoch += 1;
@@ -199,6 +209,12 @@ pub fn run_worker(
                     Some(bytes) => decoders[rec.domain].decode(bytes).map_err(|e| e.to_string()),
                     None => Err("empty record (no payload)".to_string()),
                 };
+                // The trust boundary: an event time far from its record's broker
+                // timestamp is refused here as at the sink, and never moves a watermark.
+                let decoded = decoded.and_then(|ev| match ev.op {
+                    Op::Upsert if judge_time => bounds[d].check_record(ev.time, rec.timestamp_ms, wall_ms).map(|()| ev).map_err(|e| e.to_string()),
+                    _ => Ok(ev),
+                });
                 match decoded {
                     Ok(mut ev) => {
                         // Without a version, the record's broker timestamp orders an event's
@@ -207,7 +223,8 @@ pub fn run_worker(
                             ev.version = Some(u64::try_from(rec.timestamp_ms).unwrap_or(0).saturating_mul(1000));
                         }
                         let time = ev.time;
-                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, &mut graph) {
+                        let cap = bounds[d].watermark_cap(wall_ms);
+                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, cap, &mut graph) {
                             Accepted::Counted => {
                                 summary.events += 1;
                                 counted_c[d].inc();
@@ -215,6 +232,10 @@ pub fn run_worker(
                             Accepted::Stale => {
                                 summary.stale += 1;
                                 stale_c[d].inc();
+                            }
+                            Accepted::Duplicate => {
+                                summary.duplicates += 1;
+                                dup_c[d].inc();
                             }
                             Accepted::Late => {
                                 summary.late += 1;
@@ -308,6 +329,11 @@ pub fn run_worker(
             let (panes, live) = state.retained();
             metrics.retained.with_label_values(&["panes"]).set(panes as i64);
             metrics.retained.with_label_values(&["live_events"]).set(live as i64);
+            for ((m, (admitted, all)), overflowed) in spec.metrics.iter().zip(state.open_groups()).zip(&state.overflowed) {
+                metrics.open_groups.with_label_values(&[&m.name, "admitted"]).set(admitted as i64);
+                metrics.open_groups.with_label_values(&[&m.name, "all"]).set(all as i64);
+                metrics.overflow.with_label_values(&[&m.name]).set(*overflowed as i64);
+            }
         }
 
         // 5. Durability reported by the output moves the durable input's frontier.

@@ -164,6 +164,10 @@ impl RecordSource for KafkaSource {
         if n > 0 { SourceStatus::Active } else { SourceStatus::Idle }
     }
 
+    fn broker_timestamps(&self) -> bool {
+        true
+    }
+
     fn caught_up(&mut self) -> Vec<((usize, i32), bool)> {
         let Ok(lags) = self.lags.lock() else { return Vec::new() };
         self.assigned

@@ -100,7 +100,6 @@ impl CompiledFilter {
             CompiledFilter::NonEmpty(f) => match &ev.values[*f] {
                 Value::Null => false,
                 Value::Str(s) => !s.is_empty(),
-                Value::Sym(s) => !s.as_str().is_empty(),
                 _ => true,
             },
         }
@@ -109,7 +108,6 @@ impl CompiledFilter {
 
 fn value_eq(v: &Value, lit: &Value) -> bool {
     match (v, lit) {
-        (Value::Sym(s), Value::Str(l)) => *s.as_str() == **l,
         (Value::Float(a), Value::Float(b)) => a == b,
         (Value::Int(a), Value::Float(b)) => (*a as f64) == *b,
         (a, b) => a == b,
@@ -193,7 +191,6 @@ impl MetricPlan {
             .iter()
             .map(|&g| match &ev.values[g] {
                 Value::Str(s) => GroupValue::Str(Arc::from(s.as_str())),
-                Value::Sym(s) => GroupValue::Str(s.as_str()),
                 Value::Enum(i) => GroupValue::Str(
                     self.enum_values[g]
                         .as_ref()

@@ -9,6 +9,11 @@
 //!   delete retracts the old version's contributions (differential retractions).
 //! - Per partition, the offset of the oldest event still in an open window is
 //!   tracked: that is what may be committed.
+//! - Immutable domains count an `event_id` once while any window holding it
+//!   is open (a client's retry of an accepted request is not counted twice).
+//! - Each metric admits at most `max_groups` groups with an open window; the
+//!   events of further groups are counted in the metric's overflow group, and
+//!   a group's caches and names are released when its last window closes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +21,8 @@ use std::time::Instant;
 
 use compact_str::CompactString;
 use pulse_model::metric_row::GroupValue;
-use pulse_model::value::FxHashMap;
+use pulse_model::spec::OVERFLOW_GROUP;
+use pulse_model::value::{FxBuildHasher, FxHashMap};
 use pulse_model::{Event, Op, Spec, Value};
 
 use crate::plan::{JobPlan, MetricPlan};
@@ -31,6 +37,46 @@ pub trait Updates {
     /// Changes of a window's multiset of numbers.
     fn multiset(&mut self, key: WinKey, delta: Bag<OrdF64>);
     fn names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>);
+    /// The group no longer has an open window on this worker.
+    fn forget_names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>);
+}
+
+/// A group with an open window on this worker.
+struct OpenGroup {
+    /// The job watermark at which its last window closes.
+    release: i64,
+    /// Counted in the metric's overflow group (the metric was at `max_groups`
+    /// when the group first appeared); sticky until the group closes, so that
+    /// retractions go where the additions went.
+    overflow: bool,
+    /// The names sent for it (to retract them when it closes).
+    names: Option<Vec<NamedValue>>,
+}
+
+/// Ids of counted events of an immutable domain, until their windows close.
+#[derive(Default)]
+struct SeenIds {
+    ids: std::collections::HashSet<u128, FxBuildHasher>,
+    by_release: BTreeMap<i64, Vec<u128>>,
+}
+
+impl SeenIds {
+    /// Whether `id` is new (then it is remembered until `release`).
+    fn insert(&mut self, id: &str, release: i64) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        if !self.ids.insert(h) {
+            return false;
+        }
+        self.by_release.entry(release).or_default().push(h);
+        true
+    }
+
+    fn expire(&mut self, closed: i64) {
+        let keep = self.by_release.split_off(&closed.saturating_add(1));
+        for h in std::mem::replace(&mut self.by_release, keep).into_values().flatten() {
+            self.ids.remove(&h);
+        }
+    }
 }
 
 /// What one pane of one metric holds until it expires.
@@ -80,6 +126,8 @@ pub enum Accepted {
     Late,
     /// An older version than the one already applied (mutable domains).
     Stale,
+    /// An id already counted in an open window (immutable domains): a retry.
+    Duplicate,
 }
 
 pub struct IngestState {
@@ -90,9 +138,16 @@ pub struct IngestState {
     epoch_distinct: FxHashMap<(u16, u64, i64, u16), Vec<(u128, i64)>>,
     epoch_multiset: FxHashMap<(u16, u64, i64, u16), Vec<(OrdF64, i64)>>,
     panes: Vec<BTreeMap<i64, Pane>>,
-    names_sent: FxHashMap<u64, ()>,
+    /// Per metric: groups with an open window, how many of them are admitted
+    /// (not overflow), and whether the overflow group's names were sent.
+    open_groups: Vec<FxHashMap<u64, OpenGroup>>,
+    admitted: Vec<usize>,
+    overflow_named: Vec<bool>,
+    /// Events counted in overflow groups, per metric (for the metrics endpoint).
+    pub overflowed: Vec<u64>,
     gid_cache: Vec<FxHashMap<Vec<Value>, u64>>,
     gid_fast: Vec<FxHashMap<(u8, u64), u64>>,
+    seen: Vec<SeenIds>,
     live: Vec<HashMap<CompactString, Live>>,
     clocks: LocalClocks,
     /// Event-time watermark in use per domain (drops late data).
@@ -109,9 +164,13 @@ impl IngestState {
             epoch_distinct: FxHashMap::default(),
             epoch_multiset: FxHashMap::default(),
             panes: (0..plan.metrics.len()).map(|_| BTreeMap::new()).collect(),
-            names_sent: FxHashMap::default(),
+            open_groups: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
+            admitted: vec![0; plan.metrics.len()],
+            overflow_named: vec![false; plan.metrics.len()],
+            overflowed: vec![0; plan.metrics.len()],
             gid_cache: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             gid_fast: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
+            seen: (0..domains).map(|_| SeenIds::default()).collect(),
             live: (0..domains).map(|_| HashMap::new()).collect(),
             clocks: LocalClocks::default(),
             used: (0..domains).map(|d| start.get(d).copied().unwrap_or(crate::types::WM_START)).collect(),
@@ -151,12 +210,15 @@ impl IngestState {
             .unwrap_or(time)
     }
 
-    /// Offers one decoded event read at (partition, offset).
-    pub fn offer(&mut self, domain: usize, partition: i32, offset: i64, ev: Event, now: Instant, out: &mut impl Updates) -> Accepted {
+    /// Offers one decoded event read at (partition, offset). The partition's
+    /// clock advances to the event time, but never beyond `time_cap` (the
+    /// wall clock plus the domain's `max_future`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(&mut self, domain: usize, partition: i32, offset: i64, ev: Event, now: Instant, time_cap: i64, out: &mut impl Updates) -> Accepted {
         self.advance_offset(domain, partition, offset + 1);
         let mutable = self.spec.domains[domain].mutable;
         if ev.op == Op::Upsert {
-            self.clocks.observe(domain, partition, ev.time, now);
+            self.clocks.observe(domain, partition, ev.time.min(time_cap), now);
         }
         let late = ev.op == Op::Upsert
             && self.plan.by_domain[domain].iter().all(|&m| {
@@ -168,6 +230,11 @@ impl IngestState {
                 return Accepted::Late;
             }
             let release = self.release(domain, ev.time);
+            if let Some(id) = &ev.event_id
+                && !self.seen[domain].insert(id, release)
+            {
+                return Accepted::Duplicate;
+            }
             self.offsets.entry((domain, partition)).or_default().hold(release, offset);
             self.contribute(domain, &ev, 1, out);
             return Accepted::Counted;
@@ -202,15 +269,64 @@ impl IngestState {
         if late { Accepted::Late } else { Accepted::Counted }
     }
 
-    fn group_id(&mut self, m: usize, ev: &Event, out: &mut impl Updates) -> u64 {
+    /// The group an event counts in for metric `m`: its own, or the overflow
+    /// group when the metric is at `max_groups` open groups. `release` is when
+    /// the event's last window of `m` closes.
+    fn group_id(&mut self, m: usize, ev: &Event, release: i64, out: &mut impl Updates) -> u64 {
+        let gid = self.own_group_id(m, ev);
+        if let Some(g) = self.open_groups[m].get_mut(&gid) {
+            g.release = g.release.max(release);
+            if !g.overflow {
+                return gid;
+            }
+            self.overflowed[m] += 1;
+            return self.overflow_gid(m, out);
+        }
+        let overflow = self.admitted[m] >= self.spec.metrics[m].max_groups;
+        let names = if overflow {
+            None
+        } else {
+            self.admitted[m] += 1;
+            let values: Vec<NamedValue> = self.plan.metrics[m].group_values(ev).iter().map(NamedValue::from).collect();
+            out.names(gid, m as u16, values.clone());
+            Some(values)
+        };
+        self.open_groups[m].insert(gid, OpenGroup { release, overflow, names });
+        if !overflow {
+            return gid;
+        }
+        self.overflowed[m] += 1;
+        self.overflow_gid(m, out)
+    }
+
+    /// The overflow group of metric `m` (its names are sent once and kept).
+    fn overflow_gid(&mut self, m: usize, out: &mut impl Updates) -> u64 {
+        let plan = &self.plan.metrics[m];
+        let values: Vec<GroupValue> = plan
+            .group_by
+            .iter()
+            .map(|&g| match self.spec.domains[plan.domain].fields[g].ty {
+                pulse_model::FieldType::String | pulse_model::FieldType::Enum(_) => GroupValue::Str(OVERFLOW_GROUP.into()),
+                _ => GroupValue::Null,
+            })
+            .collect();
+        let gid = plan.group_id(&values);
+        if !std::mem::replace(&mut self.overflow_named[m], true) {
+            out.names(gid, m as u16, values.iter().map(NamedValue::from).collect());
+        }
+        gid
+    }
+
+    /// An event's own group id for metric `m` (cached per group key).
+    fn own_group_id(&mut self, m: usize, ev: &Event) -> u64 {
         let plan = &self.plan.metrics[m];
         // The common case, one interned or small group value, is looked up without allocating.
         let fast = match plan.group_by.as_slice() {
-            [g] => match ev.values[*g] {
-                Value::Sym(s) => Some((1u8, u64::from(s.0))),
-                Value::Enum(i) => Some((2, u64::from(i))),
-                Value::Int(i) => Some((3, i as u64)),
-                Value::Bool(b) => Some((4, u64::from(b))),
+            [g] => match &ev.values[*g] {
+                Value::Str(s) => Some((1u8, xxhash_rust::xxh3::xxh3_64(s.as_bytes()))),
+                Value::Enum(i) => Some((2, u64::from(*i))),
+                Value::Int(i) => Some((3, *i as u64)),
+                Value::Bool(b) => Some((4, u64::from(*b))),
                 Value::Null => Some((5, 0)),
                 _ => None,
             },
@@ -230,9 +346,6 @@ impl IngestState {
         self.gid_cache[m].insert(key, gid);
         if let Some(k) = fast {
             self.gid_fast[m].insert(k, gid);
-        }
-        if self.names_sent.insert(gid, ()).is_none() {
-            out.names(gid, m as u16, values.iter().map(NamedValue::from).collect());
         }
         gid
     }
@@ -254,7 +367,8 @@ impl IngestState {
                 // The pane already expired: its contributions were retracted with it.
                 continue;
             }
-            let gid = self.group_id(m, ev, out);
+            let release = mp.windows.last_end(ev.time) + mp.lateness;
+            let gid = self.group_id(m, ev, release, out);
             mp.add_contrib(ev, &mut self.scratch);
             if self.scratch.iter().any(|c| c.0 != 0) {
                 let accs = self.epoch_add.entry((m as u16, gid, pane)).or_insert_with(|| vec![Acc::ZERO; mp.add.len()]);
@@ -385,7 +499,43 @@ impl IngestState {
         for (d, live) in self.live.iter_mut().enumerate() {
             let c = closed.get(d).copied().unwrap_or(i64::MIN);
             live.retain(|_, l| l.release > c);
+            self.seen[d].expire(c);
         }
+        self.close_groups(closed, out);
+    }
+
+    /// Forgets the groups whose last window closed: their names are retracted
+    /// and their cache entries dropped, so memory follows the open groups.
+    fn close_groups(&mut self, closed: &[i64], out: &mut impl Updates) {
+        for m in 0..self.plan.metrics.len() {
+            let c = closed.get(self.plan.metrics[m].domain).copied().unwrap_or(i64::MIN);
+            let before = self.open_groups[m].len();
+            let mut admitted_closed = 0;
+            self.open_groups[m].retain(|&gid, g| {
+                if g.release > c {
+                    return true;
+                }
+                if !g.overflow {
+                    admitted_closed += 1;
+                }
+                if let Some(values) = g.names.take() {
+                    out.forget_names(gid, m as u16, values);
+                }
+                false
+            });
+            if self.open_groups[m].len() == before {
+                continue;
+            }
+            self.admitted[m] -= admitted_closed;
+            let open = &self.open_groups[m];
+            self.gid_cache[m].retain(|_, gid| open.contains_key(gid));
+            self.gid_fast[m].retain(|_, gid| open.contains_key(gid));
+        }
+    }
+
+    /// Groups with an open window per metric (admitted ones, and all).
+    pub fn open_groups(&self) -> Vec<(usize, usize)> {
+        self.open_groups.iter().zip(&self.admitted).map(|(g, &a)| (a, g.len())).collect()
     }
 
     /// This worker's watermark report per domain.

@@ -10,8 +10,9 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
-use pulse_model::spec::EVENT_ID;
-use pulse_model::{DecodeError, Decoder, Domain, Event, FieldType, Op, Value, encode_json};
+use pulse_model::decode::is_forbidden_in_identifier;
+use pulse_model::spec::{DEFAULT_ID_LENGTH, EVENT_ID};
+use pulse_model::{Clock, DecodeError, Decoder, Domain, Event, FieldType, Op, TimeBounds, Value, encode_json};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -181,7 +182,6 @@ fn write_key(v: &Value, ty: &FieldType, out: &mut Vec<u8>) {
     match v {
         Value::Null => {}
         Value::Str(s) => out.extend_from_slice(s.as_bytes()),
-        Value::Sym(s) => out.extend_from_slice(s.as_str().as_bytes()),
         Value::Enum(i) => {
             if let FieldType::Enum(values) = ty
                 && let Some(name) = values.get(*i as usize)
@@ -207,6 +207,7 @@ fn write_key(v: &Value, ty: &FieldType, out: &mut Vec<u8>) {
 pub struct DomainWriter {
     pub domain: Domain,
     decoder: Decoder,
+    bounds: TimeBounds,
     event_id_field: Option<usize>,
 }
 
@@ -214,6 +215,7 @@ impl DomainWriter {
     pub fn new(domain: &Domain) -> DomainWriter {
         DomainWriter {
             decoder: Decoder::new(domain),
+            bounds: TimeBounds::of(domain),
             event_id_field: domain.field_index(EVENT_ID),
             domain: domain.clone(),
         }
@@ -249,6 +251,11 @@ impl DomainWriter {
         }
     }
 
+    /// The trust boundary's clock rule, against ingest's clock.
+    fn check_time(&self, ev: &Event, stamp: Stamp) -> Result<(), String> {
+        self.bounds.check(ev.time, stamp.ingested_at, Clock::Ingest).map_err(|e| e.to_string())
+    }
+
     /// Completes the envelope of a decoded event.
     fn stamp(&self, ev: &mut Event, stamp: Stamp, i: usize) {
         if ev.event_id.is_none() {
@@ -278,6 +285,10 @@ impl DomainWriter {
             };
             if ev.op == Op::Delete {
                 bad.push(Detail::field(i, item.line, "_deleted", format!("deletes are sent as DELETE /v1/events/{}/{{id}}", self.domain.name)));
+                continue;
+            }
+            if let Err(reason) = self.check_time(&ev, stamp) {
+                bad.push(Detail::field(i, item.line, &self.domain.time_field().name, reason));
                 continue;
             }
             if !bad.is_empty() {
@@ -317,6 +328,9 @@ impl DomainWriter {
             Some(have) if have != id => return reject(Some(EVENT_ID), format!("is `{have}` but the path says `{id}`; leave it out or make them equal")),
             _ => {}
         }
+        if let Err(reason) = self.check_time(&ev, stamp) {
+            return reject(Some(&self.domain.time_field().name), reason);
+        }
         let id = CompactString::from(id);
         if let Some(f) = self.event_id_field {
             ev.values[f] = Value::Str(id.clone());
@@ -332,6 +346,12 @@ impl DomainWriter {
         out.clear();
         if id.is_empty() {
             return Err(vec![Detail::field(0, None, EVENT_ID, "must not be empty")]);
+        }
+        if id.len() > DEFAULT_ID_LENGTH {
+            return Err(vec![Detail::field(0, None, EVENT_ID, format!("is {} bytes long; at most {DEFAULT_ID_LENGTH} are accepted", id.len()))]);
+        }
+        if let Some(c) = id.chars().find(|&c| is_forbidden_in_identifier(c)) {
+            return Err(vec![Detail::field(0, None, EVENT_ID, format!("contains the control or bidirectional character U+{:04X}", u32::from(c)))]);
         }
         let id = CompactString::from(id);
         let mut values = vec![Value::Null; self.domain.fields.len()];
@@ -381,6 +401,13 @@ mod tests {
     const RIDE: &str = r#"{"event_type":"cancelled","ride_id":"r-1","city":"Berlin","estimated_fare":12.5,"user_id":"u-7","timestamp":"2026-11-24T10:15:00.250Z"}"#;
     const APP: &str = r#"{"session_id":"s-1","event_name":"login","latency_ms":12,"timestamp":1795515300250}"#;
 
+    /// The test events' own time (2026-11-24T10:15:00.250Z) as ingest's clock.
+    const AT: i64 = 1_795_515_300_250;
+
+    fn stamp_at(clock: &VersionClock, events: usize) -> Stamp {
+        Stamp { ingested_at: AT, first_version: clock.reserve(events) }
+    }
+
     fn prepare(domain: &str, body: &str) -> Result<(Batch, Vec<serde_json::Value>), Vec<Detail>> {
         let spec = spec();
         let w = DomainWriter::new(spec.domain(domain).expect("domain"));
@@ -389,7 +416,7 @@ mod tests {
         split(format, body.as_bytes(), 100, &mut items).expect("split");
         let mut batch = Batch::default();
         let clock = VersionClock::default();
-        w.prepare_inserts(body.as_bytes(), &items, Stamp::new(&clock, items.len()), 1_000_000, &mut batch)?;
+        w.prepare_inserts(body.as_bytes(), &items, stamp_at(&clock, items.len()), 1_000_000, &mut batch)?;
         let values = batch.records().map(|(_, p)| serde_json::from_slice(p).expect("canonical JSON")).collect();
         Ok((batch, values))
     }
@@ -443,15 +470,15 @@ mod tests {
         let w = DomainWriter::new(spec.domain("app_events").expect("app_events"));
         let clock = VersionClock::default();
         let mut batch = Batch::default();
-        w.prepare_replace(APP.as_bytes(), "e-1", Stamp::new(&clock, 1), 1_000_000, &mut batch).expect("replace");
+        w.prepare_replace(APP.as_bytes(), "e-1", stamp_at(&clock, 1), 1_000_000, &mut batch).expect("replace");
         let v: serde_json::Value = serde_json::from_slice(batch.record(0).1).expect("json");
         assert_eq!((v["event_id"].as_str(), batch.record(0).0), (Some("e-1"), Some(&b"e-1"[..])));
         let same = APP.replace("{", r#"{"event_id":"e-1","#);
-        assert!(w.prepare_replace(same.as_bytes(), "e-1", Stamp::new(&clock, 1), 1_000_000, &mut batch).is_ok());
+        assert!(w.prepare_replace(same.as_bytes(), "e-1", stamp_at(&clock, 1), 1_000_000, &mut batch).is_ok());
         let other = APP.replace("{", r#"{"event_id":"e-2","#);
-        let d = w.prepare_replace(other.as_bytes(), "e-1", Stamp::new(&clock, 1), 1_000_000, &mut batch).expect_err("id mismatch");
+        let d = w.prepare_replace(other.as_bytes(), "e-1", stamp_at(&clock, 1), 1_000_000, &mut batch).expect_err("id mismatch");
         assert_eq!(d[0].field.as_deref(), Some("event_id"));
-        w.prepare_delete("e-1", Stamp::new(&clock, 1), &mut batch).expect("delete");
+        w.prepare_delete("e-1", stamp_at(&clock, 1), &mut batch).expect("delete");
         let v: serde_json::Value = serde_json::from_slice(batch.record(0).1).expect("json");
         assert_eq!(v["_deleted"], true);
         assert_eq!(v["event_id"], "e-1");
@@ -460,6 +487,50 @@ mod tests {
         // The canonical delete decodes as a delete.
         let ev = Decoder::new(&w.domain).decode(batch.record(0).1).expect("decodes");
         assert_eq!(ev.op, Op::Delete);
+    }
+
+    #[test]
+    fn refuses_what_crosses_the_trust_boundary() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("\"2026-11-24T10:15:00.250Z\"", "\"2099-01-01T00:00:00Z\"", "timestamp", "max_future"),
+            ("\"2026-11-24T10:15:00.250Z\"", "\"2026-11-24T10:20:00.251Z\"", "timestamp", "max_future"),
+            ("\"2026-11-24T10:15:00.250Z\"", "\"1900-01-01T00:00:00Z\"", "timestamp", "max_age"),
+            ("\"2026-11-24T10:15:00.250Z\"", "\"2026-11-17T10:15:00.249Z\"", "timestamp", "max_age"),
+            ("12.5", "-5", "estimated_fare", "minimum"),
+            ("12.5", "1e308", "estimated_fare", "maximum"),
+            ("\"Berlin\"", "\"Ber\\nlin\"", "city", "U+000A"),
+            ("\"Berlin\"", "\"Ber\\u202elin\"", "city", "U+202E"),
+            ("\"Berlin\"", "\"Ber\\u0085lin\"", "city", "U+0085"),
+            ("\"r-1\"", "\"r\\u0000-1\"", "ride_id", "U+0000"),
+            ("\"Berlin\"", "\"__overflow__\"", "city", "reserved"),
+        ];
+        for (from, to, field, needle) in cases {
+            let body = RIDE.replace(from, to);
+            let d = prepare("rides", &body).map(|_| ()).expect_err(&body);
+            assert_eq!(d[0].field.as_deref(), Some(*field), "{body}: {d:?}");
+            assert!(d[0].reason.contains(needle), "{body}: {}", d[0].reason);
+        }
+        // Exactly at the bounds is accepted.
+        for (from, to) in [("\"2026-11-24T10:15:00.250Z\"", "\"2026-11-24T10:20:00.250Z\""), ("12.5", "0"), ("12.5", "1000000")] {
+            prepare("rides", &RIDE.replace(from, to)).expect("at the bound");
+        }
+        let long = "x".repeat(257);
+        let d = prepare("rides", &RIDE.replace("Berlin", &long)).map(|_| ()).expect_err("long city");
+        assert!(d[0].reason.contains("at most 256"), "{:?}", d[0]);
+        // An event id with a newline is refused (it would be stored but unreadable).
+        let d = prepare("rides", &RIDE.replace("{", "{\"event_id\":\"a\\nb\",")).map(|_| ()).expect_err("newline id");
+        assert_eq!(d[0].field.as_deref(), Some("event_id"));
+        // NFD and NFC spellings of a city are one city.
+        let (_, nfd) = prepare("rides", &RIDE.replace("Berlin", "Zu\u{308}rich")).expect("NFD");
+        let (_, nfc) = prepare("rides", &RIDE.replace("Berlin", "Z\u{fc}rich")).expect("NFC");
+        assert_eq!(nfd[0]["city"], nfc[0]["city"]);
+        assert_eq!(nfc[0]["city"], "Z\u{fc}rich");
+        // DELETE ids are checked too.
+        let spec = spec();
+        let w = DomainWriter::new(spec.domain("app_events").expect("app_events"));
+        let mut batch = Batch::default();
+        let d = w.prepare_delete("e\u{202e}1", stamp_at(&VersionClock::default(), 1), &mut batch).expect_err("bidi id");
+        assert!(d[0].reason.contains("U+202E"), "{d:?}");
     }
 
     #[test]
@@ -477,7 +548,7 @@ mod tests {
         let w = DomainWriter::new(spec.domain("rides").expect("rides"));
         let mut batch = Batch::default();
         let items = [Item { range: 0..RIDE.len(), line: None }];
-        let d = w.prepare_inserts(RIDE.as_bytes(), &items, Stamp::new(&VersionClock::default(), 1), 100, &mut batch).expect_err("too big");
+        let d = w.prepare_inserts(RIDE.as_bytes(), &items, stamp_at(&VersionClock::default(), 1), 100, &mut batch).expect_err("too big");
         assert!(d[0].reason.contains("at most 100"), "{:?}", d[0]);
         assert!(batch.is_empty());
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 fn ride(i: usize) -> serde_json::Value {
     json!({"event_type": "requested", "ride_id": format!("r-{i}"), "city": "Lagos", "estimated_fare": 7.25,
-           "user_id": "u-1", "timestamp": "2026-11-24T10:15:00Z"})
+           "user_id": "u-1", "timestamp": pulse_model::now_ms()})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +55,7 @@ async fn typed_writes_and_errors() {
     }
 
     // Updates and deletes.
-    let app = json!({"event_id": "a-1", "session_id": "s", "event_name": "login", "latency_ms": 3, "timestamp": 1795515300250i64});
+    let app = json!({"event_id": "a-1", "session_id": "s", "event_name": "login", "latency_ms": 3, "timestamp": pulse_model::now_ms()});
     client.track("app_events", &app).await.expect("insert");
     let mut changed = app.clone();
     changed["latency_ms"] = json!(5);

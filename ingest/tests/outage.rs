@@ -48,7 +48,7 @@ async fn broker_outage_yields_503_and_loses_no_acknowledged_event() {
                     n += 1;
                     let body: String = ids
                         .iter()
-                        .map(|id| format!("{{\"event_id\":\"{id}\",\"event_type\":\"requested\",\"ride_id\":\"r-{id}\",\"city\":\"Lima\",\"estimated_fare\":9.5,\"user_id\":\"u-1\",\"timestamp\":1795515300250}}\n"))
+                        .map(|id| format!("{{\"event_id\":\"{id}\",\"event_type\":\"requested\",\"ride_id\":\"r-{id}\",\"city\":\"Lima\",\"estimated_fare\":9.5,\"user_id\":\"u-1\",\"timestamp\":{}}}\n", pulse_model::now_ms()))
                         .collect();
                     let was_down = down.load(Ordering::Relaxed);
                     let a = http.post_ndjson("rides", body).await;

@@ -34,7 +34,7 @@ async fn concurrent_acknowledged_writes_are_all_on_tansu() {
                     if i >= n {
                         break;
                     }
-                    let body = format!(r#"{{"event_id":"e-{i}","session_id":"s","event_name":"login","latency_ms":1,"timestamp":1795515300250}}"#);
+                    let body = format!(r#"{{"event_id":"e-{i}","session_id":"s","event_name":"login","latency_ms":1,"timestamp":{}}}"#, pulse_model::now_ms());
                     let a = http.post_json("app_events", body).await;
                     assert_eq!(a.status, 202, "{:?}", a.body);
                     ids.push(format!("e-{i}"));

@@ -11,8 +11,8 @@ use std::io::Write as _;
 
 use compact_str::CompactString;
 
-use crate::spec::{Domain, EVENT_ID, FieldType};
-use crate::value::{Event, Op, Sym, Value};
+use crate::spec::{DEFAULT_ID_LENGTH, Domain, EVENT_ID, Field, FieldType, OVERFLOW_GROUP};
+use crate::value::{Event, Op, Value};
 
 /// Why an event was rejected; `field` names the offending field when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
@@ -60,6 +60,72 @@ enum Slot {
     Deleted,
 }
 
+/// What a field's values must satisfy besides their type.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_len: usize,
+    /// Identifiers and dimensions: no control or bidi characters.
+    strict: bool,
+    /// Dimensions: stored in Unicode NFC, so that one city has one spelling.
+    nfc: bool,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl Limits {
+    const NONE: Limits = Limits { max_len: usize::MAX, strict: false, nfc: false, min: None, max: None };
+    const ID: Limits = Limits { max_len: DEFAULT_ID_LENGTH, strict: true, nfc: false, min: None, max: None };
+
+    fn of(f: &Field, identity: bool) -> Limits {
+        Limits { max_len: f.max_length, strict: f.dimension || identity, nfc: f.dimension, min: f.min, max: f.max }
+    }
+
+    fn number(&self, name: &str, v: f64) -> Result<(), Box<DecodeError>> {
+        if let Some(min) = self.min
+            && v < min
+        {
+            return Err(DecodeError::field(name, format!("{v} is below the minimum {min}")));
+        }
+        if let Some(max) = self.max
+            && v > max
+        {
+            return Err(DecodeError::field(name, format!("{v} is above the maximum {max}")));
+        }
+        Ok(())
+    }
+}
+
+/// Characters refused in identifiers and dimensions: controls (C0, DEL, C1)
+/// and the bidirectional formatting characters that make text display as
+/// something else than it is.
+pub fn is_forbidden_in_identifier(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks a string value against its field's limits; dimensions come back in NFC.
+fn checked_string(s: &str, name: &str, limits: &Limits) -> Result<CompactString, Box<DecodeError>> {
+    if s == OVERFLOW_GROUP {
+        return Err(DecodeError::field(name, format!("`{OVERFLOW_GROUP}` is reserved for metrics' overflow groups")));
+    }
+    if s.len() > limits.max_len {
+        return Err(DecodeError::field(name, format!("is {} bytes long; at most {} are accepted (`max_length`)", s.len(), limits.max_len)));
+    }
+    if limits.strict
+        && let Some(c) = s.chars().find(|&c| is_forbidden_in_identifier(c))
+    {
+        return Err(DecodeError::field(name, format!("contains the control or bidirectional character U+{:04X}", u32::from(c))));
+    }
+    if limits.nfc && !s.is_ascii() && unicode_normalization::is_nfc_quick(s.chars()) != unicode_normalization::IsNormalized::Yes {
+        use unicode_normalization::UnicodeNormalization as _;
+        let normalized: CompactString = s.nfc().collect();
+        if normalized.len() > limits.max_len {
+            return Err(DecodeError::field(name, format!("is {} bytes long in NFC; at most {} are accepted (`max_length`)", normalized.len(), limits.max_len)));
+        }
+        return Ok(normalized);
+    }
+    Ok(CompactString::new(s))
+}
+
 #[derive(Debug, Clone)]
 enum Kind {
     Str,
@@ -77,6 +143,7 @@ enum Kind {
 pub struct Decoder {
     names: Vec<(String, Slot)>,
     kinds: Vec<Kind>,
+    limits: Vec<Limits>,
     field_names: Vec<String>,
     optional: Vec<bool>,
     time_field: usize,
@@ -112,9 +179,16 @@ impl Decoder {
                 FieldType::Point => Kind::Point,
             })
             .collect();
+        let limits = domain
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Limits::of(f, i == domain.key || f.name == EVENT_ID))
+            .collect();
         Decoder {
             names,
             kinds,
+            limits,
             field_names: domain.fields.iter().map(|f| f.name.clone()).collect(),
             optional: domain.fields.iter().map(|f| f.optional).collect(),
             time_field: domain.time_field,
@@ -489,8 +563,8 @@ impl<'a> Reader<'a> {
         kind_of(self.peek())
     }
 
-    /// Reads the value of field `name` as `kind`.
-    fn typed(&mut self, kind: &Kind, name: &str) -> Result<Value, Box<DecodeError>> {
+    /// Reads the value of field `name` as `kind`, within `limits`.
+    fn typed(&mut self, kind: &Kind, name: &str, limits: &Limits) -> Result<Value, Box<DecodeError>> {
         let c = self.peek();
         // Not the start of any JSON value (or the end of the input): a syntax error, not a type error.
         if !matches!(c, Some(b'"' | b'{' | b'[' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9')) {
@@ -518,9 +592,9 @@ impl<'a> Reader<'a> {
                 }
                 let s = self.string()?;
                 let v = match kind {
-                    Kind::Str => Value::Str(CompactString::new(s.as_str())),
+                    Kind::Str => Value::Str(checked_string(s.as_str(), name, limits)?),
                     Kind::Dim if s.as_str().is_empty() => return Err(DecodeError::field(name, "must not be empty")),
-                    Kind::Dim => Value::Sym(Sym::intern(s.as_str())),
+                    Kind::Dim => Value::Str(checked_string(s.as_str(), name, limits)?),
                     Kind::Enum(values) => match values.iter().position(|v| v == s.as_str()) {
                         Some(i) => Value::Enum(i as u8),
                         None => return Err(DecodeError::field(name, format!("`{}` is not one of {}", s.as_str(), values.join(", ")))),
@@ -534,12 +608,16 @@ impl<'a> Reader<'a> {
                 if !matches!(c, Some(b'-' | b'0'..=b'9')) {
                     return mismatch(self, if matches!(kind, Kind::Int) { "an integer" } else { "a number" });
                 }
-                match (kind, self.number()?) {
-                    (Kind::Int, Num::Int(i)) => Ok(Value::Int(i)),
-                    (Kind::Int, Num::Float(_)) => Err(DecodeError::field(name, "expected an integer, got a number with a fraction or exponent")),
-                    (_, Num::Int(i)) => Ok(Value::Float(i as f64)),
-                    (_, Num::Float(f)) => Ok(Value::Float(f)),
+                let v = match (kind, self.number()?) {
+                    (Kind::Int, Num::Int(i)) => Value::Int(i),
+                    (Kind::Int, Num::Float(_)) => return Err(DecodeError::field(name, "expected an integer, got a number with a fraction or exponent")),
+                    (_, Num::Int(i)) => Value::Float(i as f64),
+                    (_, Num::Float(f)) => Value::Float(f),
+                };
+                if let Some(x) = v.as_f64() {
+                    limits.number(name, x)?;
                 }
+                Ok(v)
             }
             Kind::Bool => match c {
                 Some(b't') => self.literal(b"true").map(|()| Value::Bool(true)),
@@ -645,23 +723,23 @@ impl<'a> Reader<'a> {
                 match slot {
                     Slot::Field(i) => {
                         let name = &dec.field_names[i];
-                        let v = self.typed(&dec.kinds[i], name)?;
+                        let v = self.typed(&dec.kinds[i], name, &dec.limits[i])?;
                         if !p.values[i].is_null() {
                             return Err(DecodeError::field(name, "appears twice"));
                         }
                         p.values[i] = v;
                     }
                     envelope => {
-                        let (idx, name, kind) = match envelope {
-                            Slot::EventId => (0, EVENT_ID, &Kind::Str),
-                            Slot::IngestedAt => (1, "ingested_at", &Kind::Time),
-                            Slot::Version => (2, "_version", &Kind::Int),
-                            _ => (3, "_deleted", &Kind::Bool),
+                        let (idx, name, kind, limits) = match envelope {
+                            Slot::EventId => (0, EVENT_ID, &Kind::Str, &Limits::ID),
+                            Slot::IngestedAt => (1, "ingested_at", &Kind::Time, &Limits::NONE),
+                            Slot::Version => (2, "_version", &Kind::Int, &Limits::NONE),
+                            _ => (3, "_deleted", &Kind::Bool, &Limits::NONE),
                         };
                         if std::mem::replace(&mut seen_envelope[idx], true) {
                             return Err(DecodeError::field(name, "appears twice"));
                         }
-                        match self.typed(kind, name)? {
+                        match self.typed(kind, name, limits)? {
                             Value::Str(s) => p.event_id = Some(s),
                             Value::Time(t) => p.ingested_at = Some(t),
                             Value::Int(v) => p.version = Some(u64::try_from(v).map_err(|_| DecodeError::field(name, "must not be negative"))?),
@@ -838,7 +916,6 @@ pub fn encode_json(domain: &Domain, ev: &Event, out: &mut Vec<u8>) {
         match v {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Str(s) => write_str(out, s),
-            Value::Sym(s) => write_str(out, &s.as_str()),
             Value::Enum(i) => match &f.ty {
                 FieldType::Enum(values) => write_str(out, values.get(*i as usize).map_or("", String::as_str)),
                 _ => out.extend_from_slice(b"null"),
@@ -904,7 +981,7 @@ mod tests {
         let ev = Decoder::new(rides).decode(RIDE.as_bytes()).expect("valid ride");
         assert_eq!(ev.time, 1_795_515_300_250);
         assert_eq!(ev.values[0], Value::Enum(0));
-        assert_eq!(ev.values[2], Value::Sym(Sym::intern("Berlin")));
+        assert_eq!(ev.values[2], Value::Str("Berlin".into()));
         assert_eq!(ev.values[3], Value::Float(12.5));
         assert_eq!(ev.values[5], Value::Null);
         assert_eq!(ev.values[6], Value::Point { lat: 52.5, lng: 13.4 });

@@ -1,6 +1,7 @@
 //! Pulse's shared model: the pipeline spec, decoded events, window math, and
 //! the deterministic event generator used by the load generator and benchmarks.
 
+pub mod bounds;
 pub mod decode;
 pub mod duration;
 pub mod generate;
@@ -10,10 +11,11 @@ pub mod spec;
 pub mod value;
 pub mod window;
 
+pub use bounds::{Clock, TimeBounds, TimeViolation};
 pub use decode::{DecodeError, Decoder, encode_json};
 pub use duration::{Millis, parse_duration};
 pub use spec::{AggKind, Aggregate, Domain, Field, FieldType, Filter, LatePolicy, Literal, Metric, Spec, SpecError, SpecErrors};
-pub use value::{Event, Op, Sym, Value};
+pub use value::{Event, Op, Value};
 pub use window::Windows;
 
 /// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is before it).

@@ -91,6 +91,11 @@ pub struct Domain {
     pub time_field: usize,
     pub mutable: bool,
     pub fields: Vec<Field>,
+    /// How far ahead of its reference clock (ingest's clock, or the record's
+    /// broker timestamp on the topics) an event's time may be.
+    pub max_future: Millis,
+    /// How far behind its reference clock an event's time may be (default: the retention).
+    pub max_age: Millis,
 }
 
 impl Domain {
@@ -117,9 +122,23 @@ pub struct Field {
     pub name: String,
     pub ty: FieldType,
     pub optional: bool,
-    /// A low-cardinality grouping dimension: interned in memory, `LowCardinality` in ClickHouse.
+    /// A low-cardinality grouping dimension: NFC-normalized, `LowCardinality` in ClickHouse.
     pub dimension: bool,
+    /// Smallest and largest accepted value of a numeric field.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Longest accepted string value, in UTF-8 bytes.
+    pub max_length: usize,
 }
+
+/// Default longest value of a dimension or an identifier (the key, `event_id`).
+pub const DEFAULT_ID_LENGTH: usize = 256;
+/// Default longest value of any other string field.
+pub const DEFAULT_TEXT_LENGTH: usize = 65_536;
+/// Default `max_future` of a domain.
+pub const DEFAULT_MAX_FUTURE: Millis = Millis(5 * 60_000);
+/// Default `max_groups` of a metric.
+pub const DEFAULT_MAX_GROUPS: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldType {
@@ -162,7 +181,13 @@ pub struct Metric {
     pub slide: Millis,
     pub lateness: Millis,
     pub aggregates: Vec<Aggregate>,
+    /// Most groups with an open window at once; events of further groups are
+    /// counted in the metric's overflow group (see `OVERFLOW_GROUP`).
+    pub max_groups: usize,
 }
+
+/// The value string group fields take in a metric's overflow group.
+pub const OVERFLOW_GROUP: &str = "__overflow__";
 
 impl Metric {
     /// Number of windows each event belongs to.
@@ -348,6 +373,8 @@ struct RawDomain {
     #[serde(default)]
     mutable: bool,
     fields: Vec<S<RawField>>,
+    max_future: Option<S<String>>,
+    max_age: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +388,9 @@ struct RawField {
     #[serde(default)]
     dimension: bool,
     values: Option<S<Vec<String>>>,
+    min: Option<S<f64>>,
+    max: Option<S<f64>>,
+    max_length: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +403,7 @@ struct RawMetric {
     slide: Option<S<String>>,
     lateness: Option<S<String>>,
     aggregates: Vec<S<RawAggregate>>,
+    max_groups: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -653,11 +684,40 @@ impl Validator {
             if f.dimension && !matches!(ty, FieldType::String | FieldType::Enum(_)) {
                 self.err(&f.name, format!("domain `{name}`: field `{fname}` of type {} cannot be a dimension (only string and enum fields can)", ty.name()));
             }
+            for bound in [&f.min, &f.max].into_iter().flatten() {
+                if !ty.is_numeric() {
+                    self.err(bound, format!("domain `{name}`: field `{fname}` of type {} cannot have `min`/`max` (only int and float fields can)", ty.name()));
+                } else if !bound.get_ref().is_finite() {
+                    self.err(bound, format!("domain `{name}`: field `{fname}`: `min`/`max` must be finite numbers"));
+                }
+            }
+            if let (Some(lo), Some(hi)) = (&f.min, &f.max)
+                && lo.get_ref() > hi.get_ref()
+            {
+                self.err(hi, format!("domain `{name}`: field `{fname}`: `max` {} is below `min` {}", hi.get_ref(), lo.get_ref()));
+            }
+            let is_identity = fname == *raw.key.get_ref() || fname == EVENT_ID;
+            let default_length = if f.dimension || is_identity { DEFAULT_ID_LENGTH } else { DEFAULT_TEXT_LENGTH };
+            let max_length = match &f.max_length {
+                None => default_length,
+                Some(l) if !matches!(ty, FieldType::String) => {
+                    self.err(l, format!("domain `{name}`: field `{fname}` of type {} cannot have `max_length` (only string fields can)", ty.name()));
+                    default_length
+                }
+                Some(l) if (1..=1_048_576).contains(l.get_ref()) => *l.get_ref() as usize,
+                Some(l) => {
+                    self.err(l, format!("domain `{name}`: field `{fname}`: `max_length` must be between 1 and 1048576 bytes"));
+                    default_length
+                }
+            };
             fields.push(Field {
                 name: fname,
                 ty,
                 optional: f.optional,
                 dimension: f.dimension,
+                min: f.min.as_ref().map(|v| *v.get_ref()),
+                max: f.max.as_ref().map(|v| *v.get_ref()),
+                max_length,
             });
         }
 
@@ -690,6 +750,13 @@ impl Validator {
                 self.err(&raw.name, format!("domain `{name}`: field `{EVENT_ID}` must be a string"));
             }
         }
+        let max_future = self.opt_duration(&raw.max_future, &format!("domain `{name}`: max_future"), DEFAULT_MAX_FUTURE);
+        let max_age = self.opt_duration(&raw.max_age, &format!("domain `{name}`: max_age"), retention);
+        if let Some(a) = &raw.max_age
+            && max_age.ms() <= 0
+        {
+            self.err(a, format!("domain `{name}`: max_age must be greater than 0"));
+        }
         if self.errors.len() > before {
             return None;
         }
@@ -705,6 +772,8 @@ impl Validator {
             time_field: time_field?,
             mutable: raw.mutable,
             fields,
+            max_future,
+            max_age,
         })
     }
 
@@ -895,6 +964,14 @@ impl Validator {
         if raw.aggregates.is_empty() {
             self.err(&raw.name, format!("metric `{name}` has no aggregates"));
         }
+        let max_groups = match &raw.max_groups {
+            None => DEFAULT_MAX_GROUPS,
+            Some(g) if (1..=10_000_000).contains(g.get_ref()) => *g.get_ref() as usize,
+            Some(g) => {
+                self.err(g, format!("metric `{name}`: max_groups must be between 1 and 10000000"));
+                DEFAULT_MAX_GROUPS
+            }
+        };
         if self.errors.len() > before {
             return None;
         }
@@ -906,6 +983,7 @@ impl Validator {
             slide: slide?,
             lateness,
             aggregates,
+            max_groups,
         })
     }
 
@@ -948,6 +1026,11 @@ impl Validator {
                     return None;
                 }
             },
+            // Dimension values are stored in NFC; so is a filter on one.
+            (FieldType::String, toml::Value::String(s)) if field.dimension => {
+                use unicode_normalization::UnicodeNormalization as _;
+                Some(Literal::Str(s.nfc().collect()))
+            }
             (FieldType::String, toml::Value::String(s)) => Some(Literal::Str(s.clone())),
             (FieldType::Int, toml::Value::Integer(i)) => Some(Literal::Int(*i)),
             (FieldType::Float, toml::Value::Float(f)) => Some(Literal::Float(*f)),
@@ -1112,6 +1195,34 @@ fields = [
     #[test]
     fn syntax_errors_have_lines() {
         assert_error("\n[[metric]\n", 15, "");
+    }
+
+    #[test]
+    fn trust_boundary_keys() {
+        let domain = |fields: &str, extra: &str| {
+            format!("[[domain]]\nname = \"d\"\ntopic = \"t\"\nkey = \"id\"\ntime_field = \"ts\"\n{extra}fields = [\n  {{ name = \"id\", type = \"string\" }},\n  {{ name = \"ts\", type = \"timestamp\" }},\n{fields}]\n")
+        };
+        let errs = |text: String| match Spec::parse(Path::new("t.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| format!("{}:{}", e.line, e.message)).collect::<Vec<_>>(),
+        };
+        let ok = Spec::parse(Path::new("t.toml"), &domain("  { name = \"fare\", type = \"float\", min = 0, max = 10.5 },\n  { name = \"city\", type = \"string\", dimension = true, max_length = 64 },\n  { name = \"note\", type = \"string\" },\n", "max_future = \"1m\"\nmax_age = \"2d\"\n")).expect("valid");
+        let d = &ok.domains[0];
+        assert_eq!((d.max_future, d.max_age), (Millis(60_000), Millis(2 * 86_400_000)));
+        assert_eq!((d.fields[2].min, d.fields[2].max), (Some(0.0), Some(10.5)));
+        assert_eq!((d.fields[0].max_length, d.fields[3].max_length, d.fields[4].max_length), (DEFAULT_ID_LENGTH, 64, DEFAULT_TEXT_LENGTH));
+        let defaults = Spec::parse(Path::new("t.toml"), &domain("", "retention = \"3d\"\n")).expect("valid");
+        assert_eq!((defaults.domains[0].max_future, defaults.domains[0].max_age), (DEFAULT_MAX_FUTURE, Millis(3 * 86_400_000)));
+        let e = errs(domain("  { name = \"s\", type = \"string\", min = 1 },\n", ""));
+        assert!(e.iter().any(|e| e.starts_with("9:") && e.contains("cannot have `min`/`max`")), "{e:?}");
+        let e = errs(domain("  { name = \"x\", type = \"int\", min = 5, max = 1 },\n", ""));
+        assert!(e.iter().any(|e| e.contains("`max` 1 is below `min` 5")), "{e:?}");
+        let e = errs(domain("  { name = \"x\", type = \"int\", max_length = 5 },\n", ""));
+        assert!(e.iter().any(|e| e.contains("cannot have `max_length`")), "{e:?}");
+        let e = errs(domain("", "max_future = \"soon\"\n"));
+        assert!(e.iter().any(|e| e.starts_with("6:") && e.contains("max_future")), "{e:?}");
+        let e = errs(format!("{}\n[[metric]]\nname = \"m\"\ndomain = \"d\"\nwindow = \"1m\"\nmax_groups = 0\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n", domain("", "")));
+        assert!(e.iter().any(|e| e.contains("max_groups must be between")), "{e:?}");
     }
 
     #[test]

@@ -1,79 +1,11 @@
-//! Decoded events: compact typed rows, interned dimension strings.
+//! Decoded events: compact typed rows. Strings (dimensions included) are
+//! inline `CompactString`s: nothing is interned process-wide, so a flood of
+//! distinct values costs memory only while an event holds them.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::{Arc, OnceLock, RwLock};
 
 use compact_str::CompactString;
-
-/// An interned low-cardinality string (a dimension such as a city). Symbols are
-/// process-local: they never leave the process (hash the string for that).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sym(pub u32);
-
-impl Sym {
-    pub fn intern(s: &str) -> Sym {
-        interner().intern(s)
-    }
-
-    pub fn as_str(self) -> Arc<str> {
-        interner().resolve(self)
-    }
-}
-
-impl fmt::Display for Sym {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.as_str())
-    }
-}
-
-/// Process-wide string interner for dimension values (cities, event names, ...).
-struct Interner {
-    inner: RwLock<InternerInner>,
-}
-
-#[derive(Default)]
-struct InternerInner {
-    ids: HashMap<Arc<str>, u32, BuildHasherDefault<FxLikeHasher>>,
-    strings: Vec<Arc<str>>,
-}
-
-fn interner() -> &'static Interner {
-    static INTERNER: OnceLock<Interner> = OnceLock::new();
-    INTERNER.get_or_init(|| Interner {
-        inner: RwLock::new(InternerInner::default()),
-    })
-}
-
-impl Interner {
-    fn intern(&self, s: &str) -> Sym {
-        {
-            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(&id) = inner.ids.get(s) {
-                return Sym(id);
-            }
-        }
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(&id) = inner.ids.get(s) {
-            return Sym(id);
-        }
-        let id = u32::try_from(inner.strings.len()).unwrap_or(u32::MAX);
-        let arc: Arc<str> = Arc::from(s);
-        inner.strings.push(arc.clone());
-        inner.ids.insert(arc, id);
-        Sym(id)
-    }
-
-    fn resolve(&self, sym: Sym) -> Arc<str> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner
-            .strings
-            .get(sym.0 as usize)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(""))
-    }
-}
 
 /// A small, fast, non-cryptographic hasher for in-process maps (FxHash's mixing).
 #[derive(Default, Clone, Copy)]
@@ -118,8 +50,6 @@ pub type FxHashMap<K, V> = HashMap<K, V, FxBuildHasher>;
 pub enum Value {
     Null,
     Str(CompactString),
-    /// An interned dimension string.
-    Sym(Sym),
     /// Index into the enum's declared values.
     Enum(u8),
     Int(i64),
@@ -153,7 +83,6 @@ impl Value {
         match self {
             Value::Null => 0,
             Value::Str(s) => xxh3_128_with_seed(s.as_bytes(), 1),
-            Value::Sym(s) => xxh3_128_with_seed(s.as_str().as_bytes(), 1),
             Value::Enum(i) => match enum_values.and_then(|v| v.get(*i as usize)) {
                 Some(s) => xxh3_128_with_seed(s.as_bytes(), 1),
                 None => u128::from(*i),
@@ -181,7 +110,6 @@ impl Hash for Value {
         match self {
             Value::Null => {}
             Value::Str(s) => s.hash(state),
-            Value::Sym(s) => s.hash(state),
             Value::Enum(i) => i.hash(state),
             Value::Int(i) | Value::Time(i) => i.hash(state),
             Value::Float(f) => f.to_bits().hash(state),

@@ -312,7 +312,6 @@ impl RawTable {
         }
         match (enc, v) {
             (Enc::Str | Enc::NullStr, Value::Str(s)) => put_str(buf, s),
-            (Enc::Str | Enc::NullStr, Value::Sym(s)) => put_str(buf, &s.as_str()),
             (Enc::Str | Enc::NullStr, Value::Enum(i)) => {
                 let name = self.enum_values[field].as_ref().and_then(|v| v.get(*i as usize)).map_or("", String::as_str);
                 put_str(buf, name);

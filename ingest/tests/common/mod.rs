@@ -224,17 +224,23 @@ pub fn expected_partition(key: &str, partitions: i32) -> i32 {
     ((!crc) % partitions as u32) as i32
 }
 
+/// Now, as producers write it: event times must be near ingest's clock.
+pub fn now_rfc3339() -> String {
+    pulse_model::decode::format_rfc3339_ms(pulse_model::now_ms())
+}
+
 pub fn ride(ride_id: &str, event_type: &str) -> String {
     format!(
-        r#"{{"event_type":"{event_type}","ride_id":"{ride_id}","city":"Berlin","estimated_fare":12.5,"user_id":"u-7","timestamp":"2026-11-24T10:15:00.250Z"}}"#
+        r#"{{"event_type":"{event_type}","ride_id":"{ride_id}","city":"Berlin","estimated_fare":12.5,"user_id":"u-7","timestamp":"{ts}"}}"#,
+        ts = now_rfc3339()
     )
 }
 
 pub fn driver(driver_id: &str) -> String {
-    format!(r#"{{"driver_id":"{driver_id}","city":"Paris","lat":48.85,"lng":2.35,"status":"available","timestamp":1795515300250}}"#)
+    format!(r#"{{"driver_id":"{driver_id}","city":"Paris","lat":48.85,"lng":2.35,"status":"available","timestamp":{ts}}}"#, ts = pulse_model::now_ms())
 }
 
 pub fn app_event(id: Option<&str>, name: &str) -> String {
     let id = id.map(|i| format!(r#""event_id":"{i}","#)).unwrap_or_default();
-    format!(r#"{{{id}"session_id":"s-1","event_name":"{name}","latency_ms":42.5,"timestamp":"2026-11-24T10:15:00Z"}}"#)
+    format!(r#"{{{id}"session_id":"s-1","event_name":"{name}","latency_ms":42.5,"timestamp":"{ts}"}}"#, ts = now_rfc3339())
 }

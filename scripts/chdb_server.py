@@ -21,6 +21,9 @@ Protocol notes (what ClickHouse does, reproduced here):
   * Errors: `Code: <n>. DB::Exception: <text> (<NAME>) (version ...)` with the header
     `X-ClickHouse-Exception-Code` and the HTTP status ClickHouse maps the code to
     (400 syntax, 404 unknown table/database/setting, 403 failed authentication, else 500).
+    Every failed statement answers so, INSERTs with data in any format included
+    (too many partitions, violated constraints...): their data goes to a temporary file
+    inserted with `FROM INFILE`, since chDB's streaming inserter loses such errors.
 
 Not reproduced: answers are never compressed (`compress=1`, `enable_http_compression`
 and `Accept-Encoding` are ignored; the crate accepts plain answers), the checksums of
@@ -401,29 +404,67 @@ class Connection:
                 f"{n} = {quote_string(self.values[n])}" if n in self.changed else f"{n} = DEFAULT"
                 for n in names))
 
-    def insert(self, sql: str, fmt: str, pieces: Iterable[bytes]) -> dict[str, int]:
-        """Stream `pieces` (data in format `fmt`) into `INSERT ...` (without FORMAT)."""
+    def insert(self, sql: str, fmt: str, data: InsertData) -> dict[str, int]:
+        """Run `INSERT ...` (without FORMAT) with the data (format `fmt`) in `data`.
+
+        The data goes in through `FROM INFILE`, ClickHouse's own client path, and not
+        through chDB's streaming inserter (`send_insert`): that one raises parse errors
+        but loses every error of the table's write path (TOO_MANY_PARTS, VIOLATED_CONSTRAINT,
+        ...): `finish()` returns a normal result, nothing is stored, and the error only
+        shows as a count in system.errors. `FROM INFILE` raises them like any query.
+        """
+        if data.size == 0:
+            # An empty body inserts nothing (headers-only formats reject it), but the
+            # statement is still checked (unknown table, readonly...).
+            try:
+                self.session._conn.send_insert(sql, fmt).cancel()
+            except Exception as exc:
+                raise EngineError.from_chdb(exc) from None
+            return {"written_rows": 0, "written_bytes": 0}
         try:
-            inserter = self.session._conn.send_insert(sql, fmt)
-        except Exception as exc:
-            raise EngineError.from_chdb(exc) from None
-        try:
-            appended = False
-            for piece in pieces:
-                if piece:
-                    inserter.append(piece)
-                    appended = True
-            if not appended:
-                inserter.cancel()  # an empty body inserts nothing (headers-only formats reject it)
-                return {"written_rows": 0, "written_bytes": 0}
-            result = inserter.finish()
-        except EngineError:
-            inserter.cancel()
+            result = self.run(insert_from_file(sql, data.path, fmt))
+        except EngineError as exc:
+            # The file is this server's business, not the client's: ClickHouse names none.
+            exc.text = exc.text.replace(f" (in file/uri {data.path})", "").replace(data.path, "<request body>")
             raise
-        except Exception as exc:
-            inserter.cancel()
-            raise EngineError.from_chdb(exc) from None
-        return {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
+        return {"written_rows": result.rows_written(), "written_bytes": result.bytes_written()}
+
+
+def insert_from_file(sql: str, path: str, fmt: str) -> str:
+    """`INSERT INTO t [(cols)] [SETTINGS ...]` + file -> `INSERT INTO t [(cols)] FROM INFILE
+    '<path>' [SETTINGS ...] FORMAT <fmt>` (FROM INFILE must precede SETTINGS)."""
+    raw = sql.encode("utf-8")
+    cut = next((t.start for t in top_level_tokens(raw) if t.keyword == "SETTINGS"), len(raw))
+    head, settings = raw[:cut].decode("utf-8").rstrip(), raw[cut:].decode("utf-8").strip()
+    return f"{head} FROM INFILE {quote_string(path)}{' ' + settings if settings else ''} FORMAT {fmt}"
+
+
+@dataclass
+class InsertData:
+    """An INSERT's data, written to a named temporary file (removed by `close`)."""
+
+    path: str
+    size: int
+
+    @classmethod
+    def write(cls, pieces: Iterable[bytes]) -> InsertData:
+        fd, path = tempfile.mkstemp(prefix="chdb-server-insert-", suffix=".data")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for piece in pieces:
+                    f.write(piece)
+                    size += len(piece)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return cls(path, size)
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 def quote_identifier(name: str) -> str:
@@ -456,14 +497,25 @@ class Engine:
 
     def execute(self, request: Request) -> Outcome:
         statement = request.statement
+        if statement.insert_format is None:
+            return self._execute(request, None)
+        # The data is copied to its file before the lock: a large body does not hold
+        # up the other requests while it is written.
+        data = InsertData.write(_data_pieces(statement))
+        try:
+            return self._execute(request, data)
+        finally:
+            data.close()
+
+    def _execute(self, request: Request, data: InsertData | None) -> Outcome:
+        statement = request.statement
         with self.lock:
             conn = self.connections[request.readonly]
             conn.use(request.database)
             applied = conn.apply_settings(request.settings)
             try:
-                if statement.insert_format is not None:
-                    summary = conn.insert(statement.sql, statement.insert_format,
-                                          _data_pieces(statement))
+                if statement.insert_format is not None and data is not None:
+                    summary = conn.insert(statement.sql, statement.insert_format, data)
                     return Outcome(b"", request.default_format, summary)
                 if statement.kind == "USE":
                     conn.database = None  # no lasting effect: the next request USEs its own

@@ -442,6 +442,55 @@ def test_errors(c: Client) -> None:
     check("session healthy after errors", r.status == 200 and r.body == b"1005\n", r)
 
 
+def test_insert_errors(c: Client) -> None:
+    """Errors of the table's write path (too many partitions, constraints) fail the
+    streamed INSERT with ClickHouse's code and store nothing, in every input format."""
+    r = c.sql("""CREATE TABLE pulse.daily (ts DateTime64(3, 'UTC'), n UInt32,
+                     CONSTRAINT not_seven CHECK n != 7)
+                 ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY ts""")
+    check("DDL partitioned by day, with a constraint", r.status == 200, r)
+    day_ms, t0 = 86_400_000, 1_700_000_000_000
+
+    def refused(name: str, r: Response, code: int, error: str) -> None:
+        check(name, r.status == 500 and r.headers.get("X-ClickHouse-Exception-Code") == str(code)
+              and r.text.startswith(f"Code: {code}. DB::Exception: ") and f"({error}) (version " in r.text
+              and "chdb-server-insert-" not in r.text, r)
+        r = c.sql("SELECT count() FROM pulse.daily")
+        check(f"{name}: nothing stored", r.body == b"0\n", r)
+
+    days = range(150)
+    json_rows = "".join(json.dumps({"ts": (t0 + d * day_ms) // 1000, "n": 100 + d}) + "\n" for d in days).encode()
+    rb_rows = b"".join(struct.pack("<qI", t0 + d * day_ms, 100 + d) for d in days)
+    rb_query = {"query": "INSERT INTO pulse.daily (ts, n) FORMAT RowBinary"}
+    refused("150 partitions, JSONEachRow chunked: TOO_MANY_PARTS",
+            c.request({"query": "INSERT INTO pulse.daily FORMAT JSONEachRow"}, iter([json_rows[:999], json_rows[999:]])),
+            252, "TOO_MANY_PARTS")
+    refused("150 partitions, JSONEachRow data in the body",
+            c.sql("INSERT INTO pulse.daily FORMAT JSONEachRow\n" + json_rows.decode()), 252, "TOO_MANY_PARTS")
+    refused("150 partitions, RowBinary chunked", c.request(rb_query, iter([rb_rows[:700], rb_rows[700:]])),
+            252, "TOO_MANY_PARTS")
+    refused("150 partitions, RowBinary in one body", c.request(rb_query, rb_rows), 252, "TOO_MANY_PARTS")
+    columns = [("ts", "DateTime64(3, 'UTC')"), ("n", "UInt32")]
+    refused("150 partitions, RowBinaryWithNamesAndTypes LZ4 (the crate's way)",
+            crate_insert(c, "pulse.daily", rb_rows, columns), 252, "TOO_MANY_PARTS")
+    refused("150 partitions, request-level SETTINGS kept",
+            c.request({"query": "INSERT INTO pulse.daily (ts, n) SETTINGS max_insert_block_size = 1000 FORMAT RowBinary"},
+                      rb_rows), 252, "TOO_MANY_PARTS")
+    refused("constraint violated in a streamed insert",
+            c.request(rb_query, struct.pack("<qI", t0, 1) + struct.pack("<qI", t0, 7)), 469, "VIOLATED_CONSTRAINT")
+
+    r = c.request(rb_query, rb_rows[:100 * 12])
+    check("100 partitions in one insert work", r.status == 200
+          and json.loads(r.headers["X-ClickHouse-Summary"]).get("written_rows") == "100", (r, r.headers))
+    rest = b"".join(line + b"\n" for line in json_rows.splitlines()[100:])
+    r = c.request({"query": "INSERT INTO pulse.daily FORMAT JSONEachRow"}, rest)
+    check("remaining 50 days as JSONEachRow work", r.status == 200, r)
+    r = c.sql("SELECT count(), uniqExact(toYYYYMMDD(ts)) FROM pulse.daily")
+    check("partition-limited inserts stored", r.body == b"150\t150\n", r)
+    r = c.sql("INSERT INTO pulse.daily VALUES " + ",".join(f"({t0 // 1000 + d * 86400}, {100 + d})" for d in days))
+    check("150 partitions, INSERT ... VALUES refused", r.headers.get("X-ClickHouse-Exception-Code") == "252", r)
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -556,7 +605,7 @@ def main() -> int:
         c = Client(port)
         try:
             for test in (test_basics, test_ddl, test_json_insert, test_rowbinary, test_crate_protocol,
-                         test_settings, test_errors, test_users, test_concurrency, test_timings):
+                         test_settings, test_errors, test_insert_errors, test_users, test_concurrency, test_timings):
                 try:
                     test(c)
                 except Exception:

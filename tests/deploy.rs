@@ -223,7 +223,7 @@ fn dockerfile_is_multi_stage_non_root_and_ships_spec_and_grafana() {
     assert!(froms >= 2, "multi-stage");
     assert!(d.contains("cargo build --release --locked"), "release build from the lock file");
     assert!(d.contains("--mount=type=cache"), "cached dependencies");
-    let last_user = d.lines().filter(|l| l.starts_with("USER ")).last().expect("USER");
+    let last_user = d.lines().rfind(|l| l.starts_with("USER ")).expect("USER");
     assert!(!last_user.contains("root"), "non-root: {last_user}");
     for needed in ["COPY pulse.toml", "COPY grafana", "ENTRYPOINT [\"pulse\"]"] {
         assert!(d.contains(needed), "{needed}");

@@ -8,9 +8,10 @@
 //! aggregated topic holds the same finals; the surged city's cancellation
 //! rate crosses 0.3 in the API.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pulse_kafka::KafkaConfig;
@@ -18,106 +19,10 @@ use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_model::Spec;
 use pulse_sink::ClickHouseConfig;
 use pulse_sink::verify::recompute_sql;
+use support::procs::{Service, accepted, free_port, http_get, push_tails, rows, wait_ready};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-
-/// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Service {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(name: &'static str, env: &[(String, String)], args: &[&str], dir: &std::path::Path) -> Service {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pulse"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Service { name, child, log }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && self.alive() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn http_get(url: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl").args(["-s", "-o", "-", "-w", "\n%{http_code}", url]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
-}
-
-fn wait_ready(url: &str, svc: &mut Service) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(svc.alive(), "{} exited: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
-        if http_get(url).is_some_and(|(code, _)| code == 200) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} not ready: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Accepted events per domain, from ingest's Prometheus metrics.
-fn accepted(metrics: &str) -> HashMap<String, u64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("pulse_ingest_events_total{") && l.contains("outcome=\"accepted\""))
-        .filter_map(|l| {
-            let domain = l.split("domain=\"").nth(1)?.split('"').next()?.to_string();
-            let value: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some((domain, value as u64))
-        })
-        .collect()
-}
-
-/// Tansu hands a partition's last batch to consumers only once more data
-/// follows it: one record that every consumer rejects (dead-lettered) follows
-/// on each partition of each topic.
-fn push_tails(kafka: &KafkaConfig, topics: &[(String, i32)]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            producer.send(BaseRecord::to(topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush tails");
-}
-
-fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> Vec<serde_json::Value> {
-    rt.block_on(async {
-        let mut cursor = ch.client().query(sql).with_setting("output_format_json_quote_64bit_integers", "0").fetch_bytes("JSONEachRow").expect("query");
-        let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("row")).collect()
-    })
-}
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {

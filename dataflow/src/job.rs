@@ -18,6 +18,9 @@ use crate::plan::JobPlan;
 use crate::state::{Accepted, IngestState};
 use crate::types::{WM_END, WmReport};
 
+/// Next offset to commit per (domain, partition).
+type Offsets = Vec<((usize, i32), i64)>;
+
 /// One record read from a source.
 pub struct Record<'a> {
     pub domain: usize,
@@ -167,7 +170,8 @@ pub fn run_worker(
     let mut dead_by_epoch: VecDeque<(u64, Vec<DeadLetter>)> = VecDeque::new();
     let mut sent_through: u64 = 0;
     let mut durable_input_at: u64 = 0;
-    let mut commits: VecDeque<(u64, Vec<((usize, i32), i64)>, Vec<i64>)> = VecDeque::new();
+    // Per completed epoch: the offsets it allows to commit and the closed watermarks.
+    let mut commits: VecDeque<(u64, Offsets, Vec<i64>)> = VecDeque::new();
     let late_to_dlq = cfg.late_policy == LatePolicy::DeadLetter;
     // Counter handles per domain, resolved once (label lookups are not free per event).
     let counter = |outcome: &str| -> Vec<_> { spec.domains.iter().map(|d| metrics.events.with_label_values(&[&d.name, outcome])).collect() };

@@ -118,6 +118,9 @@ impl PartitionOffsets {
     }
 }
 
+/// (metric, group, pane, slot).
+type SlotKey = (u16, u64, i64, u16);
+
 /// Outcome of offering one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -135,8 +138,8 @@ pub struct IngestState {
     plan: Arc<JobPlan>,
     epoch_add: FxHashMap<(u16, u64, i64), Vec<Acc>>,
     /// Per (metric, group, pane, slot): value changes of this epoch.
-    epoch_distinct: FxHashMap<(u16, u64, i64, u16), Vec<(u128, i64)>>,
-    epoch_multiset: FxHashMap<(u16, u64, i64, u16), Vec<(OrdF64, i64)>>,
+    epoch_distinct: FxHashMap<SlotKey, Vec<(u128, i64)>>,
+    epoch_multiset: FxHashMap<SlotKey, Vec<(OrdF64, i64)>>,
     panes: Vec<BTreeMap<i64, Pane>>,
     /// Per metric: groups with an open window, how many of them are admitted
     /// (not overflow), and whether the overflow group's names were sent.
@@ -554,4 +557,131 @@ impl IngestState {
 fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, isize>, key: K, by: isize) {
     let e = map.entry(key).or_insert(0);
     *e += by;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::WM_START;
+    use pulse_model::Decoder;
+
+    /// Records what ingestion sends: additive totals per key, live names.
+    #[derive(Default)]
+    struct Recorder {
+        add: FxHashMap<WinKey, (i64, f64)>,
+        names: FxHashMap<u64, (isize, Vec<NamedValue>)>,
+    }
+
+    impl Updates for Recorder {
+        fn add(&mut self, key: WinKey, acc: Acc) {
+            let e = self.add.entry(key).or_default();
+            e.0 += acc.n;
+            e.1 += acc.sum;
+        }
+        fn distinct(&mut self, _key: WinKey, _delta: Bag<u128>) {}
+        fn multiset(&mut self, _key: WinKey, _delta: Bag<OrdF64>) {}
+        fn names(&mut self, gid: u64, _metric: u16, values: Vec<NamedValue>) {
+            let e = self.names.entry(gid).or_insert((0, values));
+            e.0 += 1;
+        }
+        fn forget_names(&mut self, gid: u64, _metric: u16, _values: Vec<NamedValue>) {
+            if let Some(e) = self.names.get_mut(&gid) {
+                e.0 -= 1;
+                if e.0 == 0 {
+                    self.names.remove(&gid);
+                }
+            }
+        }
+    }
+
+    impl Recorder {
+        /// Events counted per group name in metric 0's windows starting at `win`.
+        fn counted(&self, win: i64) -> Vec<(String, i64)> {
+            let mut out: Vec<(String, i64)> = self
+                .add
+                .iter()
+                .filter(|(k, v)| k.metric == 0 && k.slot == 0 && k.win == win && v.0 != 0)
+                .map(|(k, v)| {
+                    let name = match self.names.get(&k.gid).map(|n| &n.1[..]) {
+                        Some([NamedValue::Str(s)]) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    (name, v.0)
+                })
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    const T0: i64 = 1_795_515_300_000 / 60_000 * 60_000;
+
+    fn setup(max_groups: usize) -> (Arc<Spec>, IngestState, Decoder) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let text = std::fs::read_to_string(&path).expect("spec").replace("max_groups = 10000", &format!("max_groups = {max_groups}"));
+        let spec = Arc::new(Spec::parse(&path, &text).expect("spec"));
+        let plan = Arc::new(JobPlan::new(&spec));
+        let decoder = Decoder::new(spec.domain("rides").expect("rides"));
+        (Arc::clone(&spec), IngestState::new(spec, plan, &[]), decoder)
+    }
+
+    fn ride(decoder: &Decoder, id: &str, city: &str, time: i64) -> Event {
+        let json = format!(
+            r#"{{"event_id":"{id}","event_type":"requested","ride_id":"{id}","city":"{city}","estimated_fare":10,"user_id":"u","timestamp":{time}}}"#
+        );
+        decoder.decode(json.as_bytes()).expect("valid ride")
+    }
+
+    #[test]
+    fn an_immutable_event_id_counts_once_while_its_windows_are_open() {
+        let (_, mut state, dec) = setup(100);
+        let mut out = Recorder::default();
+        let now = Instant::now();
+        assert_eq!(state.offer(0, 0, 0, ride(&dec, "a", "Lima", T0 + 10), now, i64::MAX, &mut out), Accepted::Counted);
+        assert_eq!(state.offer(0, 0, 1, ride(&dec, "a", "Lima", T0 + 10), now, i64::MAX, &mut out), Accepted::Duplicate);
+        assert_eq!(state.offer(0, 1, 0, ride(&dec, "b", "Lima", T0 + 20), now, i64::MAX, &mut out), Accepted::Counted);
+        state.flush_epoch(&mut out);
+        assert_eq!(out.counted(T0), vec![("Lima".to_string(), 2)]);
+        // Once every window of the id closed, the id is forgotten (its pane is gone too).
+        state.expire(&[T0 + 10 * 60_000, WM_START, WM_START], &mut out);
+        assert!(state.seen[0].ids.is_empty());
+    }
+
+    #[test]
+    fn groups_beyond_max_groups_count_in_the_overflow_group_and_closed_groups_are_released() {
+        let (_, mut state, dec) = setup(2);
+        let mut out = Recorder::default();
+        let now = Instant::now();
+        for (i, city) in ["Lima", "Oslo", "Pune", "Quito", "Lima", "Pune"].iter().enumerate() {
+            assert_eq!(state.offer(0, 0, i as i64, ride(&dec, &format!("r{i}"), city, T0 + i as i64), now, i64::MAX, &mut out), Accepted::Counted);
+        }
+        state.flush_epoch(&mut out);
+        assert_eq!(
+            out.counted(T0),
+            vec![("Lima".to_string(), 2), ("Oslo".to_string(), 1), (OVERFLOW_GROUP.to_string(), 3)],
+            "Pune and Quito (and Pune again, sticky) overflow"
+        );
+        assert_eq!(state.open_groups()[0], (2, 4));
+        assert_eq!(state.overflowed[0], 3);
+        // Every window closes: groups, caches and names are released; the overflow group's names stay.
+        state.expire(&[T0 + 10 * 60_000, WM_START, WM_START], &mut out);
+        assert_eq!(state.open_groups()[0], (0, 0));
+        assert!(state.gid_cache[0].is_empty() && state.gid_fast[0].is_empty());
+        assert_eq!(out.names.len(), 1, "{:?}", out.names);
+        // A new city is admitted again.
+        let later = T0 + 20 * 60_000;
+        state.offer(0, 0, 9, ride(&dec, "r9", "Quito", later), now, i64::MAX, &mut out);
+        state.flush_epoch(&mut out);
+        assert_eq!(out.counted(later / 60_000 * 60_000), vec![("Quito".to_string(), 1)]);
+    }
+
+    #[test]
+    fn the_partition_clock_never_passes_the_cap() {
+        let (spec, mut state, dec) = setup(100);
+        let mut out = Recorder::default();
+        let now = Instant::now();
+        state.offer(0, 0, 0, ride(&dec, "far", "Lima", 4_070_908_800_000), now, T0, &mut out);
+        let wm = state.report(now, None)[spec.domain_index("rides").expect("rides")];
+        assert_eq!(wm.max_seen, Some(T0));
+    }
 }

@@ -221,11 +221,10 @@ impl<T: Ord + Clone> Semigroup for Bag<T> {
                     Ordering::Less => out.extend(a.next()),
                     Ordering::Greater => out.extend(b.next().cloned()),
                     Ordering::Equal => {
-                        if let (Some((v, c1)), Some((_, c2))) = (a.next(), b.next()) {
-                            if c1 + c2 != 0 {
+                        if let (Some((v, c1)), Some((_, c2))) = (a.next(), b.next())
+                            && c1 + c2 != 0 {
                                 out.push((v, c1 + c2));
                             }
-                        }
                     }
                 },
                 (Some(_), None) => {

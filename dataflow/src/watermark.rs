@@ -95,11 +95,10 @@ impl GlobalClock {
     /// and including `epoch` must have been offered before).
     pub fn complete_epoch(&mut self, epoch: u64, reports: impl IntoIterator<Item = WmReport>) {
         for r in reports {
-            if let Some(slot) = self.latest.get_mut(r.worker) {
-                if slot.as_ref().is_none_or(|old| old.epoch <= r.epoch) {
+            if let Some(slot) = self.latest.get_mut(r.worker)
+                && slot.as_ref().is_none_or(|old| old.epoch <= r.epoch) {
                     *slot = Some(r);
                 }
-            }
         }
         self.epoch = Some(epoch);
         if self.latest.iter().any(Option::is_none) {

@@ -533,6 +533,97 @@ mod tests {
         assert!(d[0].reason.contains("U+202E"), "{d:?}");
     }
 
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+        use pulse_model::spec::OVERFLOW_GROUP;
+        use unicode_normalization::UnicodeNormalization as _;
+
+        /// Event times across centuries, around the bounds, and exactly on them.
+        fn time() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                (-300 * 31_557_600_000i64..300 * 31_557_600_000i64).prop_map(|d| AT + d),
+                (-8 * 86_400_000i64..10 * 60_000i64).prop_map(|d| AT + d),
+                Just(AT + 5 * 60_000),
+                Just(AT + 5 * 60_000 + 1),
+                Just(AT - 7 * 86_400_000),
+                Just(AT - 7 * 86_400_000 - 1),
+            ]
+        }
+
+        /// Numbers JSON can carry: extremes, negatives, tiny and huge.
+        fn number() -> impl Strategy<Value = f64> {
+            prop_oneof![Just(0.0), Just(-5.0), Just(1e308), Just(-1e308), Just(5e-324), Just(1_000_000.0), Just(1_000_000.5), -1e7f64..1e7f64]
+        }
+
+        /// Odd strings: controls, bidi, combining marks, NFD, emoji, the reserved group, long.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z ]{1,12}",
+                proptest::collection::vec(prop_oneof![Just('a'), Just('\u{0}'), Just('\n'), Just('\u{85}'), Just('\u{202e}'), Just('\u{2067}'), Just('u'), Just('\u{308}'), Just('\u{fc}'), Just('😀'), Just('\u{fffd}')], 1..20).prop_map(|v| v.into_iter().collect()),
+                (250usize..300).prop_map(|n| "é".repeat(n / 2)),
+                Just(OVERFLOW_GROUP.to_string()),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        struct Hostile {
+            id: String,
+            city: String,
+            fare: f64,
+            time: i64,
+        }
+
+        fn event() -> impl Strategy<Value = Hostile> {
+            (prop_oneof![Just("dup".to_string()), "[a-z0-9-]{1,8}", text()], text(), number(), time()).prop_map(|(id, city, fare, time)| Hostile { id, city, fare, time })
+        }
+
+        fn json(h: &Hostile) -> String {
+            serde_json::json!({"event_id": h.id, "event_type": "requested", "ride_id": "r", "city": h.city, "estimated_fare": h.fare, "user_id": "u", "timestamp": h.time}).to_string()
+        }
+
+        /// What the trust boundary promises about one event, judged independently of the decoder.
+        fn acceptable(h: &Hostile) -> bool {
+            let clean = |s: &str| !s.chars().any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c));
+            let city: String = h.city.nfc().collect();
+            (AT - 7 * 86_400_000..=AT + 5 * 60_000).contains(&h.time)
+                && (0.0..=1_000_000.0).contains(&h.fare)
+                && clean(&h.city)
+                && clean(&h.id)
+                && !h.id.is_empty()
+                && h.id.len() <= 256
+                && city.len() <= 256
+                && city != OVERFLOW_GROUP
+                && h.id != OVERFLOW_GROUP
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn a_hostile_batch_is_refused_whole_or_stored_within_bounds(batch in proptest::collection::vec(event(), 1..12)) {
+                let body: String = batch.iter().map(|h| json(h) + "\n").collect();
+                let want_bad: Vec<usize> = batch.iter().enumerate().filter(|(_, h)| !acceptable(h)).map(|(i, _)| i).collect();
+                match prepare("rides", &body) {
+                    Ok((stored, values)) => {
+                        prop_assert!(want_bad.is_empty(), "accepted although {want_bad:?} cross the boundary: {body}");
+                        prop_assert_eq!(stored.len(), batch.len());
+                        for (h, v) in batch.iter().zip(&values) {
+                            let city = v["city"].as_str().unwrap_or_default();
+                            let nfc: String = h.city.nfc().collect();
+                            prop_assert_eq!(city, nfc.as_str(), "dimensions are stored in NFC");
+                            prop_assert!(v["estimated_fare"].as_f64().is_some_and(f64::is_finite));
+                        }
+                    }
+                    Err(details) => {
+                        let got: Vec<usize> = details.iter().map(|d| d.index).collect();
+                        prop_assert_eq!(got, want_bad, "{:?}", details);
+                        prop_assert!(details.iter().all(|d| d.field.is_some() && !d.reason.is_empty()));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn versions_are_strictly_increasing() {
         let clock = VersionClock::default();

@@ -745,11 +745,10 @@ impl Validator {
                 }
             }
         }
-        if let Some(i) = fields.iter().position(|f| f.name == EVENT_ID) {
-            if fields[i].ty != FieldType::String {
+        if let Some(i) = fields.iter().position(|f| f.name == EVENT_ID)
+            && fields[i].ty != FieldType::String {
                 self.err(&raw.name, format!("domain `{name}`: field `{EVENT_ID}` must be a string"));
             }
-        }
         let max_future = self.opt_duration(&raw.max_future, &format!("domain `{name}`: max_future"), DEFAULT_MAX_FUTURE);
         let max_age = self.opt_duration(&raw.max_age, &format!("domain `{name}`: max_age"), retention);
         if let Some(a) = &raw.max_age
@@ -867,22 +866,19 @@ impl Validator {
             if let Some(fi) = f {
                 let fty = &domain.fields[fi].ty;
                 let numeric_only = matches!(func, "sum" | "avg" | "min" | "max" | "quantile");
-                if numeric_only && !fty.is_numeric() && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp) {
-                    if let Some(fld) = &a.field {
+                if numeric_only && !fty.is_numeric() && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp)
+                    && let Some(fld) = &a.field {
                         self.err(fld, format!("metric `{name}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", domain.fields[fi].name, fty.name()));
                     }
-                }
-                if func == "count_distinct" && *fty == FieldType::Point {
-                    if let Some(fld) = &a.field {
+                if func == "count_distinct" && *fty == FieldType::Point
+                    && let Some(fld) = &a.field {
                         self.err(fld, format!("metric `{name}`: cannot count distinct points"));
                     }
-                }
             }
-            if func != "quantile" {
-                if let Some(q) = &a.q {
+            if func != "quantile"
+                && let Some(q) = &a.q {
                     self.err(q, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `q`"));
                 }
-            }
             if func != "ratio" {
                 for r in [&a.numerator, &a.denominator].into_iter().flatten() {
                     self.err(r, format!("metric `{name}`: only ratio aggregates take numerator/denominator"));

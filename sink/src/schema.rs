@@ -158,6 +158,12 @@ fn field_column(name: &str, ty: &FieldType, optional: bool, dimension: bool) -> 
     }
 }
 
+/// ClickHouse refuses an insert block whose rows fall into more partitions than
+/// this (`max_partitions_per_insert_block`, error TOO_MANY_PARTS): the sink groups
+/// the rows of a batch by [`RawTable::partition_key`] into inserts of at most this
+/// many partitions. Kept next to the raw tables' `PARTITION BY` below.
+pub const MAX_PARTITIONS_PER_INSERT: usize = 100;
+
 /// The raw table of a domain.
 ///
 /// Immutable domains: `ReplacingMergeTree` ordered by (dimensions, time, key,
@@ -240,6 +246,7 @@ pub fn raw_table(domain: &Domain) -> RawTable {
             name: domain.name.clone(),
             columns: cols,
             engine: "ReplacingMergeTree".into(),
+            // Keep in step with `RawTable::partition_key` and MAX_PARTITIONS_PER_INSERT.
             partition_by: Some(format!("toYYYYMMDD({})", ident(&time))),
             order_by: order,
             ttl,
@@ -274,6 +281,19 @@ fn put_varint(buf: &mut BytesMut, mut v: u64) {
 }
 
 impl RawTable {
+    /// The partition the row of `ev` goes to: `toYYYYMMDD` of the time column
+    /// (DateTime64(3, 'UTC')) as the yyyymmdd day in UTC, the value [`encode`](Self::encode)
+    /// writes; `None` when the table is not partitioned (mutable domains).
+    pub fn partition_key(&self, ev: &Event, at: &Provenance<'_>) -> Option<u32> {
+        self.table.partition_by.as_ref()?;
+        let ms = match ev.values.get(self.time_field) {
+            Some(Value::Time(t)) => *t,
+            Some(Value::Null) | None => ev.ingested_at.unwrap_or(at.timestamp_ms),
+            Some(_) => 0,
+        };
+        Some(yyyymmdd_utc(ms))
+    }
+
     /// Appends one event as a RowBinary row.
     pub fn encode(&self, ev: &Event, at: &Provenance<'_>, buf: &mut BytesMut) {
         for &(src, enc) in &self.sources {
@@ -330,6 +350,22 @@ impl RawTable {
             (Enc::U16, _) => buf.put_u16_le(0),
         }
     }
+}
+
+/// The UTC calendar day of a time in ms since the epoch, as yyyymmdd (ClickHouse's
+/// `toYYYYMMDD`); days from the civil calendar (H. Hinnant's `civil_from_days`).
+pub fn yyyymmdd_utc(ms: i64) -> u32 {
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    u32::try_from(year * 10_000 + month * 100 + day).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------- metric tables
@@ -545,6 +581,34 @@ mod tests {
         assert!(sql.contains("`requests` UInt64") && sql.contains("`unique_riders` UInt64"), "{sql}");
         assert!(sql.contains("`avg_fare` Nullable(Float64)") && sql.contains("`cancellation_rate` Nullable(Float64)"), "{sql}");
         assert!(sql.contains("ReplacingMergeTree(revision)") && sql.contains("ORDER BY (`city`, `window_start`)"), "{sql}");
+    }
+
+    #[test]
+    fn days_are_utc_yyyymmdd() {
+        assert_eq!(yyyymmdd_utc(0), 19_700_101);
+        assert_eq!(yyyymmdd_utc(-1), 19_691_231);
+        assert_eq!(yyyymmdd_utc(1_700_000_000_000), 20_231_114);
+        assert_eq!(yyyymmdd_utc(951_782_400_000), 20_000_229); // 2000-02-29 00:00 UTC
+        assert_eq!(yyyymmdd_utc(951_868_799_999), 20_000_229);
+        assert_eq!(yyyymmdd_utc(4_102_444_800_000), 21_000_101);
+    }
+
+    #[test]
+    fn partition_key_follows_the_time_field() {
+        let spec = spec();
+        let rides = raw_table(spec.domain("rides").expect("rides"));
+        let decoder = pulse_model::Decoder::new(spec.domain("rides").expect("rides"));
+        let ev = decoder
+            .decode(br#"{"event_type":"requested","ride_id":"r1","city":"Lima","estimated_fare":1.0,"user_id":"u","timestamp":1700000000000}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = Provenance { topic: "t", partition: 0, offset: 0, timestamp_ms: 0 };
+        assert_eq!(rides.partition_key(&ev, &at), Some(20_231_114));
+        let apps = raw_table(spec.domain("app_events").expect("app"));
+        assert!(apps.table.partition_by.is_none());
+        let app_ev = pulse_model::Decoder::new(spec.domain("app_events").expect("app"))
+            .decode(br#"{"event_id":"a","session_id":"s","event_name":"e","latency_ms":1.0,"timestamp":1700000000000}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(apps.partition_key(&app_ev, &at), None);
     }
 
     #[test]

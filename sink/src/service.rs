@@ -2,16 +2,26 @@
 //! their ClickHouse tables. A partition's offset is committed only after
 //! ClickHouse acknowledged the batch holding its records, so a crash replays
 //! (never skips) records; replays collapse on the raw tables' keys.
+//!
+//! A batch goes to ClickHouse in inserts of at most `MAX_PARTITIONS_PER_INSERT`
+//! partitions (days). Rows ClickHouse refuses for good (bad data, violated
+//! constraints) are isolated by splitting inserts in halves and go to the
+//! dead-letter topic with ClickHouse's answer, like records that do not decode;
+//! the offsets move on once the other rows are acknowledged and the refused ones
+//! dead-lettered (see `batch`).
+
+pub mod batch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use batch::{Rows, SourceRecord};
 use bytes::BytesMut;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use pulse_kafka::{DeadLetter, KafkaConfig};
-use pulse_model::{Decoder, Spec};
+use pulse_model::{Decoder, Op, Spec, TimeBounds};
 use pulse_ops::{Readiness, Shutdown, register};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -121,8 +131,7 @@ struct Batch {
     domain: usize,
     table: RawTable,
     sql: String,
-    buf: BytesMut,
-    rows: usize,
+    rows: Rows,
     opened: Option<Instant>,
     /// Next offset to commit per partition once this batch is acknowledged.
     offsets: HashMap<i32, i64>,
@@ -171,8 +180,7 @@ pub async fn run(
                 domain: i,
                 sql: table.table.insert_sql(&clickhouse.database),
                 table,
-                buf: BytesMut::with_capacity(1 << 20),
-                rows: 0,
+                rows: Rows::with_capacity(1 << 20),
                 opened: None,
                 offsets: HashMap::new(),
                 stored_since_report: 0,
@@ -205,15 +213,15 @@ pub async fn run(
                 let Some(&d) = by_topic.get(msg.topic()) else { continue };
                 let batch = &mut batches[d];
                 handle(&msg, &spec, &decoders[d], batch, &dlq, &metrics, &mut summary).await?;
-                if batch.rows >= cfg.batch_rows {
-                    flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+                if batch.rows.len() >= cfg.batch_rows {
+                    flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 for batch in batches.iter_mut() {
                     if batch.opened.is_some_and(|t| t + cfg.batch_delay <= now) {
-                        flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+                        flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
                     }
                 }
                 if now >= next_report {
@@ -225,7 +233,7 @@ pub async fn run(
     }
     tracing::info!("sink: flushing open batches before exit");
     for batch in batches.iter_mut() {
-        flush(batch, &spec, &writer, &consumer, &shutdown).await?;
+        flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
     }
     if let Ok(tpl) = consumer.assignment()
         && tpl.count() > 0
@@ -246,24 +254,36 @@ async fn handle(
     summary: &mut SinkSummary,
 ) -> Result<(), SinkError> {
     let domain = &spec.domains[batch.domain];
+    let now_ms = chrono_now_ms();
+    let record_time = msg.timestamp().to_millis().unwrap_or(now_ms);
     let decoded = match msg.payload() {
         None => Err("empty record (no payload)".to_string()),
         Some(bytes) => decoder.decode(bytes).map_err(|e| e.to_string()),
     };
+    // The trust boundary: an event time far from its record's broker timestamp is
+    // refused here as in the dataflow (a delete carries no event time of its own).
+    let decoded = decoded.and_then(|ev| match ev.op {
+        Op::Upsert => TimeBounds::of(domain).check_record(ev.time, record_time, now_ms).map(|()| ev).map_err(|e| e.to_string()),
+        Op::Delete => Ok(ev),
+    });
     match decoded {
         Ok(ev) => {
-            let now_ms = chrono_now_ms();
             let at = Provenance {
                 topic: msg.topic(),
                 partition: msg.partition(),
                 offset: msg.offset(),
-                timestamp_ms: msg.timestamp().to_millis().unwrap_or(now_ms),
+                timestamp_ms: record_time,
             };
-            batch.table.encode(&ev, &at, &mut batch.buf);
-            batch.rows += 1;
-            batch.stored_since_report += 1;
-            summary.stored += 1;
-            metrics.events.with_label_values(&[&domain.name, "stored"]).inc();
+            let partition_key = batch.table.partition_key(&ev, &at);
+            batch.table.encode(&ev, &at, batch.rows.buf());
+            let source = SourceRecord {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+            };
+            batch.rows.push(partition_key, source);
+            // Counted as stored once ClickHouse acknowledged it (`flush`).
         }
         Err(reason) => {
             let dead = DeadLetter {
@@ -301,14 +321,48 @@ pub async fn send_dead_letter(producer: &FutureProducer, topic: &str, dead: &Dea
     producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
 }
 
-async fn flush(batch: &mut Batch, spec: &Spec, writer: &Writer, consumer: &StreamConsumer<LagContext>, shutdown: &Shutdown) -> Result<(), SinkError> {
+/// Stores the batch's rows (dead-lettering those ClickHouse refuses for good),
+/// then commits the offsets the batch covers.
+#[allow(clippy::too_many_arguments)]
+async fn flush(
+    batch: &mut Batch,
+    spec: &Spec,
+    writer: &Writer,
+    consumer: &StreamConsumer<LagContext>,
+    dlq: &FutureProducer,
+    metrics: &SinkMetrics,
+    summary: &mut SinkSummary,
+    shutdown: &Shutdown,
+) -> Result<(), SinkError> {
     if batch.opened.is_none() {
         return Ok(());
     }
     let domain = &spec.domains[batch.domain];
-    if batch.rows > 0 {
-        let body = batch.buf.split().freeze();
-        writer.insert(&domain.name, &batch.sql, body, batch.rows, shutdown).await?;
+    let rows = batch.rows.take();
+    if !rows.rows().is_empty() {
+        let stored = batch::store(writer, &domain.name, &batch.sql, &rows, shutdown).await?;
+        for refused in &stored.refused {
+            let Some(row) = rows.rows().get(refused.row) else { continue };
+            let dead = DeadLetter {
+                source_topic: domain.topic.clone(),
+                partition: row.source.partition,
+                offset: row.source.offset,
+                stage: "sink".into(),
+                reason: refused.reason.clone(),
+                key: row.source.key.clone(),
+                payload: row.source.payload.clone(),
+            };
+            send_dead_letter(dlq, &spec.pipeline.dead_letter_topic, &dead).await.map_err(SinkError::DeadLetter)?;
+            tracing::warn!(topic = %domain.topic, partition = dead.partition, offset = dead.offset, reason = %dead.reason, "refused by clickhouse, dead-lettered");
+        }
+        let (ok, dead) = (stored.rows as u64, stored.refused.len() as u64);
+        batch.stored_since_report += ok;
+        batch.dead_since_report += dead;
+        summary.stored += ok;
+        summary.dead_lettered += dead;
+        metrics.events.with_label_values(&[&domain.name, "stored"]).inc_by(ok);
+        metrics.events.with_label_values(&[&domain.name, "dead_lettered"]).inc_by(dead);
+        tracing::debug!(table = %domain.name, rows = stored.rows, refused = dead, inserts = stored.inserts, "batch acknowledged");
     }
     let mut tpl = TopicPartitionList::new();
     for (&p, &next) in &batch.offsets {
@@ -321,8 +375,7 @@ async fn flush(batch: &mut Batch, spec: &Spec, writer: &Writer, consumer: &Strea
         // from the last commit; the table key collapses the replay.
         tracing::warn!(topic = %domain.topic, "offset commit failed: {e}");
     }
-    tracing::debug!(table = %domain.name, rows = batch.rows, "batch acknowledged and committed");
-    batch.rows = 0;
+    tracing::debug!(table = %domain.name, "batch committed");
     batch.opened = None;
     batch.offsets.clear();
     Ok(())

@@ -3,6 +3,8 @@
 //! their library services. Tests produce generated events and read the results.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -167,8 +167,8 @@ impl Emitter {
         let plain = |o: &Output| -> AggValue {
             match *o {
                 Output::Count(s) => AggValue::Count(count(s)),
-                Output::Sum(s) => AggValue::Float(Some(w.add.get(s).map_or(0.0, |a| if a.n == 0 { 0.0 } else { a.sum }))),
-                Output::Avg(s) => AggValue::Float(w.add.get(s).and_then(|a| (a.n > 0).then(|| a.sum / a.n as f64))),
+                Output::Sum(s) => AggValue::Float(Some(w.add.get(s).map_or(0.0, |a| a.sum.to_f64()))),
+                Output::Avg(s) => AggValue::Float(w.add.get(s).and_then(|a| (a.n > 0).then(|| a.sum.to_f64() / a.n as f64))),
                 Output::Distinct(s) => AggValue::Count(w.distinct.get(s).map_or(0, |&n| n.max(0) as u64)),
                 Output::Stat(s, p) => AggValue::Float(w.stats.get(s).and_then(|v| v.get(p)).copied().flatten()),
                 Output::Ratio(..) => AggValue::Float(None),

@@ -26,7 +26,8 @@ use pulse_model::value::{FxBuildHasher, FxHashMap};
 use pulse_model::{Event, Op, Spec, Value};
 
 use crate::plan::{JobPlan, MetricPlan};
-use crate::types::{Acc, Bag, DomainWm, NamedValue, OrdF64, WinKey};
+use crate::types::{Acc, Bag, DomainWm, Fixed, NamedValue, OrdF64, WinKey};
+use differential_dataflow::difference::IsZero as _;
 use crate::watermark::LocalClocks;
 
 /// Where ingestion sends its updates (the differential input sessions, or a test double).
@@ -377,7 +378,7 @@ impl IngestState {
                 let accs = self.epoch_add.entry((m as u16, gid, pane)).or_insert_with(|| vec![Acc::ZERO; mp.add.len()]);
                 for (acc, &(n, s)) in accs.iter_mut().zip(&self.scratch) {
                     acc.n += n * sign as i64;
-                    acc.sum += s * sign as f64;
+                    acc.sum += Fixed::from_f64(s).times(sign as i64);
                 }
             }
             if mp.distinct.is_empty() && mp.multisets.is_empty() {
@@ -436,7 +437,7 @@ impl IngestState {
         for ((m, gid, pane), accs) in self.epoch_add.drain() {
             let mp = &self.plan.metrics[m as usize];
             for (slot, acc) in accs.iter().enumerate() {
-                if acc.n == 0 {
+                if acc.is_zero() {
                     continue;
                 }
                 for win in mp.windows.starts(pane) {
@@ -465,7 +466,7 @@ impl IngestState {
             for (pane, state) in expired {
                 for (gid, accs) in state.add {
                     for (slot, acc) in accs.into_iter().enumerate() {
-                        if acc.n == 0 {
+                        if acc.is_zero() {
                             continue;
                         }
                         for win in mp.windows.starts(pane) {
@@ -576,7 +577,7 @@ mod tests {
         fn add(&mut self, key: WinKey, acc: Acc) {
             let e = self.add.entry(key).or_default();
             e.0 += acc.n;
-            e.1 += acc.sum;
+            e.1 += acc.sum.to_f64();
         }
         fn distinct(&mut self, _key: WinKey, _delta: Bag<u128>) {}
         fn multiset(&mut self, _key: WinKey, _delta: Bag<OrdF64>) {}

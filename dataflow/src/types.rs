@@ -17,16 +17,56 @@ pub struct WinKey {
 }
 
 /// An additive accumulator as a differential difference: a count and a sum
-/// that add up across events and cancel on retraction. It is zero when the
-/// count is: the sum over no events is zero whatever rounding left behind.
+/// that add up across events and cancel exactly on retraction. The sum is
+/// fixed-point (see [`Fixed`]), so that an update changing only a number
+/// (count +1 -1 = 0, sum changed) is a difference that is not zero, and a
+/// window whose events were all retracted sums to exactly zero.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Acc {
     pub n: i64,
-    pub sum: f64,
+    pub sum: Fixed,
 }
 
 impl Acc {
-    pub const ZERO: Acc = Acc { n: 0, sum: 0.0 };
+    pub const ZERO: Acc = Acc { n: 0, sum: Fixed(0) };
+}
+
+/// A sum of f64 values kept exactly: each value is rounded once to a multiple
+/// of 2^-32 (about 2.3e-10) and the sum is an integer count of those, so
+/// additions and retractions cancel exactly in any order. Values up to about
+/// 4e28 in magnitude are represented (larger ones saturate; bound such fields
+/// with `max` in the spec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fixed(pub i128);
+
+impl Fixed {
+    const SCALE: f64 = 4_294_967_296.0; // 2^32
+
+    pub fn from_f64(x: f64) -> Fixed {
+        // `as` saturates at the bounds of i128 (and maps NaN to 0).
+        Fixed((x * Self::SCALE).round() as i128)
+    }
+
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+
+    pub fn times(self, sign: i64) -> Fixed {
+        Fixed(self.0.saturating_mul(i128::from(sign)))
+    }
+}
+
+impl std::ops::AddAssign for Fixed {
+    fn add_assign(&mut self, rhs: Fixed) {
+        self.0 = self.0.saturating_add(rhs.0);
+    }
+}
+
+impl std::ops::Neg for Fixed {
+    type Output = Fixed;
+    fn neg(self) -> Fixed {
+        Fixed(self.0.saturating_neg())
+    }
 }
 
 impl PartialEq for Acc {
@@ -42,12 +82,12 @@ impl PartialOrd for Acc {
 }
 impl Ord for Acc {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.n.cmp(&other.n).then(self.sum.total_cmp(&other.sum))
+        self.n.cmp(&other.n).then(self.sum.cmp(&other.sum))
     }
 }
 impl IsZero for Acc {
     fn is_zero(&self) -> bool {
-        self.n == 0
+        self.n == 0 && self.sum.0 == 0
     }
 }
 impl Semigroup for Acc {

@@ -81,6 +81,8 @@ aggregates = [
   { name = "p90", fn = "quantile", field = "ms", q = 0.9 },
   { name = "kinds", fn = "count_distinct", field = "err" },
   { name = "error_rate", fn = "ratio", numerator = "errors", denominator = "n" },
+  { name = "total_ms", fn = "sum", field = "ms" },
+  { name = "mean_ms", fn = "avg", field = "ms" },
 ]
 "#;
 
@@ -89,6 +91,8 @@ enum Op {
     Order { shop: u8, kind: u8, amount: u8, user: u8, ts: i64 },
     EditUpsert { id: u16, page: u8, ms: u8, err: Option<u8>, ts: i64 },
     EditDelete { id: u16 },
+    /// The live version of `id` again with only its number changed (same group, same pane).
+    EditNumber { id: u16, ms: u8 },
 }
 
 /// One event as the reference sees it.
@@ -132,13 +136,36 @@ enum Action {
     Delete { id: u16, version: u64 },
 }
 
+/// The number an edit carries: fractional, so that sums are not exact in binary.
+fn edit_ms(ms: u8) -> f64 {
+    f64::from(ms) + 0.1
+}
+
 fn to_records(ops: &[Op]) -> Vec<Rec> {
     let mut version = 0u64;
     let mut next_order = 0u32;
+    // The live edits (page, err, ts), to re-send one with only its number changed.
+    let mut live: HashMap<u16, (u8, Option<u8>, i64)> = HashMap::new();
     ops.iter()
-        .map(|op| {
+        .filter_map(|op| {
             version += 1;
-            match *op {
+            let op = match *op {
+                Op::EditNumber { id, ms } => {
+                    let &(page, err, ts) = live.get(&id)?;
+                    Op::EditUpsert { id, page, ms, err, ts }
+                }
+                ref other => other.clone(),
+            };
+            match op {
+                Op::EditUpsert { id, page, err, ts, .. } => {
+                    live.insert(id, (page, err, ts));
+                }
+                Op::EditDelete { id } => {
+                    live.remove(&id);
+                }
+                _ => {}
+            }
+            Some(match op {
                 Op::Order { shop, kind, amount, user, ts } => {
                     next_order += 1;
                     let id = format!("o{next_order}");
@@ -152,14 +179,15 @@ fn to_records(ops: &[Op]) -> Vec<Rec> {
                 }
                 Op::EditUpsert { id, page, ms, err, ts } => {
                     let err_json = err.map(|e| format!(",\"err\":\"e{e}\"")).unwrap_or_default();
-                    let payload = format!("{{\"event_id\":\"x{id}\",\"page\":\"page{page}\",\"ms\":{ms}{err_json},\"ts\":{ts},\"_version\":{version}}}");
-                    Rec { domain: 1, partition: i32::from(id % 3), payload, action: Action::Upsert { id, version, ev: Ev::Edit { page, ms: f64::from(ms), err, ts } } }
+                    let payload = format!("{{\"event_id\":\"x{id}\",\"page\":\"page{page}\",\"ms\":{}{err_json},\"ts\":{ts},\"_version\":{version}}}", edit_ms(ms));
+                    Rec { domain: 1, partition: i32::from(id % 3), payload, action: Action::Upsert { id, version, ev: Ev::Edit { page, ms: edit_ms(ms), err, ts } } }
                 }
                 Op::EditDelete { id } => {
                     let payload = format!("{{\"event_id\":\"x{id}\",\"_deleted\":true,\"_version\":{version}}}");
                     Rec { domain: 1, partition: i32::from(id % 3), payload, action: Action::Delete { id, version } }
                 }
-            }
+                Op::EditNumber { .. } => return None,
+            })
         })
         .collect()
 }
@@ -172,8 +200,11 @@ fn xxhash_rust_free_hash(s: &str) -> u64 {
 const WM_START: i64 = i64::MIN / 4;
 const WM_END: i64 = i64::MAX / 4;
 
+/// (metric, group, window start, aggregate values) of one final window.
+type FinalRow = (usize, String, i64, Vec<Option<f64>>);
+
 /// Simulates the job's deterministic replay semantics and recomputes every window.
-fn reference(recs: &[Rec], workers: usize, epoch_records: usize) -> Vec<(usize, String, i64, Vec<Option<f64>>)> {
+fn reference(recs: &[Rec], workers: usize, epoch_records: usize) -> Vec<FinalRow> {
     let geometry = [(Windows::new(40, 10), 5i64), (Windows::new(30, 10), 0i64)];
     // Each worker's records in order, chunked into epochs.
     let per_worker: Vec<Vec<&Rec>> = (0..workers).map(|w| recs.iter().filter(|r| r.partition as usize % workers == w).collect()).collect();
@@ -344,16 +375,17 @@ fn aggregate(metric: usize, evs: &[Ev]) -> Vec<Option<f64>> {
                     }
                 }
             }
-            vec![Some(n), Some(errors), quantile(ms, 0.9), Some(errs.len() as f64), Some(errors / n)]
+            let total: f64 = ms.iter().sum();
+            vec![Some(n), Some(errors), quantile(ms, 0.9), Some(errs.len() as f64), Some(errors / n), Some(total), Some(total / n)]
         }
     }
 }
 
-fn pipeline(recs: &[Rec], workers: usize, epoch_records: usize) -> (Vec<(usize, String, i64, Vec<Option<f64>>)>, replay::ReplayResult) {
+fn pipeline(recs: &[Rec], workers: usize, epoch_records: usize) -> (Vec<FinalRow>, replay::ReplayResult) {
     let spec = Arc::new(Spec::parse(Path::new("reference.toml"), SPEC).unwrap_or_else(|e| panic!("{e}")));
     let input: Vec<ReplayRecord> = recs.iter().map(|r| ReplayRecord { domain: r.domain, partition: r.partition, payload: r.payload.clone().into_bytes() }).collect();
     let result = replay::run(spec, ReplayInput::Memory(Arc::new(input)), workers, epoch_records, true).unwrap_or_else(|e| panic!("{e}"));
-    let mut rows: Vec<(usize, String, i64, Vec<Option<f64>>)> = result
+    let mut rows: Vec<FinalRow> = result
         .rows
         .iter()
         .filter(|r: &&MetricRow| matches!(r.values[0], AggValue::Count(n) if n > 0))
@@ -379,8 +411,9 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                 // Mostly in order with some disorder; a few far behind (late).
                 let ts = if late < 6 { t - 60 } else { t - jitter };
                 match which {
-                    0..=5 => Op::Order { shop, kind, amount, user, ts },
-                    6..=8 => Op::EditUpsert { id, page: shop, ms, err, ts },
+                    0..=4 => Op::Order { shop, kind, amount, user, ts },
+                    5..=7 => Op::EditUpsert { id, page: shop, ms, err, ts },
+                    8 => Op::EditNumber { id, ms },
                     _ => Op::EditDelete { id },
                 }
             })

@@ -66,13 +66,14 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--spec", default=os.path.join(ROOT, "pulse.toml"), help="spec to run with (the binary's own version of it)")
     args = ap.parse_args()
 
     brokers = os.environ.get("PULSE_KAFKA_BROKERS", "127.0.0.1:9092")
     ch_url = os.environ.get("PULSE_CLICKHOUSE_URL", "http://127.0.0.1:8123")
     tag = uuid.uuid4().hex[:8]
     work = tempfile.mkdtemp(prefix="pulse-cardinality-")
-    spec = open(os.path.join(ROOT, "pulse.toml")).read()
+    spec = open(args.spec).read()
     spec = re.sub(r'^topic = "([^"]+)"', lambda m: f'topic = "{m.group(1)}-{tag}"', spec, flags=re.M)
     spec_path = os.path.join(work, "pulse.toml")
     open(spec_path, "w").write(spec)

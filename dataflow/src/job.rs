@@ -73,8 +73,9 @@ impl RecordSource for NoSource {
 
 /// Where a worker's rows go.
 pub trait RowSink {
-    /// Hands over the rows and dead letters of every epoch up to `epoch`.
-    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>);
+    /// Hands over the rows and dead letters of every epoch up to `epoch`, and the
+    /// job's closed watermark per domain once they are durable (the job's progress).
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>, closed: &[i64]);
     /// The last epoch whose rows (and every earlier epoch's) are durable.
     fn durable_through(&mut self) -> Option<u64>;
 }
@@ -321,7 +322,7 @@ pub fn run_worker(
             summary.finals = stats.0;
             summary.revisions = stats.1;
             metrics.observe_emitter(stats);
-            sink.send(completed, rows, dead);
+            sink.send(completed, rows, dead, &closed);
             state.expire(&closed, &mut graph);
             let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
             commits.push_back((completed, offsets, closed));

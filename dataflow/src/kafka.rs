@@ -88,10 +88,21 @@ fn all_partitions(consumer: &BaseConsumer<SourceContext>, spec: &Spec) -> Result
     Ok(all)
 }
 
+/// What the group's committed offsets say about where to resume, per domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The closed watermark found in the commit metadata (`WM_START` if none).
+    pub start: Vec<i64>,
+    /// Whether the commit metadata carried a closed watermark.
+    pub from_metadata: Vec<bool>,
+    /// Whether the group has committed offsets for the domain's partitions.
+    pub committed: Vec<bool>,
+}
+
 impl KafkaSource {
-    /// Connects worker `worker` of `workers` and returns it with the closed
-    /// watermark per domain to resume from.
-    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize, lag: Option<IntGaugeVec>) -> Result<(KafkaSource, Vec<i64>), KafkaError> {
+    /// Connects worker `worker` of `workers` and returns it with what the
+    /// group's commits say about where to resume.
+    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize, lag: Option<IntGaugeVec>) -> Result<(KafkaSource, Resume), KafkaError> {
         let mut cfg = kafka.consumer(group);
         cfg.set("client.id", format!("pulse-dataflow-{worker}"));
         cfg.set("statistics.interval.ms", "1000");
@@ -106,15 +117,18 @@ impl KafkaSource {
             tpl.add_partition(&topics[d], p);
         }
         let committed = if all.is_empty() { TopicPartitionList::new() } else { consumer.committed_offsets(tpl, TIMEOUT)? };
-        let mut start = vec![WM_START; spec.domains.len()];
+        let mut resume = Resume { start: vec![WM_START; spec.domains.len()], from_metadata: vec![false; spec.domains.len()], committed: vec![false; spec.domains.len()] };
         let mut offsets: HashMap<(String, i32), Offset> = HashMap::new();
         for e in committed.elements() {
             offsets.insert((e.topic().to_string(), e.partition()), e.offset());
-            if let Some(c) = e.metadata().strip_prefix(METADATA_PREFIX).and_then(|v| v.parse::<i64>().ok())
-                && let Some(d) = topics.iter().position(|t| t == e.topic())
-            {
+            let Some(d) = topics.iter().position(|t| t == e.topic()) else { continue };
+            if matches!(e.offset(), Offset::Offset(_)) {
+                resume.committed[d] = true;
+            }
+            if let Some(c) = e.metadata().strip_prefix(METADATA_PREFIX).and_then(|v| v.parse::<i64>().ok()) {
                 // The furthest any worker got: its finals were durable before it committed.
-                start[d] = start[d].max(c);
+                resume.start[d] = resume.start[d].max(c);
+                resume.from_metadata[d] = true;
             }
         }
 
@@ -128,9 +142,9 @@ impl KafkaSource {
             assignment.add_partition_offset(&topics[d], p, offset)?;
         }
         consumer.assign(&assignment)?;
-        tracing::info!(worker, partitions = assigned.len(), ?start, "dataflow source assigned");
+        tracing::info!(worker, partitions = assigned.len(), start = ?resume.start, "dataflow source assigned");
         let by_topic = topics.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect();
-        Ok((KafkaSource { consumer, lags, topics, by_topic, assigned }, start))
+        Ok((KafkaSource { consumer, lags, topics, by_topic, assigned }, resume))
     }
 }
 

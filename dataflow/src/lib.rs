@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod replay;
 pub mod service;
 pub mod state;

@@ -13,19 +13,22 @@ use pulse_kafka::DeadLetter;
 use pulse_model::Spec;
 use pulse_model::metric_row::{MetricRow, RowShape};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{MetricTable, StatRow, encode_stat, metric_table, stats_table};
+use pulse_sink::schema::{MetricTable, StatRow, encode_stat, metric_table, progress_table, stats_table};
 use pulse_sink::{ClickHouseConfig, Writer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
 use crate::job::RowSink;
 use crate::metrics::JobMetrics;
+use crate::progress::Progress;
 
 /// One epoch's (or several coalesced epochs') output.
 pub struct Batch {
     pub epoch: u64,
     pub rows: Vec<MetricRow>,
     pub dead: Vec<DeadLetter>,
+    /// The job's closed watermark per domain after the epoch.
+    pub closed: Vec<i64>,
 }
 
 /// The worker side: hands batches to the output task and reads back durability.
@@ -36,8 +39,8 @@ pub struct ChannelSink {
 }
 
 impl RowSink for ChannelSink {
-    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>) {
-        if self.tx.send(Batch { epoch, rows, dead }).is_err() {
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>, closed: &[i64]) {
+        if self.tx.send(Batch { epoch, rows, dead, closed: closed.to_vec() }).is_err() {
             tracing::error!("output task is gone; rows of epoch {epoch} are not delivered (offsets stay uncommitted)");
         }
     }
@@ -56,15 +59,26 @@ pub struct Output {
     pub producer: FutureProducer,
     pub metrics: JobMetrics,
     pub shutdown: Shutdown,
+    pub group: String,
     tables: Arc<Vec<MetricTable>>,
     shapes: Arc<Vec<RowShape>>,
 }
 
 impl Output {
-    pub fn new(spec: Arc<Spec>, writer: Writer, clickhouse: &ClickHouseConfig, producer: FutureProducer, metrics: JobMetrics, shutdown: Shutdown) -> Output {
+    pub fn new(spec: Arc<Spec>, writer: Writer, clickhouse: &ClickHouseConfig, producer: FutureProducer, metrics: JobMetrics, shutdown: Shutdown, group: &str) -> Output {
         let tables = spec.metrics.iter().map(|m| metric_table(&spec, m)).collect();
         let shapes = RowShape::all(&spec);
-        Output { writer, database: clickhouse.database.clone(), producer, metrics, shutdown, tables: Arc::new(tables), shapes: Arc::new(shapes), spec }
+        Output {
+            writer,
+            database: clickhouse.database.clone(),
+            producer,
+            metrics,
+            shutdown,
+            group: group.to_string(),
+            tables: Arc::new(tables),
+            shapes: Arc::new(shapes),
+            spec,
+        }
     }
 
     /// Starts the output task of one worker on `rt` and returns the worker's sink.
@@ -78,6 +92,7 @@ impl Output {
     }
 
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>, durable: Arc<AtomicU64>) {
+        let mut progress = Progress::new(&self.spec, &self.group);
         while let Some(first) = rx.recv().await {
             // Coalesce whatever else is waiting into one write.
             let mut batch = first;
@@ -85,13 +100,26 @@ impl Output {
                 batch.epoch = batch.epoch.max(more.epoch);
                 batch.rows.extend(more.rows);
                 batch.dead.extend(more.dead);
+                for (c, m) in batch.closed.iter_mut().zip(&more.closed) {
+                    *c = (*c).max(*m);
+                }
             }
-            if self.deliver(&batch).await.is_err() {
+            if self.deliver(&batch).await.is_err() || self.record_progress(&mut progress, &batch.closed).await.is_err() {
                 tracing::warn!(epoch = batch.epoch, "shutting down before the epoch was durable; its offsets stay uncommitted");
                 return;
             }
             durable.store(batch.epoch + 1, Ordering::Release);
         }
+    }
+
+    /// Writes the job's progress once the rows that closed its windows are
+    /// durable (and before the epoch's offsets may be committed).
+    async fn record_progress(&self, progress: &mut Progress, closed: &[i64]) -> Result<(), ()> {
+        let Some((table, body, marks)) = progress.due(closed, crate::graph::now_ms()) else { return Ok(()) };
+        let sql = progress_table().insert_sql(&self.database);
+        self.writer.insert(&table, &sql, body.freeze(), marks.len(), &self.shutdown).await.map_err(|_| ())?;
+        progress.written(marks);
+        Ok(())
     }
 
     async fn deliver(&self, batch: &Batch) -> Result<(), ()> {

@@ -15,8 +15,11 @@ use rdkafka::producer::FutureProducer;
 
 use crate::job::{NoSource, RecordSource, WorkerConfig, WorkerSummary, run_worker};
 use crate::kafka::KafkaSource;
+use crate::kafka::Resume;
 use crate::metrics::JobMetrics;
 use crate::output::{Output, report_stats};
+use crate::progress;
+use pulse_sink::schema::PROGRESS_TABLE;
 
 /// Where the timely workers run.
 #[derive(Debug, Clone)]
@@ -78,6 +81,15 @@ pub enum DataflowError {
     Timely(String),
     #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading the job's progress from ClickHouse table {table} (run `pulse migrate`): {source}")]
+    Progress { table: &'static str, source: clickhouse::error::Error },
+    #[error(
+        "domain `{domain}`: consumer group `{group}` has committed offsets but Pulse has no record of the job's progress \
+         (no row in ClickHouse table {table}, no watermark in the commit metadata); resuming would re-finalise closed \
+         windows from the few records it replays. Restore the table, or start from scratch with a new group \
+         (--group / PULSE_DATAFLOW_GROUP) or with the group's offsets reset to the earliest"
+    )]
+    UnknownProgress { domain: String, group: String, table: &'static str },
 }
 
 /// Runs the job until `shutdown` fires (then drains the current epoch, waits
@@ -97,7 +109,14 @@ pub fn run(
     let metrics = JobMetrics::new(&registry);
     let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
     let producer: FutureProducer = kafka.reliable_producer().create()?;
-    let output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone());
+    let output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone(), &cfg.group);
+    // Where the job got to, as recorded with its outputs (not only in commit metadata).
+    let progress = rt
+        .block_on(progress::load(writer.client(), &clickhouse.database, &cfg.group, &spec))
+        .map_err(|source| DataflowError::Progress { table: PROGRESS_TABLE, source })?;
+    for (d, p) in spec.domains.iter().zip(&progress) {
+        tracing::info!(domain = %d.name, group = %cfg.group, closed = ?p, "recorded progress");
+    }
     if let Some(addr) = cfg.metrics_addr {
         let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
         rt.spawn(async move {
@@ -141,14 +160,23 @@ pub fn run(
         let (index, peers) = (worker.index(), worker.peers());
         // Every worker must build the dataflow, even one whose source failed: it then
         // reads nothing and the stop flag drains the job.
+        let fail = |e: String| {
+            tracing::error!(worker = index, "cannot start: {e}");
+            if let Ok(mut errs) = errors2.lock() {
+                errs.push(e);
+            }
+            stop.store(true, Ordering::Relaxed);
+        };
         let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) = match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
-            Ok((s, start)) => (Box::new(s), start),
-            Err(e) => {
-                tracing::error!(worker = index, "cannot start the Kafka source: {e}");
-                if let Ok(mut errs) = errors2.lock() {
-                    errs.push(e.to_string());
+            Ok((s, resume)) => match resume_from(&spec, &group, &resume, &progress) {
+                Ok(start) => (Box::new(s), start),
+                Err(e) => {
+                    fail(e.to_string());
+                    (Box::new(NoSource), Vec::new())
                 }
-                stop.store(true, Ordering::Relaxed);
+            },
+            Err(e) => {
+                fail(e.to_string());
                 (Box::new(NoSource), Vec::new())
             }
         };
@@ -173,4 +201,45 @@ pub fn run(
     }
     let out = summaries.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(out)
+}
+
+/// The closed watermark per domain to resume from: the furthest of the recorded
+/// progress and the commit metadata. Committed offsets with neither are an error:
+/// the windows they passed may be final already, and nothing says which.
+fn resume_from(spec: &Spec, group: &str, resume: &Resume, progress: &[Option<i64>]) -> Result<Vec<i64>, DataflowError> {
+    spec.domains
+        .iter()
+        .enumerate()
+        .map(|(d, domain)| {
+            let recorded = progress.get(d).copied().flatten();
+            if resume.committed[d] && !resume.from_metadata[d] && recorded.is_none() {
+                return Err(DataflowError::UnknownProgress { domain: domain.name.clone(), group: group.to_string(), table: PROGRESS_TABLE });
+            }
+            Ok(resume.start[d].max(recorded.unwrap_or(crate::types::WM_START)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::WM_START;
+
+    #[test]
+    fn resumes_from_the_furthest_known_progress_and_refuses_to_guess() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let spec = Spec::load(&path).expect("spec");
+        let fresh = Resume { start: vec![WM_START; 3], from_metadata: vec![false; 3], committed: vec![false; 3] };
+        assert_eq!(resume_from(&spec, "g", &fresh, &[None, None, None]).expect("a new group"), vec![WM_START; 3]);
+        // The broker dropped the commit metadata: the recorded progress says where to resume.
+        let no_metadata = Resume { start: vec![WM_START; 3], from_metadata: vec![false; 3], committed: vec![true, false, false] };
+        assert_eq!(resume_from(&spec, "g", &no_metadata, &[Some(500), None, None]).expect("recorded")[0], 500);
+        // Both known: the furthest wins (each was written only once its finals were durable).
+        let both = Resume { start: vec![700, WM_START, WM_START], from_metadata: vec![true, false, false], committed: vec![true, false, false] };
+        assert_eq!(resume_from(&spec, "g", &both, &[Some(500), None, None]).expect("both")[0], 700);
+        // Committed offsets and nothing known: a clear error naming the way out.
+        let e = resume_from(&spec, "g", &no_metadata, &[None, None, None]).expect_err("unknown progress");
+        assert!(matches!(&e, DataflowError::UnknownProgress { domain, .. } if domain == "rides"), "{e}");
+        assert!(e.to_string().contains("--group"), "{e}");
+    }
 }

@@ -11,6 +11,10 @@ use pulse_model::{Event, Op, Value};
 pub const MIGRATIONS_TABLE: &str = "pulse_migrations";
 /// Periodic pipeline figures written by the services (for the health dashboard).
 pub const STATS_TABLE: &str = "pulse_pipeline_stats";
+/// The dataflow's durable progress: per consumer group and domain, the closed
+/// watermark whose finals are durable (restart safety never depends on the
+/// broker keeping commit metadata).
+pub const PROGRESS_TABLE: &str = "pulse_progress";
 
 /// A column: name and ClickHouse type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,6 +520,33 @@ pub fn stats_table() -> Table {
     }
 }
 
+/// The dataflow's progress: the largest closed watermark per (group, domain) wins.
+pub fn progress_table() -> Table {
+    Table {
+        name: PROGRESS_TABLE.into(),
+        columns: vec![
+            Column::new("consumer_group", "String"),
+            Column::new("domain", "String"),
+            Column::new("closed", "Int64"),
+            Column::new("written_at", "DateTime64(3, 'UTC')"),
+        ],
+        engine: "ReplacingMergeTree(closed)".into(),
+        partition_by: None,
+        order_by: vec!["consumer_group".into(), "domain".into()],
+        ttl: None,
+        indexes: Vec::new(),
+        comment: "Pulse dataflow: per consumer group and domain, the closed watermark whose final windows are durable".into(),
+    }
+}
+
+/// One row of the progress table.
+pub fn encode_progress(group: &str, domain: &str, closed: i64, written_at: i64, buf: &mut BytesMut) {
+    put_str(buf, group);
+    put_str(buf, domain);
+    buf.put_i64_le(closed);
+    buf.put_i64_le(written_at);
+}
+
 /// One row of the stats table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatRow {
@@ -538,7 +569,7 @@ pub fn encode_stat(row: &StatRow, buf: &mut BytesMut) {
 
 /// Every table the spec needs, bookkeeping first.
 pub fn all_tables(spec: &Spec) -> Vec<Table> {
-    let mut tables = vec![migrations_table(), stats_table()];
+    let mut tables = vec![migrations_table(), stats_table(), progress_table()];
     tables.extend(spec.domains.iter().map(|d| raw_table(d).table));
     tables.extend(spec.metrics.iter().map(|m| metric_table(spec, m).table));
     tables

@@ -1,0 +1,92 @@
+//! The job's durable progress: per consumer group and domain, the closed
+//! watermark whose final windows are durable. It is written to ClickHouse with
+//! the rows of the epoch that closed those windows (before the epoch's offsets
+//! are committed) and read back at start, so that a restart never re-finalises
+//! a closed window from the few records it replays, whatever the broker does
+//! with commit metadata (some drop it; so do offset-reset tools).
+//!
+//! A row is written only when the set of closed windows changes (a metric's
+//! closing frontier crosses a window end), not every epoch.
+
+use bytes::BytesMut;
+use pulse_model::Spec;
+use pulse_sink::schema::{PROGRESS_TABLE, encode_progress, progress_table};
+
+use crate::types::WM_START;
+
+/// Reads the recorded progress of `group`: the closed watermark per spec domain, if any.
+pub async fn load(client: &clickhouse::Client, database: &str, group: &str, spec: &Spec) -> Result<Vec<Option<i64>>, clickhouse::error::Error> {
+    let sql = format!("SELECT domain, max(closed) FROM `{database}`.`{PROGRESS_TABLE}` WHERE consumer_group = ? GROUP BY domain");
+    let rows: Vec<(String, i64)> = client.query(&sql).bind(group).fetch_all().await?;
+    Ok(spec.domains.iter().map(|d| rows.iter().find(|(name, _)| *name == d.name).map(|(_, c)| *c)).collect())
+}
+
+/// Decides when a progress row is due and encodes it.
+pub struct Progress {
+    group: String,
+    /// Per domain: (lateness, window size, slide) of each of its metrics.
+    shapes: Vec<Vec<(i64, i64, i64)>>,
+    names: Vec<String>,
+    /// Per domain: the closing frontier last written.
+    written: Vec<Option<Vec<i64>>>,
+}
+
+impl Progress {
+    pub fn new(spec: &Spec, group: &str) -> Progress {
+        let shapes = (0..spec.domains.len())
+            .map(|d| spec.metrics.iter().filter(|m| m.domain == d).map(|m| (m.lateness.ms(), m.window.ms(), m.slide.ms().max(1))).collect())
+            .collect();
+        Progress { group: group.to_string(), shapes, names: spec.domains.iter().map(|d| d.name.clone()).collect(), written: vec![None; spec.domains.len()] }
+    }
+
+    /// For each metric of `domain`, the number of window starts closed at `closed`
+    /// (windows `[s, s + size)` with `s + size + lateness <= closed`).
+    fn frontier(&self, domain: usize, closed: i64) -> Vec<i64> {
+        self.shapes[domain].iter().map(|&(lateness, size, slide)| closed.saturating_sub(lateness).saturating_sub(size).div_euclid(slide)).collect()
+    }
+
+    /// The progress rows to write with an epoch whose closed watermarks are
+    /// `closed` (none when no domain's set of closed windows changed). Call
+    /// [`Progress::written`] once they are durable.
+    pub fn due(&self, closed: &[i64], now_ms: i64) -> Option<(String, BytesMut, Vec<(usize, Vec<i64>)>)> {
+        let mut buf = BytesMut::new();
+        let mut marks = Vec::new();
+        for (d, &c) in closed.iter().enumerate().take(self.names.len()) {
+            if c <= WM_START {
+                continue;
+            }
+            let f = self.frontier(d, c);
+            if self.written[d].as_ref() != Some(&f) {
+                encode_progress(&self.group, &self.names[d], c, now_ms, &mut buf);
+                marks.push((d, f));
+            }
+        }
+        (!marks.is_empty()).then(|| (progress_table().name, buf, marks))
+    }
+
+    pub fn written(&mut self, marks: Vec<(usize, Vec<i64>)>) {
+        for (d, f) in marks {
+            self.written[d] = Some(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_due_only_when_a_window_closes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let spec = Spec::load(&path).expect("spec");
+        let mut p = Progress::new(&spec, "g");
+        let minute = 60_000;
+        // city_metrics: 5 min windows sliding 1 min, 30 s lateness.
+        let t = 1_795_515_300_000 / minute * minute;
+        let (_, _, marks) = p.due(&[t + 30_000, WM_START, WM_START], t).expect("first row");
+        assert_eq!(marks.len(), 1, "only domains with a watermark");
+        p.written(marks);
+        assert!(p.due(&[t + 89_999, WM_START, WM_START], t).is_none(), "no window end crossed");
+        assert!(p.due(&[t + 90_000, WM_START, WM_START], t).is_some(), "the window ending at t + 60 s closes at t + 90 s");
+    }
+}

@@ -1,0 +1,100 @@
+//! Restarts against the local broker (Tansu), which returns committed offsets
+//! without their commit metadata: the job's progress must come from where
+//! Pulse keeps it (ClickHouse), or a plain restart would re-finalise closed
+//! windows from the few records it replays.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{clickhouse_finals, close, produce_and_store, records, start_job};
+use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
+use pulse_kafka::{KafkaConfig, plan_topics};
+use pulse_model::generate::GenDomain;
+use pulse_sink::migrate;
+use pulse_sink::testing::stack_clickhouse;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+type Finals = HashMap<(String, String, i64), Vec<Option<f64>>>;
+
+/// Tansu hands a partition's last batch to consumers only once more data
+/// follows: one record every consumer dead-letters follows on each partition.
+fn push_tails(kafka: &KafkaConfig, spec: &pulse_model::Spec) {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
+    for d in &spec.domains {
+        for p in 0..d.partitions {
+            producer.send(BaseRecord::to(&d.topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush tails");
+}
+
+/// Waits until the finals stop changing for `quiet` (and there are some).
+fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_sink::ClickHouseConfig, quiet: Duration, timeout: Duration) -> Finals {
+    let deadline = Instant::now() + timeout;
+    let mut last = rt.block_on(clickhouse_finals(spec, ch));
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rt.block_on(clickhouse_finals(spec, ch));
+        if now.len() != last.len() {
+            since = Instant::now();
+            last = now;
+        } else if !last.is_empty() && since.elapsed() >= quiet {
+            return last;
+        }
+        assert!(Instant::now() < deadline, "finals did not settle ({} so far)", last.len());
+    }
+}
+
+#[test]
+fn a_plain_restart_on_the_local_broker_replaces_no_final() {
+    let Some(brokers) = stack_brokers() else { return };
+    let Some(ch) = stack_clickhouse("pulse_df_restart") else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let spec = unique_spec();
+    let kafka = KafkaConfig { brokers, properties: Vec::new() };
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = kafka.client().create().expect("admin");
+        pulse_kafka::ensure_topics(&admin, &plan_topics(&spec)).await.expect("topics");
+    });
+    rt.block_on(migrate(&ch, &spec)).expect("migrate");
+    let group = unique_name("df-restart");
+
+    // Seven minutes of events (40 per second of event time) ending a few seconds ago.
+    let start_ms = pulse_model::now_ms() - 7 * 60_000;
+    let first = records(16_000, 21, start_ms, 0);
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
+    push_tails(&kafka, &spec);
+    let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
+    let before = settled(&rt, &spec, &ch, Duration::from_secs(6), Duration::from_secs(120));
+    stop.trigger();
+    job.join().expect("job thread");
+    let city_finals = before.keys().filter(|(m, _, _)| m == "city_metrics").count();
+    assert!(city_finals >= 20, "only {city_finals} city finals before the restart");
+
+    // The same job again, same group and spec, and the stream goes on a little.
+    let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
+    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
+    let second: Vec<_> = records(1_200, 22, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect();
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
+    push_tails(&kafka, &spec);
+    std::thread::sleep(Duration::from_secs(8));
+    stop.trigger();
+    let summaries = job.join().expect("job thread");
+    let after = rt.block_on(clickhouse_finals(&spec, &ch));
+
+    let mut replaced = Vec::new();
+    for (key, values) in &before {
+        match after.get(key) {
+            Some(now) if close(now, values) => {}
+            now => replaced.push(format!("{key:?}: {values:?} -> {now:?}")),
+        }
+    }
+    assert!(replaced.is_empty(), "{} of {} finals changed by a plain restart:\n{}\n{summaries:?}", replaced.len(), before.len(), replaced.join("\n"));
+    rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
+}

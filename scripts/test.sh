@@ -16,6 +16,11 @@ export PULSE_CHDB_PYTHON="${PULSE_CACHE:-$HOME/.cache/pulse}/venv/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/setup.sh --for-tests
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 rm -rf "$PULSE_STACK_DIR"
 trap 'scripts/stack down' EXIT
 scripts/stack up

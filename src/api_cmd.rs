@@ -39,13 +39,7 @@ pub struct ApiArgs {
 
 /// Settings for the API from the environment's keys (`PULSE_READ_API_KEYS`, else `PULSE_API_KEYS`).
 fn config(addr: SocketAddr, cors: &str, kafka: Option<KafkaConfig>) -> ApiConfig {
-    ApiConfig {
-        addr,
-        cors_origins: parse_list(cors),
-        keys: keys_from_env(),
-        stream: kafka.map(StreamConfig::new),
-        ..ApiConfig::default()
-    }
+    ApiConfig { addr, cors_origins: parse_list(cors), keys: keys_from_env(), stream: kafka.map(StreamConfig::new), ..ApiConfig::default() }
 }
 
 pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -76,23 +70,10 @@ pub fn spawn_embedded(
     addr: SocketAddr,
     shutdown: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let cfg = config(
-        addr,
-        &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(),
-        Some(kafka.clone()),
-    );
+    let cfg = config(addr, &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(), Some(kafka.clone()));
     let _guard = rt.enter();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("binding {addr}"))?;
-    let api = Api::new(
-        spec,
-        ch,
-        cfg,
-        Registry::new(),
-        Readiness::default(),
-        shutdown.clone(),
-    )?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
+    let api = Api::new(spec, ch, cfg, Registry::new(), Readiness::default(), shutdown.clone())?;
     Ok(rt.spawn(pulse_api::serve(api, listener, shutdown)))
 }
 
@@ -129,10 +110,7 @@ pub struct BenchApiArgs {
 pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
     let spec = Arc::new(global.load_spec()?);
     let reuse = args.database.is_some();
-    let database = args
-        .database
-        .clone()
-        .unwrap_or_else(|| format!("pulse_bench_api_{}", std::process::id()));
+    let database = args.database.clone().unwrap_or_else(|| format!("pulse_bench_api_{}", std::process::id()));
     let ch = args.clickhouse.config().with_database(database.clone());
     let cfg = pulse_api::bench::BenchConfig {
         rides: args.rides,
@@ -145,18 +123,9 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let rt = crate::services::runtime()?;
-    let report = rt.block_on(pulse_api::bench::run(spec, &ch, &cfg, &|msg| {
-        eprintln!("bench api: {msg}")
-    }));
+    let report = rt.block_on(pulse_api::bench::run(spec, &ch, &cfg, &|msg| eprintln!("bench api: {msg}")));
     if !args.keep && !reuse {
-        let drop = rt.block_on(
-            ch.server_client()
-                .query(&format!(
-                    "DROP DATABASE IF EXISTS {}",
-                    pulse_sink::schema::ident(&database)
-                ))
-                .execute(),
-        );
+        let drop = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS {}", pulse_sink::schema::ident(&database))).execute());
         if let Err(e) = drop {
             eprintln!("bench api: could not drop {database}: {e}");
         }

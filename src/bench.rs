@@ -78,16 +78,19 @@ fn decode(global: &Global, events: usize, domain: &str) -> anyhow::Result<ExitCo
     let t0 = Instant::now();
     let mut checksum = 0i64;
     for json in &inputs {
-        let ev = decoder
-            .decode(json.as_bytes())
-            .map_err(|e| anyhow::anyhow!("generated event rejected: {e}: {json}"))?;
+        let ev = decoder.decode(json.as_bytes()).map_err(|e| anyhow::anyhow!("generated event rejected: {e}: {json}"))?;
         checksum = checksum.wrapping_add(ev.time);
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = (process::cpu_seconds().unwrap_or(0.0) - cpu0).max(wall.min(0.01));
     println!("bench decode: domain={domain} events={} bytes={bytes} (avg {:.0} B/event)", inputs.len(), bytes as f64 / inputs.len().max(1) as f64);
     println!("  wall {wall:.3} s, cpu {cpu:.2} s");
-    println!("  {:.0} events/s wall, {:.0} events per CPU-second, {:.0} MB/s", inputs.len() as f64 / wall, inputs.len() as f64 / cpu, bytes as f64 / wall / 1e6);
+    println!(
+        "  {:.0} events/s wall, {:.0} events per CPU-second, {:.0} MB/s",
+        inputs.len() as f64 / wall,
+        inputs.len() as f64 / cpu,
+        bytes as f64 / wall / 1e6
+    );
     tracing::debug!(checksum, "decode checksum");
     Ok(ExitCode::SUCCESS)
 }
@@ -145,14 +148,19 @@ fn sink(global: &Global, args: &SinkBenchArgs) -> anyhow::Result<ExitCode> {
     }
     producer.flush(Duration::from_secs(120))?;
     let total: u64 = per_domain.iter().sum();
-    println!("bench sink: {total} events in Kafka ({} rides, {} driver locations, {} app events); batches of {} rows", per_domain[0], per_domain[1], per_domain[2], args.batch_rows);
+    println!(
+        "bench sink: {total} events in Kafka ({} rides, {} driver locations, {} app events); batches of {} rows",
+        per_domain[0], per_domain[1], per_domain[2], args.batch_rows
+    );
     let shutdown = pulse_ops::Shutdown::new();
     let scfg = pulse_sink::service::SinkConfig { batch_rows: args.batch_rows, group: "pulse-bench-sink".into(), ..Default::default() };
     let cpu0 = process::cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
     let task = {
         let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, scfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown).await })
+        rt.spawn(async move {
+            pulse_sink::service::run(spec, &kafka, &ch, scfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown).await
+        })
     };
     let client = ch.client();
     let count_sql = "SELECT (SELECT count() FROM rides) + (SELECT count() FROM driver_locations) + (SELECT count() FROM app_events)";
@@ -169,7 +177,11 @@ fn sink(global: &Global, args: &SinkBenchArgs) -> anyhow::Result<ExitCode> {
     shutdown.trigger();
     let _ = rt.block_on(task);
     let _ = rt.block_on(client.query(&format!("DROP DATABASE IF EXISTS `{}`", ch.database)).execute());
-    println!("  {total} rows stored in {wall:.2} s: {:.0} rows/s; this process used {cpu:.2} CPU-s ({:.0} rows per CPU-second)", total as f64 / wall, total as f64 / cpu.max(0.001));
+    println!(
+        "  {total} rows stored in {wall:.2} s: {:.0} rows/s; this process used {cpu:.2} CPU-s ({:.0} rows per CPU-second)",
+        total as f64 / wall,
+        total as f64 / cpu.max(0.001)
+    );
     println!("  (ClickHouse's own time is in the other process: the chDB front-end of the local stack, or your server)");
     Ok(ExitCode::SUCCESS)
 }

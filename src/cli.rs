@@ -138,12 +138,7 @@ pub fn check(global: &Global, args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let file = args.file.as_ref().unwrap_or(&global.spec);
     match Spec::load(file) {
         Ok(spec) => {
-            println!(
-                "{}: ok ({} domains, {} metrics)",
-                file.display(),
-                spec.domains.len(),
-                spec.metrics.len()
-            );
+            println!("{}: ok ({} domains, {} metrics)", file.display(), spec.domains.len(), spec.metrics.len());
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

@@ -79,7 +79,8 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
         instance: format!("{}-{}", crate::services::hostname(), args.process),
         ..Default::default()
     };
-    let summaries = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown, rt.handle())?;
+    let summaries =
+        pulse_dataflow::service::run(spec, &kafka, &ch, cfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown, rt.handle())?;
     let events: u64 = summaries.iter().map(|s| s.events).sum();
     tracing::info!(events, workers = summaries.len(), "dataflow stopped");
     Ok(ExitCode::SUCCESS)
@@ -138,7 +139,9 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
     if let Some(out) = &args.output {
         let shapes = RowShape::all(&spec);
         let mut rows = result.rows;
-        rows.sort_by(|a, b| (a.metric, a.window_start).cmp(&(b.metric, b.window_start)).then(a.group.partial_cmp(&b.group).unwrap_or(std::cmp::Ordering::Equal)));
+        rows.sort_by(|a, b| {
+            (a.metric, a.window_start).cmp(&(b.metric, b.window_start)).then(a.group.partial_cmp(&b.group).unwrap_or(std::cmp::Ordering::Equal))
+        });
         let mut w = BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
         for r in &rows {
             writeln!(w, "{}", r.to_json(&shapes[r.metric]))?;

@@ -79,10 +79,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let ch = args.clickhouse.config();
     let duration = args.duration.as_deref().map(parse_duration).transpose().map_err(|e| anyhow::anyhow!("--duration: {e}"))?.map(|d| d.as_std());
     let surge_after = parse_duration(&args.surge_after).map_err(|e| anyhow::anyhow!("--surge-after: {e}"))?;
-    let surge_city = CITIES
-        .iter()
-        .position(|c| c.eq_ignore_ascii_case(&args.surge_city))
-        .with_context(|| format!("--surge-city must be one of {}", CITIES.join(", ")))?;
+    let surge_city =
+        CITIES.iter().position(|c| c.eq_ignore_ascii_case(&args.surge_city)).with_context(|| format!("--surge-city must be one of {}", CITIES.join(", ")))?;
     let rt = crate::services::runtime()?;
     let shutdown = Shutdown::new();
     rt.block_on(async { shutdown.on_signals() });
@@ -108,7 +106,13 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {} (is it up? `scripts/stack up clickhouse`)", ch.url))?;
 
     // The services.
-    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig { addr: args.ingest_addr, ..Default::default() }, Registry::new(), Readiness::default())?;
+    let ingest = pulse_ingest::Ingest::new(
+        Arc::clone(&spec),
+        &kafka,
+        pulse_ingest::IngestConfig { addr: args.ingest_addr, ..Default::default() },
+        Registry::new(),
+        Readiness::default(),
+    )?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener, shutdown.clone()));
     let sink_task = {
@@ -117,7 +121,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let dataflow_registry = Registry::new();
     let dataflow = {
-        let (spec, kafka, ch, shutdown, handle, registry) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), dataflow_registry.clone());
+        let (spec, kafka, ch, shutdown, handle, registry) =
+            (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), dataflow_registry.clone());
         std::thread::spawn(move || {
             let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers: 1 }, ..Default::default() };
             pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
@@ -144,8 +149,13 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         })
     });
 
-    let freshness = args.freshness.then(|| crate::freshness::Freshness::start(&rt, &format!("http://{}", args.ingest_addr), &kafka, &spec.pipeline.aggregated_topic, &shutdown));
-    println!("Pulse demo: write API http://{}  read API + live page http://{}/  ClickHouse {} (database {})", args.ingest_addr, args.api_addr, ch.url, ch.database);
+    let freshness = args
+        .freshness
+        .then(|| crate::freshness::Freshness::start(&rt, &format!("http://{}", args.ingest_addr), &kafka, &spec.pipeline.aggregated_topic, &shutdown));
+    println!(
+        "Pulse demo: write API http://{}  read API + live page http://{}/  ClickHouse {} (database {})",
+        args.ingest_addr, args.api_addr, ch.url, ch.database
+    );
     println!("Ctrl-C stops everything.");
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal() && !args.quiet;
@@ -173,7 +183,10 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             print!("\x1b[2J\x1b[H");
             println!("Pulse demo: newest 5-minute window per city (live revisions, final when closed)   up {:.0}s", started.elapsed().as_secs_f64());
             println!("write http://{}   read http://{}   live page http://{}/   Ctrl-C stops\n", args.ingest_addr, args.api_addr, args.api_addr);
-            println!("{:<11} {:>9} {:>11} {:>13} {:>10} {:>9} {:>8} {:>8}", "city", "requests", "completions", "cancellations", "cancel %", "avg fare", "riders", "drivers");
+            println!(
+                "{:<11} {:>9} {:>11} {:>13} {:>10} {:>9} {:>8} {:>8}",
+                "city", "requests", "completions", "cancellations", "cancel %", "avg fare", "riders", "drivers"
+            );
             for r in &rows {
                 let rate = r.cancellation_rate.unwrap_or(0.0);
                 let mark = if rate > 0.3 { "  << above 30%" } else { "" };

@@ -3,10 +3,10 @@
 mod api_cmd;
 mod bench;
 mod cli;
-mod ingest_cmd;
 mod dataflow_cmd;
 mod demo;
 mod freshness;
+mod ingest_cmd;
 mod services;
 mod soak;
 

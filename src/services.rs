@@ -121,4 +121,3 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "pulse".into())
 }
-

@@ -62,7 +62,8 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener, shutdown.clone()));
     let registry = Registry::new();
     let dataflow = {
-        let (spec, kafka, ch, shutdown, handle, registry) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), registry.clone());
+        let (spec, kafka, ch, shutdown, handle, registry) =
+            (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), registry.clone());
         let workers = args.workers;
         std::thread::spawn(move || {
             let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers }, ..Default::default() };
@@ -72,7 +73,15 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
 
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let generator = GenConfig { start_ms: pulse_model::now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
-    let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration: Some(duration), rate: Some(args.rate), concurrency: 8, batch: 200, progress: false };
+    let cfg = pulse_ingest::loadgen::LoadgenConfig {
+        generator,
+        events: None,
+        duration: Some(duration),
+        rate: Some(args.rate),
+        concurrency: 8,
+        batch: 200,
+        progress: false,
+    };
     let load = {
         let (url, shutdown) = (ingest_url.clone(), shutdown.clone());
         rt.spawn(async move {
@@ -84,7 +93,10 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
 
     let freshness = crate::freshness::Freshness::start(&rt, &ingest_url, &kafka, &spec.pipeline.aggregated_topic, &shutdown);
 
-    println!("soak: {:.0} events/s through ingest into the dataflow for {:.1} min ({} worker(s)); a sample every {} s", args.rate, args.minutes, args.workers, args.every);
+    println!(
+        "soak: {:.0} events/s through ingest into the dataflow for {:.1} min ({} worker(s)); a sample every {} s",
+        args.rate, args.minutes, args.workers, args.every
+    );
     println!("{:>6} {:>10} {:>10} {:>8} {:>10} {:>9} {:>12}", "t (s)", "events/s", "counted", "RSS MB", "lag", "wm delay", "fresh p99 s");
     let started = Instant::now();
     let mut samples: Vec<(f64, f64, f64)> = Vec::new();

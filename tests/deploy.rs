@@ -159,7 +159,9 @@ fn compose_ports_match_the_defaults() {
     let env = |s: &Value, k: &str| s["environment"][k].as_str().map(String::from);
     let port_of = |addr: &str| addr.rsplit(':').next().expect("port").to_string();
     // Defaults in the code.
-    let help = |args: &[&str]| String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).arg("--help").output().expect("help").stdout).into_owned();
+    let help = |args: &[&str]| {
+        String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).arg("--help").output().expect("help").stdout).into_owned()
+    };
     for (service, sub, var, default_port) in [
         ("ingest", "ingest", "PULSE_INGEST_ADDR", "8081"),
         ("api", "api", "PULSE_API_ADDR", "8080"),
@@ -189,18 +191,17 @@ fn compose_ports_match_the_defaults() {
 fn grafana_points_at_the_compose_clickhouse_and_its_read_only_user() {
     let c = compose();
     let g = &c["services"]["grafana"];
-    let env: HashMap<String, String> = g["environment"]
-        .as_mapping()
-        .expect("grafana env")
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-        .collect();
+    let env: HashMap<String, String> =
+        g["environment"].as_mapping().expect("grafana env").iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string()))).collect();
     assert!(c["services"][env["PULSE_GRAFANA_CLICKHOUSE_HOST"].as_str()].is_mapping(), "the data source host is a compose service");
     assert_eq!(env["PULSE_GRAFANA_CLICKHOUSE_PORT"], "8123");
     assert!(env["GF_PLUGINS_PREINSTALL_SYNC"].starts_with("grafana-clickhouse-datasource@4."), "plugin v4 pinned");
     let image = g["image"].as_str().expect("image");
     let version: Vec<u32> = image.rsplit(':').next().expect("tag").split('.').filter_map(|p| p.parse().ok()).collect();
-    assert!(version.first().copied().unwrap_or(0) > 11 || (version.first() == Some(&11) && version.get(1).copied().unwrap_or(0) >= 6), "Grafana 11.6+: {image}");
+    assert!(
+        version.first().copied().unwrap_or(0) > 11 || (version.first() == Some(&11) && version.get(1).copied().unwrap_or(0) >= 6),
+        "Grafana 11.6+: {image}"
+    );
     let users = std::fs::read_to_string(root().join("deploy/clickhouse/users.d/grafana.xml")).expect("users file");
     let user = &env["PULSE_GRAFANA_CLICKHOUSE_USER"];
     assert!(users.contains(&format!("<{user}>")), "the ClickHouse users file defines {user}");
@@ -233,13 +234,12 @@ fn dockerfile_is_multi_stage_non_root_and_ships_spec_and_grafana() {
 #[test]
 fn readme_lists_every_environment_variable() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let documented: BTreeSet<String> = readme
-        .lines()
-        .filter(|l| l.starts_with("| `PULSE_"))
-        .filter_map(|l| l.split('`').nth(1).map(String::from))
-        .collect();
+    let documented: BTreeSet<String> = readme.lines().filter(|l| l.starts_with("| `PULSE_")).filter_map(|l| l.split('`').nth(1).map(String::from)).collect();
     let code = code_variables();
-    let missing: Vec<&String> = code.iter().filter(|v| !documented.contains(*v) && !v.starts_with("PULSE_TEST") && !v.starts_with("PULSE_CRASH") && !v.starts_with("PULSE_SINK_CHILD")).collect();
+    let missing: Vec<&String> = code
+        .iter()
+        .filter(|v| !documented.contains(*v) && !v.starts_with("PULSE_TEST") && !v.starts_with("PULSE_CRASH") && !v.starts_with("PULSE_SINK_CHILD"))
+        .collect();
     assert!(missing.is_empty(), "README lacks {missing:?}");
     let stale: Vec<&String> = documented.iter().filter(|v| !code.contains(*v) && !deployment_variables().contains(*v) && !v.ends_with("_*")).collect();
     assert!(stale.is_empty(), "README documents variables nothing reads: {stale:?}");

@@ -19,10 +19,10 @@ use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_model::Spec;
 use pulse_sink::ClickHouseConfig;
 use pulse_sink::verify::recompute_sql;
-use support::procs::{Service, accepted, free_port, http_get, push_tails, rows, wait_ready};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use support::procs::{Service, accepted, free_port, http_get, push_tails, rows, wait_ready};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -77,8 +77,26 @@ fn loadgen_to_api_through_separate_processes() {
     // the first minute. No late events: finals must equal a batch recomputation.
     let load = Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args([
-            "loadgen", "--url", &format!("http://127.0.0.1:{ingest_port}"), "--events", "80000", "--event-rate", "150", "--start-ago", "10m",
-            "--batch", "100", "--concurrency", "8", "--late-fraction", "0", "--surge-city", "Paris", "--surge-after", "60s", "--quiet",
+            "loadgen",
+            "--url",
+            &format!("http://127.0.0.1:{ingest_port}"),
+            "--events",
+            "80000",
+            "--event-rate",
+            "150",
+            "--start-ago",
+            "10m",
+            "--batch",
+            "100",
+            "--concurrency",
+            "8",
+            "--late-fraction",
+            "0",
+            "--surge-city",
+            "Paris",
+            "--surge-after",
+            "60s",
+            "--quiet",
         ])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
@@ -96,7 +114,11 @@ fn loadgen_to_api_through_separate_processes() {
     // 1. Every acknowledged event, exactly once.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let counts = rows(&rt, &ch, "SELECT (SELECT count() FROM rides) AS rides_raw, (SELECT count() FROM rides FINAL) AS rides, (SELECT count() FROM driver_locations) AS drivers_raw, (SELECT count() FROM driver_locations FINAL) AS drivers");
+        let counts = rows(
+            &rt,
+            &ch,
+            "SELECT (SELECT count() FROM rides) AS rides_raw, (SELECT count() FROM rides FINAL) AS rides, (SELECT count() FROM driver_locations) AS drivers_raw, (SELECT count() FROM driver_locations FINAL) AS drivers",
+        );
         let c = &counts[0];
         let want = (acked["rides"], acked["driver_locations"]);
         let got = (c["rides"].as_u64().unwrap_or(0), c["drivers"].as_u64().unwrap_or(0));
@@ -114,7 +136,11 @@ fn loadgen_to_api_through_separate_processes() {
     let newest: i64 = rows(&rt, &ch, "SELECT toUnixTimestamp64Milli(max(timestamp)) AS t FROM rides")[0]["t"].as_i64().expect("newest event");
     let last_window = (newest - 30_000 - 300_000) / 60_000 * 60_000 - 60_000;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while rows(&rt, &ch, &format!("SELECT count() AS n FROM city_metrics FINAL WHERE final AND toUnixTimestamp64Milli(window_start) >= {last_window}"))[0]["n"].as_u64().unwrap_or(0) == 0 {
+    while rows(&rt, &ch, &format!("SELECT count() AS n FROM city_metrics FINAL WHERE final AND toUnixTimestamp64Milli(window_start) >= {last_window}"))[0]["n"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
         assert!(Instant::now() < deadline, "the last windows never became final");
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -110,7 +110,12 @@ fn dashboards_are_well_formed() {
     assert!(city["templating"]["list"].as_array().expect("variables").iter().any(|v| v["name"] == "city"), "city variable");
     let titles: Vec<&str> = city["panels"].as_array().expect("panels").iter().filter_map(|p| p["title"].as_str()).collect();
     assert!(titles.iter().any(|t| t.contains("Cancellation rate")) && titles.iter().any(|t| t.contains("drivers")), "{titles:?}");
-    let rate = city["panels"].as_array().expect("panels").iter().find(|p| p["title"].as_str().is_some_and(|t| t.starts_with("Cancellation rate by city"))).expect("rate panel");
+    let rate = city["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .find(|p| p["title"].as_str().is_some_and(|t| t.starts_with("Cancellation rate by city")))
+        .expect("rate panel");
     let steps = rate["fieldConfig"]["defaults"]["thresholds"]["steps"].as_array().expect("thresholds");
     assert!(steps.iter().any(|s| s["value"].as_f64() == Some(0.3)), "the 30% threshold is drawn");
 }
@@ -185,7 +190,15 @@ fn every_query_runs_on_pipeline_data_and_the_alert_fires_for_the_surging_city() 
     let Some(mut p) = support::Pipeline::start("pulse_grafana") else { return };
     // 20 minutes of events ending now; Amsterdam cancels 40% of its rides.
     let now = support::now_ms();
-    let cfg = GenConfig { start_ms: now - 20 * 60_000, rate: 60.0, surge_after_ms: Some(0), surge_city: 0, surge_cancel_rate: 0.40, disorder_ms: 2_000, ..GenConfig::default() };
+    let cfg = GenConfig {
+        start_ms: now - 20 * 60_000,
+        rate: 60.0,
+        surge_after_ms: Some(0),
+        surge_city: 0,
+        surge_cancel_rate: 0.40,
+        disorder_ms: 2_000,
+        ..GenConfig::default()
+    };
     let produced = p.produce(Generator::new(cfg).take(72_000)) as f64;
     // (Counting the raw tables would undercount: app-event versions collapse on insert.)
     p.wait_for("every record stored by the sink", Duration::from_secs(120), |p| {
@@ -230,10 +243,8 @@ fn every_query_runs_on_pipeline_data_and_the_alert_fires_for_the_surging_city() 
     let range = query["relativeTimeRange"]["from"].as_i64().expect("from");
     let sql = expand(query["model"]["rawSql"].as_str().expect("sql"), to - range, to, 60, &all);
     let rows = p.rows(&sql);
-    let rates: HashMap<String, f64> = rows
-        .iter()
-        .map(|r| (r["city"].as_str().expect("city").to_string(), r["cancellation_rate"].as_f64().expect("rate")))
-        .collect();
+    let rates: HashMap<String, f64> =
+        rows.iter().map(|r| (r["city"].as_str().expect("city").to_string(), r["cancellation_rate"].as_f64().expect("rate"))).collect();
     assert_eq!(rates.len(), 20, "a row per city: {rates:?}");
     let firing: Vec<&String> = rates.iter().filter(|(_, r)| **r > 0.3).map(|(c, _)| c).collect();
     assert_eq!(firing, vec!["Amsterdam"], "{rates:?}");

@@ -57,7 +57,8 @@ fn arbitrary_bytes_go_to_the_dead_letter_topic_and_the_rest_flows() {
     p.wait_for("valid rides stored", Duration::from_secs(90), |p| p.scalar("SELECT toFloat64(count()) FROM rides FINAL") >= rides);
     assert_eq!(p.scalar("SELECT toFloat64(count()) FROM rides FINAL"), rides);
     p.wait_for("the dataflow counted them", Duration::from_secs(60), |p| {
-        p.scalar("SELECT toFloat64(sum(value)) FROM pulse_pipeline_stats WHERE service = 'dataflow' AND name = 'events_counted'") >= valid.values().sum::<u64>() as f64
+        p.scalar("SELECT toFloat64(sum(value)) FROM pulse_pipeline_stats WHERE service = 'dataflow' AND name = 'events_counted'")
+            >= valid.values().sum::<u64>() as f64
     });
 
     // Each junk record dead-lettered by both services, with a reason.

@@ -76,7 +76,12 @@ fn clickhouse_down_for_a_minute_under_load() {
     let dataflow = {
         let (spec, kafka, ch, shutdown, handle) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone());
         std::thread::spawn(move || {
-            let cfg = DataflowConfig { cluster: Cluster::Process { workers: 1 }, emit_interval: Some(Duration::from_millis(100)), idle_timeout: Some(Duration::from_secs(1)), ..Default::default() };
+            let cfg = DataflowConfig {
+                cluster: Cluster::Process { workers: 1 },
+                emit_interval: Some(Duration::from_millis(100)),
+                idle_timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            };
             pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, &handle).expect("dataflow")
         })
     };

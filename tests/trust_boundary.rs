@@ -139,10 +139,7 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
         hostile += 1;
     }
     let id = unique_name("kt");
-    producer
-        .send(BaseRecord::to(&rides_topic).key(&id).payload(&ride(&id, "Paris", "9", YEAR_2099)).timestamp(YEAR_2099))
-        .map_err(|(e, _)| e)
-        .expect("send");
+    producer.send(BaseRecord::to(&rides_topic).key(&id).payload(&ride(&id, "Paris", "9", YEAR_2099)).timestamp(YEAR_2099)).map_err(|(e, _)| e).expect("send");
     let id = unique_name("kn");
     producer.send(BaseRecord::to(&rides_topic).key(&id).payload(&ride(&id, "Paris", "-5", now))).map_err(|(e, _)| e).expect("send");
     hostile += 2;
@@ -221,7 +218,11 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     let wm = metric(&metrics, "pulse_watermark_ms{domain=\"rides\"}") as i64;
     let wall = pulse_model::now_ms();
     assert!(wm > wall - 120_000 && wm <= wall + 300_000, "rides watermark {wm} vs wall clock {wall}");
-    let span = &rows(&rt, &ch, "SELECT toUnixTimestamp64Milli(min(window_start)) AS lo, toUnixTimestamp64Milli(max(window_start)) AS hi, countIf(city = 'Paris') AS paris FROM city_metrics")[0];
+    let span = &rows(
+        &rt,
+        &ch,
+        "SELECT toUnixTimestamp64Milli(min(window_start)) AS lo, toUnixTimestamp64Milli(max(window_start)) AS hi, countIf(city = 'Paris') AS paris FROM city_metrics",
+    )[0];
     assert_eq!(span["paris"].as_u64(), Some(0), "a refused ride reached a window");
     let (lo, hi) = (span["lo"].as_i64().unwrap_or(0), span["hi"].as_i64().unwrap_or(0));
     assert!(lo > now - 3_600_000 && hi < wall + 300_000, "windows from {lo} to {hi}, now {wall}");

@@ -22,13 +22,7 @@ impl std::fmt::Debug for ApiKeys {
 impl ApiKeys {
     /// Comma-separated keys; surrounding blanks and empty entries are ignored.
     pub fn parse(list: &str) -> ApiKeys {
-        ApiKeys(
-            list.split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
-        )
+        ApiKeys(list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,9 +45,7 @@ impl ApiKeys {
 
     /// Checks an `Authorization: Bearer <key>` header value.
     pub fn check_bearer(&self, authorization: Option<&[u8]>) -> bool {
-        authorization
-            .and_then(bearer)
-            .is_some_and(|t| self.matches(t))
+        authorization.and_then(bearer).is_some_and(|t| self.matches(t))
     }
 }
 
@@ -82,11 +74,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The `api_key` query parameter, percent-decoded (SSE only).
 fn query_key(query: Option<&str>) -> Option<Vec<u8>> {
     let query = query?;
-    crate::params::parse_query(query)
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == "api_key")
-        .map(|(_, v)| v.into_bytes())
+    crate::params::parse_query(query).ok()?.into_iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.into_bytes())
 }
 
 /// Middleware of the `/v1` routes: 401 without a valid key when keys are configured.
@@ -95,22 +83,13 @@ pub async fn require_key(State(api): State<Api>, req: Request, next: Next) -> Re
     if keys.is_empty() {
         return next.run(req).await;
     }
-    let header_ok = keys.check_bearer(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    );
-    let query_ok = !header_ok
-        && req.uri().path().starts_with("/v1/stream/")
-        && query_key(req.uri().query()).is_some_and(|k| keys.matches(&k));
+    let header_ok = keys.check_bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()));
+    let query_ok = !header_ok && req.uri().path().starts_with("/v1/stream/") && query_key(req.uri().query()).is_some_and(|k| keys.matches(&k));
     if header_ok || query_ok {
         return next.run(req).await;
     }
     let mut resp = ApiError::Unauthorized.into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     resp
 }
 
@@ -142,10 +121,7 @@ mod tests {
 
     #[test]
     fn query_keys() {
-        assert_eq!(
-            query_key(Some("city=Lima&api_key=a%20b")),
-            Some(b"a b".to_vec())
-        );
+        assert_eq!(query_key(Some("city=Lima&api_key=a%20b")), Some(b"a b".to_vec()));
         assert_eq!(query_key(Some("city=Lima")), None);
         assert_eq!(query_key(None), None);
     }

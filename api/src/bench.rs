@@ -112,17 +112,9 @@ pub struct BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "bench api: database {} — {} rides, {} app events, {} metric rows",
-            self.database, self.rides, self.app_events, self.metric_rows
-        )?;
+        writeln!(f, "bench api: database {} — {} rides, {} app events, {} metric rows", self.database, self.rides, self.app_events, self.metric_rows)?;
         if let Some(s) = self.load_secs {
-            writeln!(
-                f,
-                "  loaded in {s:.1} s ({:.0} rows/s)",
-                (self.rides + self.app_events + self.metric_rows) as f64 / s.max(0.001)
-            )?;
+            writeln!(f, "  loaded in {s:.1} s ({:.0} rows/s)", (self.rides + self.app_events + self.metric_rows) as f64 / s.max(0.001))?;
         }
         if let Some(s) = self.optimize_secs {
             writeln!(f, "  merged (OPTIMIZE TABLE ... FINAL) in {s:.1} s")?;
@@ -134,16 +126,7 @@ impl std::fmt::Display for BenchReport {
         writeln!(
             f,
             "  {:<40} {:>4} {:>5} {:>6} {:>8} {:>8} {:>8} {:>7} {:>8} {:>10}",
-            "endpoint",
-            "conc",
-            "reqs",
-            "errors",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "req/s",
-            "CH rt ms",
-            "CH exec ms"
+            "endpoint", "conc", "reqs", "errors", "p50 ms", "p99 ms", "max ms", "req/s", "CH rt ms", "CH exec ms"
         )?;
         for e in &self.endpoints {
             let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
@@ -173,12 +156,7 @@ async fn scalar(ch: &ClickHouseConfig, sql: &str) -> Result<u64, BenchError> {
 }
 
 /// Loads, measures, and reports. `ch.database` is the database to use (created).
-pub async fn run(
-    spec: Arc<Spec>,
-    ch: &ClickHouseConfig,
-    cfg: &BenchConfig,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<BenchReport, BenchError> {
+pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<BenchReport, BenchError> {
     pulse_sink::migrate(ch, &spec).await?;
     let db = pulse_sink::schema::ident(&ch.database);
     let have = scalar(ch, &format!("SELECT count() FROM {db}.rides")).await?;
@@ -186,60 +164,34 @@ pub async fn run(
     if !(cfg.reuse && have >= cfg.rides as u64) {
         let t0 = Instant::now();
         for t in ["rides", "app_events", "city_metrics", "city_supply"] {
-            ch.client()
-                .query(&format!(
-                    "TRUNCATE TABLE {db}.{}",
-                    pulse_sink::schema::ident(t)
-                ))
-                .execute()
-                .await?;
+            ch.client().query(&format!("TRUNCATE TABLE {db}.{}", pulse_sink::schema::ident(t))).execute().await?;
         }
         load_raw(&spec, ch, cfg, GenDomain::Rides, cfg.rides, progress).await?;
-        load_raw(
-            &spec,
-            ch,
-            cfg,
-            GenDomain::AppEvents,
-            cfg.app_events,
-            progress,
-        )
-        .await?;
+        load_raw(&spec, ch, cfg, GenDomain::AppEvents, cfg.app_events, progress).await?;
         load_metrics(&spec, ch, cfg).await?;
         load_secs = Some(t0.elapsed().as_secs_f64());
         if cfg.optimize {
             progress("merging parts (OPTIMIZE TABLE ... FINAL)");
             let t1 = Instant::now();
             for t in ["rides", "app_events", "city_metrics", "city_supply"] {
-                ch.client()
-                    .query(&format!(
-                        "OPTIMIZE TABLE {db}.{} FINAL",
-                        pulse_sink::schema::ident(t)
-                    ))
-                    .execute()
-                    .await?;
+                ch.client().query(&format!("OPTIMIZE TABLE {db}.{} FINAL", pulse_sink::schema::ident(t))).execute().await?;
             }
             optimize_secs = Some(t1.elapsed().as_secs_f64());
         }
     }
     let rides = scalar(ch, &format!("SELECT count() FROM {db}.rides")).await?;
     let app_events = scalar(ch, &format!("SELECT count() FROM {db}.app_events")).await?;
-    let metric_rows = scalar(ch, &format!("SELECT count() FROM {db}.city_metrics")).await?
-        + scalar(ch, &format!("SELECT count() FROM {db}.city_supply")).await?;
+    let metric_rows =
+        scalar(ch, &format!("SELECT count() FROM {db}.city_metrics")).await? + scalar(ch, &format!("SELECT count() FROM {db}.city_supply")).await?;
 
     // Inputs for the requests: a sample of event ids, ride ids and app event ids.
     progress("sampling ids");
-    let ids: Vec<(String, String)> = ch.client().query(&format!("SELECT event_id, ride_id FROM {db}.rides WHERE cityHash64(event_id) % 5000 = 17 LIMIT 2000")).fetch_all().await?;
-    let app_ids: Vec<String> = ch
-        .client()
-        .query(&format!(
-            "SELECT event_id FROM {db}.app_events WHERE cityHash64(event_id) % 500 = 17 LIMIT 2000"
-        ))
-        .fetch_all()
-        .await?;
+    let ids: Vec<(String, String)> =
+        ch.client().query(&format!("SELECT event_id, ride_id FROM {db}.rides WHERE cityHash64(event_id) % 5000 = 17 LIMIT 2000")).fetch_all().await?;
+    let app_ids: Vec<String> =
+        ch.client().query(&format!("SELECT event_id FROM {db}.app_events WHERE cityHash64(event_id) % 500 = 17 LIMIT 2000")).fetch_all().await?;
     if ids.is_empty() || app_ids.is_empty() {
-        return Err(BenchError::Other(
-            "no rows to sample: the load failed".into(),
-        ));
+        return Err(BenchError::Other("no rows to sample: the load failed".into()));
     }
 
     // The API, in-process on a real socket.
@@ -247,10 +199,7 @@ pub async fn run(
     let shutdown = Shutdown::new();
     let api = Api::new(
         Arc::clone(&spec),
-        &ClickHouseConfig {
-            timeout: Duration::from_secs(30),
-            ..ch.clone()
-        },
+        &ClickHouseConfig { timeout: Duration::from_secs(30), ..ch.clone() },
         ApiConfig::default(),
         registry.clone(),
         Default::default(),
@@ -268,74 +217,24 @@ pub async fn run(
     let plan: Vec<(&'static str, &'static str, usize, Gen)> = vec![
         ("GET /v1/events/rides/{id}", "event_by_id", cfg.requests, {
             let ids = Arc::clone(&ids);
-            Box::new(move |r| {
-                format!(
-                    "/v1/events/rides/{}",
-                    enc(&ids[r.random_range(0..ids.len())].0)
-                )
-            })
+            Box::new(move |r| format!("/v1/events/rides/{}", enc(&ids[r.random_range(0..ids.len())].0)))
         }),
-        (
-            "GET /v1/events/app_events/{id}",
-            "event_by_id",
-            cfg.requests,
-            {
-                let ids = Arc::clone(&app_ids);
-                Box::new(move |r| {
-                    format!(
-                        "/v1/events/app_events/{}",
-                        enc(&ids[r.random_range(0..ids.len())])
-                    )
-                })
-            },
-        ),
+        ("GET /v1/events/app_events/{id}", "event_by_id", cfg.requests, {
+            let ids = Arc::clone(&app_ids);
+            Box::new(move |r| format!("/v1/events/app_events/{}", enc(&ids[r.random_range(0..ids.len())])))
+        }),
         ("GET /v1/events/rides?key=", "timeline", cfg.requests, {
             let ids = Arc::clone(&ids);
-            Box::new(move |r| {
-                format!(
-                    "/v1/events/rides?key={}",
-                    enc(&ids[r.random_range(0..ids.len())].1)
-                )
-            })
+            Box::new(move |r| format!("/v1/events/rides?key={}", enc(&ids[r.random_range(0..ids.len())].1)))
         }),
-        (
-            "GET /v1/metrics/city_metrics/latest",
-            "metric_latest",
-            cfg.requests,
-            Box::new(|_| "/v1/metrics/city_metrics/latest".to_string()),
-        ),
-        (
-            "GET /v1/metrics/city_metrics?city=&from=",
-            "metric_rows",
-            cfg.requests,
-            {
-                let from = enc(&hour_ago);
-                Box::new(move |r| {
-                    format!(
-                        "/v1/metrics/city_metrics?city={}&from={from}",
-                        CITIES[r.random_range(0..CITIES.len())]
-                    )
-                })
-            },
-        ),
-        (
-            "GET /v1/analytics/cities?since=1h",
-            "analytics_cities",
-            cfg.requests.div_ceil(5),
-            Box::new(|_| "/v1/analytics/cities?since=1h".to_string()),
-        ),
-        (
-            "GET /v1/analytics/errors?days=7",
-            "analytics_errors",
-            cfg.requests.div_ceil(5),
-            Box::new(|_| "/v1/analytics/errors?days=7".to_string()),
-        ),
-        (
-            "GET /v1/analytics/latency?limit=10",
-            "analytics_latency",
-            cfg.requests.div_ceil(5),
-            Box::new(|_| "/v1/analytics/latency?limit=10".to_string()),
-        ),
+        ("GET /v1/metrics/city_metrics/latest", "metric_latest", cfg.requests, Box::new(|_| "/v1/metrics/city_metrics/latest".to_string())),
+        ("GET /v1/metrics/city_metrics?city=&from=", "metric_rows", cfg.requests, {
+            let from = enc(&hour_ago);
+            Box::new(move |r| format!("/v1/metrics/city_metrics?city={}&from={from}", CITIES[r.random_range(0..CITIES.len())]))
+        }),
+        ("GET /v1/analytics/cities?since=1h", "analytics_cities", cfg.requests.div_ceil(5), Box::new(|_| "/v1/analytics/cities?since=1h".to_string())),
+        ("GET /v1/analytics/errors?days=7", "analytics_errors", cfg.requests.div_ceil(5), Box::new(|_| "/v1/analytics/errors?days=7".to_string())),
+        ("GET /v1/analytics/latency?limit=10", "analytics_latency", cfg.requests.div_ceil(5), Box::new(|_| "/v1/analytics/latency?limit=10".to_string())),
         (
             "GET /v1/analytics/sessions/top-errors",
             "analytics_top_errors",
@@ -343,8 +242,7 @@ pub async fn run(
             Box::new(|_| "/v1/analytics/sessions/top-errors?limit=10".to_string()),
         ),
     ];
-    let client: HyperClient<HttpConnector, Empty<Bytes>> =
-        HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client: HyperClient<HttpConnector, Empty<Bytes>> = HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut endpoints = Vec::new();
     for (name, label, n, mut gen_path) in plan {
         for &concurrency in &cfg.concurrency {
@@ -387,11 +285,7 @@ pub async fn run(
             let after = query_stats(&registry, label);
             lat.sort_by(f64::total_cmp);
             let pct = |p: f64| {
-                if lat.is_empty() {
-                    f64::NAN
-                } else {
-                    lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1]
-                }
+                if lat.is_empty() { f64::NAN } else { lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1] }
             };
             let delta = |i: usize| {
                 let count = after[i].1 - before[i].1;
@@ -413,15 +307,7 @@ pub async fn run(
     }
     shutdown.trigger();
     let _ = server.await;
-    Ok(BenchReport {
-        database: ch.database.clone(),
-        rides,
-        app_events,
-        metric_rows,
-        load_secs,
-        optimize_secs,
-        endpoints,
-    })
+    Ok(BenchReport { database: ch.database.clone(), rides, app_events, metric_rows, load_secs, optimize_secs, endpoints })
 }
 
 /// (sum seconds, count) of the API's ClickHouse round-trip and ClickHouse-elapsed histograms for `label`.
@@ -432,38 +318,18 @@ fn query_stats(registry: &Registry, label: &str) -> [(f64, u64); 2] {
             .iter()
             .filter(|f| f.name() == name)
             .flat_map(|f| f.get_metric().iter())
-            .filter(|m| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "query" && l.value() == label)
-            })
-            .map(|m| {
-                (
-                    m.get_histogram().get_sample_sum(),
-                    m.get_histogram().get_sample_count(),
-                )
-            })
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "query" && l.value() == label))
+            .map(|m| (m.get_histogram().get_sample_sum(), m.get_histogram().get_sample_count()))
             .fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
-    [
-        get("pulse_api_clickhouse_query_seconds"),
-        get("pulse_api_clickhouse_elapsed_seconds"),
-    ]
+    [get("pulse_api_clickhouse_query_seconds"), get("pulse_api_clickhouse_elapsed_seconds")]
 }
 
-async fn request(
-    client: &HyperClient<HttpConnector, Empty<Bytes>>,
-    url: &str,
-) -> Result<u16, String> {
-    let req = hyper::Request::get(url)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+async fn request(client: &HyperClient<HttpConnector, Empty<Bytes>>, url: &str) -> Result<u16, String> {
+    let req = hyper::Request::get(url).body(Empty::new()).map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
+    resp.into_body().collect().await.map_err(|e| e.to_string())?;
     Ok(status)
 }
 
@@ -481,21 +347,11 @@ fn enc(v: &str) -> String {
 
 /// Generates `n` events of one domain over the period and inserts them in batches;
 /// generation runs on a blocking thread while the previous batch is inserted.
-async fn load_raw(
-    spec: &Spec,
-    ch: &ClickHouseConfig,
-    cfg: &BenchConfig,
-    gd: GenDomain,
-    n: usize,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<(), BenchError> {
+async fn load_raw(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig, gd: GenDomain, n: usize, progress: &(dyn Fn(&str) + Sync)) -> Result<(), BenchError> {
     if n == 0 {
         return Ok(());
     }
-    let domain = spec
-        .domain(gd.name())
-        .ok_or_else(|| BenchError::Other(format!("the spec has no domain {}", gd.name())))?
-        .clone();
+    let domain = spec.domain(gd.name()).ok_or_else(|| BenchError::Other(format!("the spec has no domain {}", gd.name())))?.clone();
     let span_ms = cfg.span.as_millis().max(1) as i64;
     let gen_cfg = GenConfig {
         seed: 42 + gd as u64,
@@ -520,29 +376,15 @@ async fn load_raw(
             let (key, json) = match op {
                 GenOp::Insert { json, .. } | GenOp::Update { json, .. } => {
                     let key = key_of(&json, gd);
-                    let json = if gd == GenDomain::AppEvents {
-                        format!("{},\"_version\":{version}}}", &json[..json.len() - 1])
-                    } else {
-                        json
-                    };
+                    let json = if gd == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
                     (key, json)
                 }
-                GenOp::Delete { id, .. } => (
-                    id.clone(),
-                    format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}"),
-                ),
+                GenOp::Delete { id, .. } => (id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}")),
             };
-            let ev = decoder
-                .decode(json.as_bytes())
-                .map_err(|e| format!("generated event rejected: {e}"))?;
+            let ev = decoder.decode(json.as_bytes()).map_err(|e| format!("generated event rejected: {e}"))?;
             let partition = xxhash(&key) % partitions;
             let offset = &mut offsets[partition as usize];
-            let at = Provenance {
-                topic: &domain.topic,
-                partition: partition as i32,
-                offset: *offset,
-                timestamp_ms: ev.time + 40,
-            };
+            let at = Provenance { topic: &domain.topic, partition: partition as i32, offset: *offset, timestamp_ms: ev.time + 40 };
             *offset += 1;
             table.encode(&ev, &at, &mut buf);
             rows += 1;
@@ -558,35 +400,17 @@ async fn load_raw(
         }
         Ok(())
     });
-    let table = raw_table(
-        spec.domain(gd.name())
-            .ok_or_else(|| BenchError::Other("domain".into()))?,
-    );
+    let table = raw_table(spec.domain(gd.name()).ok_or_else(|| BenchError::Other("domain".into()))?);
     let sql = table.table.insert_sql(&ch.database);
-    let writer = Writer::new(
-        &ClickHouseConfig {
-            timeout: Duration::from_secs(600),
-            ..ch.clone()
-        },
-        WriterMetrics::new(&Registry::new()),
-    );
+    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new()));
     let mut done = 0;
     let t0 = Instant::now();
     while let Some((body, rows)) = rx.recv().await {
-        writer
-            .insert(&table.table.name, &sql, body, rows, &Shutdown::new())
-            .await?;
+        writer.insert(&table.table.name, &sql, body, rows, &Shutdown::new()).await?;
         done += rows;
-        progress(&format!(
-            "{}: {done} of {n} rows ({:.0} rows/s)",
-            gd.name(),
-            done as f64 / t0.elapsed().as_secs_f64().max(0.001)
-        ));
+        progress(&format!("{}: {done} of {n} rows ({:.0} rows/s)", gd.name(), done as f64 / t0.elapsed().as_secs_f64().max(0.001)));
     }
-    producer
-        .await
-        .map_err(|e| BenchError::Other(e.to_string()))?
-        .map_err(BenchError::Other)
+    producer.await.map_err(|e| BenchError::Other(e.to_string()))?.map_err(BenchError::Other)
 }
 
 fn key_of(json: &str, gd: GenDomain) -> String {
@@ -595,33 +419,18 @@ fn key_of(json: &str, gd: GenDomain) -> String {
         GenDomain::DriverLocations => "\"driver_id\":\"",
         GenDomain::AppEvents => "\"event_id\":\"",
     };
-    json.split_once(field)
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(k, _)| k.to_string())
-        .unwrap_or_default()
+    json.split_once(field).and_then(|(_, rest)| rest.split_once('"')).map(|(k, _)| k.to_string()).unwrap_or_default()
 }
 
 fn xxhash(s: &str) -> u64 {
     // FNV-1a: a stable spread over partitions is all that is needed here.
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Metric rows for every 1-minute window start of the period and every city:
 /// a live revision and (for windows that closed) the final one.
-async fn load_metrics(
-    spec: &Spec,
-    ch: &ClickHouseConfig,
-    cfg: &BenchConfig,
-) -> Result<(), BenchError> {
-    let writer = Writer::new(
-        &ClickHouseConfig {
-            timeout: Duration::from_secs(600),
-            ..ch.clone()
-        },
-        WriterMetrics::new(&Registry::new()),
-    );
+async fn load_metrics(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig) -> Result<(), BenchError> {
+    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new()));
     let now = now_ms();
     let span_ms = cfg.span.as_millis() as i64;
     let mut rng = SmallRng::seed_from_u64(3);
@@ -629,11 +438,7 @@ async fn load_metrics(
         let Some(metric) = spec.metric(name) else {
             continue;
         };
-        let index = spec
-            .metrics
-            .iter()
-            .position(|m| m.name == name)
-            .unwrap_or(0);
+        let index = spec.metrics.iter().position(|m| m.name == name).unwrap_or(0);
         let table = metric_table(spec, metric);
         let slide = metric.slide.ms().max(1);
         let window = metric.window.ms();
@@ -652,13 +457,9 @@ async fn load_metrics(
                         "requests" => AggValue::Count(requests),
                         "cancellations" => AggValue::Count(cancellations),
                         "completions" => AggValue::Count(requests - cancellations - requests / 10),
-                        "cancellation_rate" => {
-                            AggValue::Float(Some(cancellations as f64 / requests as f64))
-                        }
+                        "cancellation_rate" => AggValue::Float(Some(cancellations as f64 / requests as f64)),
                         "avg_fare" => AggValue::Float(Some(rng.random_range(12.0..40.0))),
-                        _ if pulse_sink::schema::is_count(&a.kind) => {
-                            AggValue::Count(rng.random_range(10..2000))
-                        }
+                        _ if pulse_sink::schema::is_count(&a.kind) => AggValue::Count(rng.random_range(10..2000)),
                         _ => AggValue::Float(Some(rng.random_range(0.0..1.0))),
                     })
                     .collect();
@@ -682,9 +483,7 @@ async fn load_metrics(
             }
             ws += slide;
         }
-        writer
-            .insert_once(&table.table.insert_sql(&ch.database), buf.freeze())
-            .await?;
+        writer.insert_once(&table.table.insert_sql(&ch.database), buf.freeze()).await?;
     }
     Ok(())
 }

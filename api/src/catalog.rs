@@ -66,10 +66,7 @@ pub fn render_row(cols: &[OutCol], values: Vec<Value>) -> Map<String, Value> {
                 None => Value::Null,
             },
             Render::Point => {
-                let (lat, lng) = (
-                    it.next().unwrap_or(Value::Null),
-                    it.next().unwrap_or(Value::Null),
-                );
+                let (lat, lng) = (it.next().unwrap_or(Value::Null), it.next().unwrap_or(Value::Null));
                 if lat.is_null() || lng.is_null() {
                     Value::Null
                 } else {
@@ -86,10 +83,7 @@ pub fn render_row(cols: &[OutCol], values: Vec<Value>) -> Map<String, Value> {
 }
 
 pub fn select_list(cols: &[OutCol]) -> String {
-    cols.iter()
-        .flat_map(|c| c.exprs.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(", ")
+    cols.iter().flat_map(|c| c.exprs.iter().cloned()).collect::<Vec<_>>().join(", ")
 }
 
 #[derive(Debug, Clone)]
@@ -114,11 +108,7 @@ pub struct DomainView {
 impl DomainView {
     /// `FROM` clause: mutable tables are read with FINAL (latest version, deletes hidden).
     pub fn from(&self) -> String {
-        if self.mutable {
-            format!("{} FINAL", self.table)
-        } else {
-            self.table.clone()
-        }
+        if self.mutable { format!("{} FINAL", self.table) } else { self.table.clone() }
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldView> {
@@ -171,49 +161,25 @@ impl Catalog {
                 let mut fields = Vec::new();
                 for f in &d.fields {
                     let col = match f.ty {
-                        FieldType::Timestamp => OutCol {
-                            name: f.name.clone(),
-                            exprs: vec![format!("toUnixTimestamp64Milli({})", ident(&f.name))],
-                            render: Render::Time,
-                        },
+                        FieldType::Timestamp => {
+                            OutCol { name: f.name.clone(), exprs: vec![format!("toUnixTimestamp64Milli({})", ident(&f.name))], render: Render::Time }
+                        }
                         FieldType::Point => OutCol {
                             name: f.name.clone(),
-                            exprs: vec![
-                                ident(&format!("{}_lat", f.name)),
-                                ident(&format!("{}_lng", f.name)),
-                            ],
+                            exprs: vec![ident(&format!("{}_lat", f.name)), ident(&format!("{}_lng", f.name))],
                             render: Render::Point,
                         },
-                        _ => OutCol {
-                            name: f.name.clone(),
-                            exprs: vec![ident(&f.name)],
-                            render: Render::Plain,
-                        },
+                        _ => OutCol { name: f.name.clone(), exprs: vec![ident(&f.name)], render: Render::Plain },
                     };
                     cols.push(col);
-                    fields.push(FieldView {
-                        name: f.name.clone(),
-                        filter: FilterType::of(&f.ty),
-                    });
+                    fields.push(FieldView { name: f.name.clone(), filter: FilterType::of(&f.ty) });
                 }
                 if !d.declares_event_id() {
-                    cols.push(OutCol {
-                        name: "event_id".into(),
-                        exprs: vec![ident("event_id")],
-                        render: Render::Plain,
-                    });
+                    cols.push(OutCol { name: "event_id".into(), exprs: vec![ident("event_id")], render: Render::Plain });
                 }
-                cols.push(OutCol {
-                    name: "ingested_at".into(),
-                    exprs: vec!["toUnixTimestamp64Milli(`ingested_at`)".into()],
-                    render: Render::Time,
-                });
+                cols.push(OutCol { name: "ingested_at".into(), exprs: vec!["toUnixTimestamp64Milli(`ingested_at`)".into()], render: Render::Time });
                 if d.mutable {
-                    cols.push(OutCol {
-                        name: "version".into(),
-                        exprs: vec![ident("version")],
-                        render: Render::Plain,
-                    });
+                    cols.push(OutCol { name: "version".into(), exprs: vec![ident("version")], render: Render::Plain });
                 }
                 DomainView {
                     name: d.name.clone(),
@@ -242,49 +208,20 @@ impl Catalog {
                             FieldType::Bool => FilterType::Bool,
                             _ => FilterType::Str,
                         };
-                        GroupView {
-                            name: f.name.clone(),
-                            filter,
-                        }
+                        GroupView { name: f.name.clone(), filter }
                     })
                     .collect();
-                let mut cols: Vec<OutCol> = groups
-                    .iter()
-                    .map(|g| OutCol {
-                        name: g.name.clone(),
-                        exprs: vec![ident(&g.name)],
-                        render: Render::Plain,
-                    })
-                    .collect();
+                let mut cols: Vec<OutCol> =
+                    groups.iter().map(|g| OutCol { name: g.name.clone(), exprs: vec![ident(&g.name)], render: Render::Plain }).collect();
                 for t in ["window_start", "window_end"] {
-                    cols.push(OutCol {
-                        name: t.into(),
-                        exprs: vec![format!("toUnixTimestamp64Milli({})", ident(t))],
-                        render: Render::Time,
-                    });
+                    cols.push(OutCol { name: t.into(), exprs: vec![format!("toUnixTimestamp64Milli({})", ident(t))], render: Render::Time });
                 }
                 for a in &m.aggregates {
-                    cols.push(OutCol {
-                        name: a.name.clone(),
-                        exprs: vec![ident(&a.name)],
-                        render: Render::Plain,
-                    });
+                    cols.push(OutCol { name: a.name.clone(), exprs: vec![ident(&a.name)], render: Render::Plain });
                 }
-                cols.push(OutCol {
-                    name: "final".into(),
-                    exprs: vec![ident("final")],
-                    render: Render::Plain,
-                });
-                cols.push(OutCol {
-                    name: "revision".into(),
-                    exprs: vec![ident("revision")],
-                    render: Render::Plain,
-                });
-                cols.push(OutCol {
-                    name: "emitted_at".into(),
-                    exprs: vec!["toUnixTimestamp64Milli(`emitted_at`)".into()],
-                    render: Render::Time,
-                });
+                cols.push(OutCol { name: "final".into(), exprs: vec![ident("final")], render: Render::Plain });
+                cols.push(OutCol { name: "revision".into(), exprs: vec![ident("revision")], render: Render::Plain });
+                cols.push(OutCol { name: "emitted_at".into(), exprs: vec!["toUnixTimestamp64Milli(`emitted_at`)".into()], render: Render::Time });
                 MetricView {
                     name: m.name.clone(),
                     table: qualified(&m.name),
@@ -295,11 +232,7 @@ impl Catalog {
                 }
             })
             .collect();
-        Catalog {
-            database: database.to_string(),
-            domains,
-            metrics,
-        }
+        Catalog { database: database.to_string(), domains, metrics }
     }
 
     pub fn domain(&self, name: &str) -> Option<&DomainView> {
@@ -318,35 +251,18 @@ mod tests {
 
     #[test]
     fn default_spec_catalog() {
-        let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
         let c = Catalog::new(&spec, "pulse");
         let rides = c.domain("rides").expect("rides");
         assert_eq!(rides.table, "`pulse`.`rides`");
         assert_eq!(rides.from(), "`pulse`.`rides`");
         assert_eq!(rides.key, "ride_id");
         let sel = select_list(&rides.cols);
-        assert!(
-            sel.contains("`pickup_lat`, `pickup_lng`")
-                && sel.contains("toUnixTimestamp64Milli(`timestamp`)")
-                && sel.contains("`event_id`"),
-            "{sel}"
-        );
-        assert_eq!(
-            c.domain("app_events").expect("app").from(),
-            "`pulse`.`app_events` FINAL"
-        );
+        assert!(sel.contains("`pickup_lat`, `pickup_lng`") && sel.contains("toUnixTimestamp64Milli(`timestamp`)") && sel.contains("`event_id`"), "{sel}");
+        assert_eq!(c.domain("app_events").expect("app").from(), "`pulse`.`app_events` FINAL");
         let m = c.metric("city_metrics").expect("metric");
         assert_eq!(m.group_names(), ["city"]);
-        let row = render_row(
-            &rides.cols[6..8],
-            vec![
-                serde_json::json!(1.5),
-                serde_json::json!(2.5),
-                Value::Null,
-                Value::Null,
-            ],
-        );
+        let row = render_row(&rides.cols[6..8], vec![serde_json::json!(1.5), serde_json::json!(2.5), Value::Null, Value::Null]);
         assert_eq!(row["pickup"], serde_json::json!({"lat": 1.5, "lng": 2.5}));
         assert!(row["dropoff"].is_null());
     }

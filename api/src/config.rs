@@ -45,11 +45,7 @@ pub struct StreamConfig {
 
 impl StreamConfig {
     pub fn new(kafka: KafkaConfig) -> StreamConfig {
-        StreamConfig {
-            kafka,
-            keep_alive: Duration::from_secs(15),
-            buffer: 4096,
-        }
+        StreamConfig { kafka, keep_alive: Duration::from_secs(15), buffer: 4096 }
     }
 }
 
@@ -69,27 +65,17 @@ impl Default for ApiConfig {
 /// The read API keys from the environment: `PULSE_READ_API_KEYS`, else
 /// `PULSE_API_KEYS` (comma-separated; blanks ignored).
 pub fn keys_from_env() -> ApiKeys {
-    keys_from(
-        std::env::var(READ_KEYS_ENV).ok(),
-        std::env::var(SHARED_KEYS_ENV).ok(),
-    )
+    keys_from(std::env::var(READ_KEYS_ENV).ok(), std::env::var(SHARED_KEYS_ENV).ok())
 }
 
 pub fn keys_from(read: Option<String>, shared: Option<String>) -> ApiKeys {
-    let list = read
-        .filter(|s| !s.trim().is_empty())
-        .or(shared)
-        .unwrap_or_default();
+    let list = read.filter(|s| !s.trim().is_empty()).or(shared).unwrap_or_default();
     ApiKeys::parse(&list)
 }
 
 /// `a, b ,c` → `["a", "b", "c"]`.
 pub fn parse_list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
 #[cfg(test)]
@@ -102,9 +88,6 @@ mod tests {
         assert_eq!(keys_from(None, Some("c".into())).len(), 1);
         assert_eq!(keys_from(Some(" ".into()), Some("c,d,,".into())).len(), 2);
         assert!(keys_from(None, None).is_empty());
-        assert_eq!(
-            parse_list(" http://a , ,http://b"),
-            ["http://a", "http://b"]
-        );
+        assert_eq!(parse_list(" http://a , ,http://b"), ["http://a", "http://b"]);
     }
 }

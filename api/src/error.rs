@@ -14,10 +14,7 @@ pub enum ApiError {
     BadRequest { parameter: String, message: String },
     /// Unknown domain, metric, event or route: 404.
     #[error("{message}")]
-    NotFound {
-        parameter: Option<String>,
-        message: String,
-    },
+    NotFound { parameter: Option<String>, message: String },
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     /// ClickHouse (or Kafka) unreachable or too slow: 503 with Retry-After.
@@ -40,17 +37,11 @@ pub struct ErrorBody {
 
 impl ApiError {
     pub fn bad(parameter: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::BadRequest {
-            parameter: parameter.into(),
-            message: message.into(),
-        }
+        ApiError::BadRequest { parameter: parameter.into(), message: message.into() }
     }
 
     pub fn not_found(parameter: Option<&str>, message: impl Into<String>) -> ApiError {
-        ApiError::NotFound {
-            parameter: parameter.map(String::from),
-            message: message.into(),
-        }
+        ApiError::NotFound { parameter: parameter.map(String::from), message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -72,14 +63,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let status = self.status();
-        let mut resp = (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-                parameter,
-            }),
-        )
-            .into_response();
+        let mut resp = (status, Json(ErrorBody { error: self.to_string(), parameter })).into_response();
         if let ApiError::Unavailable { retry_after, .. } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {

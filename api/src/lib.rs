@@ -72,39 +72,16 @@ impl Api {
         let db = Db::new(clickhouse, metrics.clone());
         let catalog = Catalog::new(&spec, &clickhouse.database);
         let hub = match &cfg.stream {
-            Some(s) => Some(StreamHub::start(
-                Arc::clone(&spec),
-                &catalog,
-                s,
-                metrics.clone(),
-                shutdown.clone(),
-            )?),
+            Some(s) => Some(StreamHub::start(Arc::clone(&spec), &catalog, s, metrics.clone(), shutdown.clone())?),
             None => None,
         };
-        let api = Api {
-            inner: Arc::new(Inner {
-                spec,
-                catalog,
-                db,
-                cfg,
-                metrics,
-                registry,
-                ready,
-                hub,
-                shutdown,
-            }),
-        };
+        let api = Api { inner: Arc::new(Inner { spec, catalog, db, cfg, metrics, registry, ready, hub, shutdown }) };
         api.spawn_readiness();
         Ok(api)
     }
 
     fn spawn_readiness(&self) {
-        let (db, ready, shutdown, every) = (
-            self.inner.db.clone(),
-            self.inner.ready.clone(),
-            self.inner.shutdown.clone(),
-            self.inner.cfg.ready_interval,
-        );
+        let (db, ready, shutdown, every) = (self.inner.db.clone(), self.inner.ready.clone(), self.inner.shutdown.clone(), self.inner.cfg.ready_interval);
         tokio::spawn(async move {
             while !shutdown.is_triggered() {
                 let ok = db.ping().await;
@@ -140,16 +117,10 @@ pub fn router(api: &Api) -> axum::Router {
 }
 
 /// Serves the API on `listener` until `shutdown` fires; open SSE streams end then.
-pub async fn serve(
-    api: Api,
-    listener: tokio::net::TcpListener,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
+pub async fn serve(api: Api, listener: tokio::net::TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api: serving /v1, /health, /ready, /metrics, /openapi.json and the live page");
     let app = router(&api);
     let grace = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { grace.wait().await })
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(async move { grace.wait().await }).await
 }

@@ -5,9 +5,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use pulse_ops::prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use pulse_ops::prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use pulse_ops::{latency_buckets, register};
 
 use crate::Api;
@@ -28,29 +26,46 @@ impl ApiMetrics {
     pub fn new(registry: &Registry) -> ApiMetrics {
         let rs = &["route", "status"];
         ApiMetrics {
-            requests: register(registry, IntCounterVec::new(Opts::new("pulse_api_requests_total", "HTTP requests by route and status"), rs).expect("valid metric")),
+            requests: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_api_requests_total", "HTTP requests by route and status"), rs).expect("valid metric"),
+            ),
             request_seconds: register(
                 registry,
-                HistogramVec::new(HistogramOpts::new("pulse_api_request_seconds", "HTTP request latency (to the response head) by route and status").buckets(latency_buckets()), rs)
-                    .expect("valid metric"),
+                HistogramVec::new(
+                    HistogramOpts::new("pulse_api_request_seconds", "HTTP request latency (to the response head) by route and status")
+                        .buckets(latency_buckets()),
+                    rs,
+                )
+                .expect("valid metric"),
             ),
             query_seconds: register(
                 registry,
-                HistogramVec::new(HistogramOpts::new("pulse_api_clickhouse_query_seconds", "ClickHouse query latency seen by the API, by query").buckets(latency_buckets()), &["query"])
-                    .expect("valid metric"),
+                HistogramVec::new(
+                    HistogramOpts::new("pulse_api_clickhouse_query_seconds", "ClickHouse query latency seen by the API, by query").buckets(latency_buckets()),
+                    &["query"],
+                )
+                .expect("valid metric"),
             ),
             engine_seconds: register(
                 registry,
                 HistogramVec::new(
-                    HistogramOpts::new("pulse_api_clickhouse_elapsed_seconds", "Query time ClickHouse itself reports (X-ClickHouse-Summary elapsed_ns), by query").buckets(latency_buckets()),
+                    HistogramOpts::new(
+                        "pulse_api_clickhouse_elapsed_seconds",
+                        "Query time ClickHouse itself reports (X-ClickHouse-Summary elapsed_ns), by query",
+                    )
+                    .buckets(latency_buckets()),
                     &["query"],
                 )
                 .expect("valid metric"),
             ),
             query_errors: register(
                 registry,
-                IntCounterVec::new(Opts::new("pulse_api_clickhouse_errors_total", "Failed ClickHouse queries by query and kind (unavailable, timeout, error)"), &["query", "kind"])
-                    .expect("valid metric"),
+                IntCounterVec::new(
+                    Opts::new("pulse_api_clickhouse_errors_total", "Failed ClickHouse queries by query and kind (unavailable, timeout, error)"),
+                    &["query", "kind"],
+                )
+                .expect("valid metric"),
             ),
             sse_subscribers: register(registry, IntGauge::new("pulse_api_sse_subscribers", "Open Server-Sent Events connections").expect("valid metric")),
             sse_rows: register(registry, IntCounter::new("pulse_api_sse_rows_total", "Metric rows read from the aggregated topic").expect("valid metric")),
@@ -62,17 +77,12 @@ impl ApiMetrics {
 /// Records every request's route (the matched pattern, never the raw path or
 /// query, which may hold an API key), status and latency.
 pub async fn track(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     let m = &api.inner.metrics;
     m.requests.with_label_values(&[&route, &status]).inc();
-    m.request_seconds
-        .with_label_values(&[&route, &status])
-        .observe(started.elapsed().as_secs_f64());
+    m.request_seconds.with_label_values(&[&route, &status]).observe(started.elapsed().as_secs_f64());
     resp
 }

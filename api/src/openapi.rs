@@ -59,22 +59,13 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("api_key"))),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("api_key"))));
     }
 }
 
 fn string_enum(values: &[String]) -> RefOr<utoipa::openapi::schema::Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values.iter().cloned()))
-        .into()
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().cloned())).into()
 }
 
 /// The document for this server's spec.
@@ -86,10 +77,7 @@ pub fn document(catalog: &Catalog) -> utoipa::openapi::OpenApi {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in &catalog.metrics {
         for g in &m.groups {
-            groups
-                .entry(g.name.clone())
-                .or_default()
-                .push(m.name.clone());
+            groups.entry(g.name.clone()).or_default().push(m.name.clone());
         }
     }
     for (path, item) in doc.paths.paths.iter_mut() {
@@ -114,10 +102,7 @@ pub fn document(catalog: &Catalog) -> utoipa::openapi::OpenApi {
                     .name(name)
                     .parameter_in(ParameterIn::Query)
                     .required(Required::False)
-                    .description(Some(format!(
-                        "Only rows whose group field `{name}` equals this (metrics {})",
-                        ms.join(", ")
-                    )))
+                    .description(Some(format!("Only rows whose group field `{name}` equals this (metrics {})", ms.join(", "))))
                     .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
                     .build();
                 params.push(RefOr::T(param));
@@ -136,9 +121,7 @@ mod tests {
 
     #[test]
     fn document_and_router_list_the_same_routes() {
-        let spec =
-            pulse_model::Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml"))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let spec = pulse_model::Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
         let doc = document(&Catalog::new(&spec, "pulse"));
         let json: serde_json::Value = serde_json::to_value(&doc).expect("serializes");
         let mut documented = BTreeSet::new();
@@ -147,27 +130,12 @@ mod tests {
                 documented.insert((method.to_uppercase(), path.clone()));
             }
         }
-        let routed: BTreeSet<(String, String)> = ROUTES
-            .iter()
-            .map(|(m, p, _)| ((*m).to_string(), (*p).to_string()))
-            .collect();
+        let routed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p, _)| ((*m).to_string(), (*p).to_string())).collect();
         assert_eq!(documented, routed);
-        let city = json["paths"]["/v1/metrics/{metric}"]["get"]["parameters"]
-            .as_array()
-            .expect("params");
-        assert!(
-            city.iter()
-                .any(|p| p["name"] == "city" && p["in"] == "query"),
-            "{city:?}"
-        );
-        let metric = city
-            .iter()
-            .find(|p| p["name"] == "metric")
-            .expect("metric param");
-        assert_eq!(
-            metric["schema"]["enum"],
-            serde_json::json!(["city_metrics", "city_supply", "event_metrics"])
-        );
+        let city = json["paths"]["/v1/metrics/{metric}"]["get"]["parameters"].as_array().expect("params");
+        assert!(city.iter().any(|p| p["name"] == "city" && p["in"] == "query"), "{city:?}");
+        let metric = city.iter().find(|p| p["name"] == "metric").expect("metric param");
+        assert_eq!(metric["schema"]["enum"], serde_json::json!(["city_metrics", "city_supply", "event_metrics"]));
         assert!(json["components"]["securitySchemes"]["bearer"].is_object());
     }
 }

@@ -50,40 +50,26 @@ pub struct Params {
 impl Params {
     /// Parses `query`; a parameter that is not in `allowed`, or given twice, is a 400.
     pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Params, ApiError> {
-        let pairs = parse_query(query.unwrap_or(""))
-            .map_err(|e| ApiError::bad("query", format!("malformed query string: {e}")))?;
+        let pairs = parse_query(query.unwrap_or("")).map_err(|e| ApiError::bad("query", format!("malformed query string: {e}")))?;
         for (i, (k, _)) in pairs.iter().enumerate() {
             if !allowed.contains(&k.as_str()) {
-                let name = if k.len() > 64 || k.chars().any(char::is_control) {
-                    "(unprintable)".to_string()
-                } else {
-                    k.clone()
-                };
+                let name = if k.len() > 64 || k.chars().any(char::is_control) { "(unprintable)".to_string() } else { k.clone() };
                 let msg = if allowed.is_empty() {
                     format!("unknown parameter `{name}`: this endpoint takes no parameters")
                 } else {
-                    format!(
-                        "unknown parameter `{name}` (accepted: {})",
-                        allowed.join(", ")
-                    )
+                    format!("unknown parameter `{name}` (accepted: {})", allowed.join(", "))
                 };
                 return Err(ApiError::bad(name, msg));
             }
             if pairs[..i].iter().any(|(k2, _)| k2 == k) {
-                return Err(ApiError::bad(
-                    k.clone(),
-                    format!("parameter `{k}` is given more than once"),
-                ));
+                return Err(ApiError::bad(k.clone(), format!("parameter `{k}` is given more than once")));
             }
         }
         Ok(Params { pairs })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// A text value: at most `MAX_TEXT_BYTES`, no control characters.
@@ -92,8 +78,7 @@ impl Params {
     }
 
     pub fn required_text(&self, name: &str) -> Result<String, ApiError> {
-        self.text(name)?
-            .ok_or_else(|| ApiError::bad(name, format!("parameter `{name}` is required")))
+        self.text(name)?.ok_or_else(|| ApiError::bad(name, format!("parameter `{name}` is required")))
     }
 
     /// A positive count, lowered to `max`; `default` when absent.
@@ -114,10 +99,7 @@ impl Params {
             Some(v) => {
                 let n = positive(name, v)?;
                 if n > max {
-                    return Err(ApiError::bad(
-                        name,
-                        format!("`{name}` must be at most {max}"),
-                    ));
+                    return Err(ApiError::bad(name, format!("`{name}` must be at most {max}")));
                 }
                 Ok(n)
             }
@@ -134,10 +116,7 @@ impl Params {
             .map(|v| match v {
                 "true" | "1" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err(ApiError::bad(
-                    name,
-                    format!("`{name}` must be true or false"),
-                )),
+                _ => Err(ApiError::bad(name, format!("`{name}` must be true or false"))),
             })
             .transpose()
     }
@@ -149,26 +128,17 @@ pub fn text(name: &str, v: &str) -> Result<String, ApiError> {
         return Err(ApiError::bad(name, format!("`{name}` must not be empty")));
     }
     if v.len() > MAX_TEXT_BYTES {
-        return Err(ApiError::bad(
-            name,
-            format!("`{name}` is longer than {MAX_TEXT_BYTES} bytes"),
-        ));
+        return Err(ApiError::bad(name, format!("`{name}` is longer than {MAX_TEXT_BYTES} bytes")));
     }
     if v.chars().any(char::is_control) {
-        return Err(ApiError::bad(
-            name,
-            format!("`{name}` contains control characters"),
-        ));
+        return Err(ApiError::bad(name, format!("`{name}` contains control characters")));
     }
     Ok(v.to_string())
 }
 
 fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad(
-            name,
-            format!("`{name}` must be a positive integer"),
-        ));
+        return Err(ApiError::bad(name, format!("`{name}` must be a positive integer")));
     }
     // Digits only: a parse error is an overflow, which every cap is below.
     let n = v.parse::<u64>().unwrap_or(u64::MAX);
@@ -180,34 +150,21 @@ fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
 
 /// Parses a time parameter: RFC 3339 or epoch milliseconds, year 1970 to 9999.
 pub fn time(name: &str, v: &str) -> Result<i64, ApiError> {
-    let bad = || {
-        ApiError::bad(
-            name,
-            format!(
-                "`{name}` must be an RFC 3339 time (2026-11-24T00:05:00Z) or epoch milliseconds"
-            ),
-        )
-    };
+    let bad = || ApiError::bad(name, format!("`{name}` must be an RFC 3339 time (2026-11-24T00:05:00Z) or epoch milliseconds"));
     let ms = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         v.parse::<i64>().map_err(|_| bad())?
     } else {
-        DateTime::parse_from_rfc3339(v)
-            .map_err(|_| bad())?
-            .timestamp_millis()
+        DateTime::parse_from_rfc3339(v).map_err(|_| bad())?.timestamp_millis()
     };
     if !(0..=MAX_TIME_MS).contains(&ms) {
-        return Err(ApiError::bad(
-            name,
-            format!("`{name}` is outside 1970-01-01 to 9999-12-31"),
-        ));
+        return Err(ApiError::bad(name, format!("`{name}` is outside 1970-01-01 to 9999-12-31")));
     }
     Ok(ms)
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 /// An opaque timeline cursor: the (time, event id) of the last row returned.
@@ -221,14 +178,8 @@ pub fn decode_cursor(v: &str) -> Result<(i64, String), ApiError> {
     if !v.len().is_multiple_of(2) || v.len() > 2 * (MAX_TEXT_BYTES + 24) {
         return Err(bad());
     }
-    let bytes: Result<Vec<u8>, _> = (0..v.len())
-        .step_by(2)
-        .map(|i| {
-            v.get(i..i + 2)
-                .ok_or(())
-                .and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ()))
-        })
-        .collect();
+    let bytes: Result<Vec<u8>, _> =
+        (0..v.len()).step_by(2).map(|i| v.get(i..i + 2).ok_or(()).and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ()))).collect();
     let raw = String::from_utf8(bytes.map_err(|()| bad())?).map_err(|_| bad())?;
     let (t, id) = raw.split_once(':').ok_or_else(bad)?;
     let t: i64 = t.parse().map_err(|_| bad())?;
@@ -244,14 +195,7 @@ mod tests {
 
     #[test]
     fn query_strings() {
-        assert_eq!(
-            parse_query("a=1&b=x%20y+z&c").expect("ok"),
-            [
-                ("a".into(), "1".into()),
-                ("b".into(), "x y z".into()),
-                ("c".into(), String::new())
-            ]
-        );
+        assert_eq!(parse_query("a=1&b=x%20y+z&c").expect("ok"), [("a".into(), "1".into()), ("b".into(), "x y z".into()), ("c".into(), String::new())]);
         assert!(parse_query("a=%zz").is_err());
         assert!(parse_query("a=%ff").is_err());
         assert!(parse_query("a=%4").is_err());
@@ -261,40 +205,24 @@ mod tests {
 
     #[test]
     fn limits_and_times() {
-        let p = Params::parse(
-            Some("limit=5000&days=0&n=-3&big=99999999999999999999999"),
-            &["limit", "days", "n", "big"],
-        )
-        .expect("parse");
+        let p = Params::parse(Some("limit=5000&days=0&n=-3&big=99999999999999999999999"), &["limit", "days", "n", "big"]).expect("parse");
         assert_eq!(p.limit("limit", 100, 1000).expect("capped"), 1000);
         assert_eq!(p.limit("other", 100, 1000).expect("default"), 100);
         assert!(p.limit("days", 7, 366).is_err());
         assert!(p.limit("n", 7, 366).is_err());
         assert_eq!(p.limit("big", 7, 366).expect("capped"), 366);
-        assert_eq!(
-            time("from", "2026-11-24T00:05:00Z").expect("rfc"),
-            1_795_478_700_000
-        );
-        assert_eq!(
-            time("from", "1795478700000").expect("ms"),
-            1_795_478_700_000
-        );
+        assert_eq!(time("from", "2026-11-24T00:05:00Z").expect("rfc"), 1_795_478_700_000);
+        assert_eq!(time("from", "1795478700000").expect("ms"), 1_795_478_700_000);
         assert!(time("from", "yesterday").is_err());
         assert!(time("from", "-5").is_err());
         assert!(time("from", "99999999999999999999").is_err());
-        assert_eq!(
-            rfc3339(1_795_478_700_123).as_deref(),
-            Some("2026-11-24T00:05:00.123Z")
-        );
+        assert_eq!(rfc3339(1_795_478_700_123).as_deref(), Some("2026-11-24T00:05:00.123Z"));
     }
 
     #[test]
     fn cursors_round_trip() {
         let c = encode_cursor(1_795_478_700_000, "r-1:ü");
-        assert_eq!(
-            decode_cursor(&c).expect("decodes"),
-            (1_795_478_700_000, "r-1:ü".to_string())
-        );
+        assert_eq!(decode_cursor(&c).expect("decodes"), (1_795_478_700_000, "r-1:ü".to_string()));
         assert!(decode_cursor("zz").is_err());
         assert!(decode_cursor("' OR 1=1 --").is_err());
         assert!(decode_cursor("").is_err());

@@ -28,10 +28,7 @@ pub struct Sql {
 
 impl Sql {
     pub fn new(text: impl Into<String>) -> Sql {
-        Sql {
-            text: text.into(),
-            params: Vec::new(),
-        }
+        Sql { text: text.into(), params: Vec::new() }
     }
 
     pub fn push(&mut self, text: &str) -> &mut Sql {
@@ -60,12 +57,7 @@ impl Db {
     pub fn new(cfg: &ClickHouseConfig, metrics: ApiMetrics) -> Db {
         // readonly=2: reads only, while the query may still set its own limits.
         let client = cfg.client().with_setting("readonly", "2");
-        Db {
-            client,
-            timeout: cfg.timeout,
-            retry_after: 2,
-            metrics,
-        }
+        Db { client, timeout: cfg.timeout, retry_after: 2, metrics }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -75,10 +67,8 @@ impl Db {
     /// Runs `sql` and returns its rows as JSON arrays (`JSONCompactEachRow`).
     pub async fn rows(&self, label: &'static str, sql: Sql) -> Result<Vec<Vec<Value>>, ApiError> {
         let secs = self.timeout.as_secs_f64().max(0.001);
-        let text = format!(
-            "{}\nSETTINGS max_execution_time = {secs}, output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0",
-            sql.text
-        );
+        let text =
+            format!("{}\nSETTINGS max_execution_time = {secs}, output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0", sql.text);
         let mut q = self.client.query_raw(&text);
         for (name, value) in &sql.params {
             q = match value {
@@ -96,40 +86,25 @@ impl Db {
             Ok::<_, clickhouse::error::Error>((body, elapsed))
         };
         let result = tokio::time::timeout(self.timeout, fetch).await;
-        self.metrics
-            .query_seconds
-            .with_label_values(&[label])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.query_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
         let (body, elapsed) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.fail(label, &e)),
             Err(_) => {
-                self.metrics
-                    .query_errors
-                    .with_label_values(&[label, "timeout"])
-                    .inc();
+                self.metrics.query_errors.with_label_values(&[label, "timeout"]).inc();
                 tracing::warn!(query = label, timeout = ?self.timeout, "ClickHouse query timed out");
-                return Err(ApiError::Unavailable {
-                    message: "ClickHouse did not answer in time".into(),
-                    retry_after: self.retry_after,
-                });
+                return Err(ApiError::Unavailable { message: "ClickHouse did not answer in time".into(), retry_after: self.retry_after });
             }
         };
         if let Some(ns) = elapsed {
-            self.metrics
-                .engine_seconds
-                .with_label_values(&[label])
-                .observe(ns as f64 / 1e9);
+            self.metrics.engine_seconds.with_label_values(&[label]).observe(ns as f64 / 1e9);
         }
         let mut rows = Vec::new();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             match serde_json::from_slice::<Vec<Value>>(line) {
                 Ok(r) => rows.push(r),
                 Err(e) => {
-                    self.metrics
-                        .query_errors
-                        .with_label_values(&[label, "error"])
-                        .inc();
+                    self.metrics.query_errors.with_label_values(&[label, "error"]).inc();
                     tracing::error!(query = label, "unreadable ClickHouse answer: {e}");
                     return Err(ApiError::Internal);
                 }
@@ -141,36 +116,19 @@ impl Db {
     fn fail(&self, label: &'static str, e: &clickhouse::error::Error) -> ApiError {
         use clickhouse::error::Error as E;
         let unavailable = |kind: &str, message: &str| {
-            self.metrics
-                .query_errors
-                .with_label_values(&[label, kind])
-                .inc();
+            self.metrics.query_errors.with_label_values(&[label, kind]).inc();
             tracing::warn!(query = label, "ClickHouse unavailable: {e}");
-            ApiError::Unavailable {
-                message: message.into(),
-                retry_after: self.retry_after,
-            }
+            ApiError::Unavailable { message: message.into(), retry_after: self.retry_after }
         };
         match e {
             E::Network(_) => unavailable("unavailable", "ClickHouse is unreachable"),
             E::TimedOut => unavailable("timeout", "ClickHouse did not answer in time"),
-            E::BadResponse(text) if is_transient(text) => unavailable(
-                "timeout",
-                "ClickHouse is overloaded or the query took too long; retry later",
-            ),
-            E::BadResponse(text)
-                if text.contains("UNKNOWN_TABLE") || text.contains("UNKNOWN_DATABASE") =>
-            {
-                unavailable(
-                    "unavailable",
-                    "ClickHouse does not have Pulse's tables yet (run `pulse migrate`)",
-                )
+            E::BadResponse(text) if is_transient(text) => unavailable("timeout", "ClickHouse is overloaded or the query took too long; retry later"),
+            E::BadResponse(text) if text.contains("UNKNOWN_TABLE") || text.contains("UNKNOWN_DATABASE") => {
+                unavailable("unavailable", "ClickHouse does not have Pulse's tables yet (run `pulse migrate`)")
             }
             other => {
-                self.metrics
-                    .query_errors
-                    .with_label_values(&[label, "error"])
-                    .inc();
+                self.metrics.query_errors.with_label_values(&[label, "error"]).inc();
                 tracing::error!(query = label, "ClickHouse query failed: {other}");
                 ApiError::Internal
             }
@@ -180,23 +138,12 @@ impl Db {
     /// Whether ClickHouse answers a trivial query within 3 s.
     pub async fn ping(&self) -> bool {
         let q = self.client.query_raw("SELECT 1");
-        matches!(
-            tokio::time::timeout(Duration::from_secs(3), q.fetch_one::<u8>()).await,
-            Ok(Ok(1))
-        )
+        matches!(tokio::time::timeout(Duration::from_secs(3), q.fetch_one::<u8>()).await, Ok(Ok(1)))
     }
 }
 
 fn is_transient(text: &str) -> bool {
-    [
-        "TIMEOUT_EXCEEDED",
-        "TOO_MANY_SIMULTANEOUS_QUERIES",
-        "MEMORY_LIMIT_EXCEEDED",
-        "SOCKET_TIMEOUT",
-        "NETWORK_ERROR",
-    ]
-    .iter()
-    .any(|n| text.contains(n))
+    ["TIMEOUT_EXCEEDED", "TOO_MANY_SIMULTANEOUS_QUERIES", "MEMORY_LIMIT_EXCEEDED", "SOCKET_TIMEOUT", "NETWORK_ERROR"].iter().any(|n| text.contains(n))
 }
 
 #[cfg(test)]
@@ -210,10 +157,7 @@ mod tests {
         sql.push(&p).push(" AND b = ");
         let p = sql.bind("Int64", Param::I64(5));
         sql.push(&p);
-        assert_eq!(
-            sql.text,
-            "SELECT 1 WHERE a = {p0:String} AND b = {p1:Int64}"
-        );
+        assert_eq!(sql.text, "SELECT 1 WHERE a = {p0:String} AND b = {p1:Int64}");
         assert_eq!(sql.params.len(), 2);
     }
 }

@@ -35,14 +35,12 @@ pub struct StreamRow {
 impl StreamRow {
     /// Whether every (field, value) filter matches this row's group values.
     pub fn matches(&self, filters: &[(String, String)]) -> bool {
-        filters
-            .iter()
-            .all(|(name, want)| match self.group.get(name) {
-                Some(Value::String(s)) => s == want,
-                Some(Value::Number(n)) => n.to_string() == *want,
-                Some(Value::Bool(b)) => (if *b { "true" } else { "false" }) == want,
-                _ => false,
-            })
+        filters.iter().all(|(name, want)| match self.group.get(name) {
+            Some(Value::String(s)) => s == want,
+            Some(Value::Number(n)) => n.to_string() == *want,
+            Some(Value::Bool(b)) => (if *b { "true" } else { "false" }) == want,
+            _ => false,
+        })
     }
 }
 
@@ -55,31 +53,16 @@ pub struct StreamHub {
 
 impl StreamHub {
     /// Starts the consumer task (it keeps retrying until the topic exists).
-    pub fn start(
-        spec: Arc<Spec>,
-        catalog: &Catalog,
-        cfg: &StreamConfig,
-        metrics: ApiMetrics,
-        shutdown: Shutdown,
-    ) -> Result<StreamHub, ApiError> {
+    pub fn start(spec: Arc<Spec>, catalog: &Catalog, cfg: &StreamConfig, metrics: ApiMetrics, shutdown: Shutdown) -> Result<StreamHub, ApiError> {
         let (tx, _) = broadcast::channel(cfg.buffer.max(16));
-        let mut client = cfg
-            .kafka
-            .consumer(&format!("pulse-api-stream-{}", std::process::id()));
+        let mut client = cfg.kafka.consumer(&format!("pulse-api-stream-{}", std::process::id()));
         client.set("enable.auto.commit", "false");
         client.set("auto.offset.reset", "latest");
         let consumer: StreamConsumer = client.create().map_err(|e| {
             tracing::error!("cannot create the stream consumer: {e}");
-            ApiError::Unavailable {
-                message: "Kafka consumer unavailable".into(),
-                retry_after: 5,
-            }
+            ApiError::Unavailable { message: "Kafka consumer unavailable".into(), retry_after: 5 }
         })?;
-        let hub = StreamHub {
-            tx,
-            assigned: Arc::new(AtomicBool::new(false)),
-            keep_alive: cfg.keep_alive,
-        };
+        let hub = StreamHub { tx, assigned: Arc::new(AtomicBool::new(false)), keep_alive: cfg.keep_alive };
         let task = Task {
             consumer: Arc::new(consumer),
             topic: spec.pipeline.aggregated_topic.clone(),
@@ -149,22 +132,14 @@ impl Task {
         while !self.shutdown.is_triggered() {
             let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
             let ends = tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i64)>, String> {
-                let md = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                let t = md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .ok_or("topic not in metadata")?;
+                let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+                let t = md.topics().iter().find(|t| t.name() == topic).ok_or("topic not in metadata")?;
                 if t.partitions().is_empty() {
                     return Err("topic has no partitions (not created yet?)".into());
                 }
                 let mut ends = Vec::new();
                 for p in t.partitions() {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
-                        .map_err(|e| e.to_string())?;
+                    let (_, high) = consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(5)).map_err(|e| e.to_string())?;
                     ends.push((p.id(), high));
                 }
                 Ok(ends)
@@ -175,9 +150,7 @@ impl Task {
                     let mut tpl = TopicPartitionList::new();
                     let mut ok = true;
                     for (p, high) in &ends {
-                        ok &= tpl
-                            .add_partition_offset(&self.topic, *p, Offset::Offset(*high))
-                            .is_ok();
+                        ok &= tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*high)).is_ok();
                     }
                     if ok && self.consumer.assign(&tpl).is_ok() {
                         self.assigned.store(true, Ordering::Relaxed);
@@ -213,22 +186,9 @@ pub fn convert(views: &[MetricView], payload: &[u8]) -> Option<StreamRow> {
             *v = rfc3339(ms).map_or(Value::Null, Value::String);
         }
     }
-    let group = view
-        .groups
-        .iter()
-        .map(|g| {
-            (
-                g.name.clone(),
-                obj.get(&g.name).cloned().unwrap_or(Value::Null),
-            )
-        })
-        .collect();
+    let group = view.groups.iter().map(|g| (g.name.clone(), obj.get(&g.name).cloned().unwrap_or(Value::Null))).collect();
     let data = serde_json::to_string(&obj).ok()?;
-    Some(StreamRow {
-        metric,
-        group,
-        data,
-    })
+    Some(StreamRow { metric, group, data })
 }
 
 #[cfg(test)]
@@ -238,8 +198,7 @@ mod tests {
 
     #[test]
     fn converts_and_filters_rows() {
-        let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
         let catalog = Catalog::new(&spec, "pulse");
         let payload = br#"{"metric":"city_metrics","city":"Lima","window_start":1795478400000,"window_end":1795478700000,"requests":3,"final":false,"revision":2,"emitted_at":1795478400123}"#;
         let row = convert(&catalog.metrics, payload).expect("row");

@@ -29,9 +29,7 @@ use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
 fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PULSE_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let path = std::env::var_os("PULSE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     path.exists().then_some(path)
 }
 
@@ -71,10 +69,7 @@ fn launch(bin: &Path, url: &str) -> (Browser, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium starts");
-    let browser = Browser {
-        child,
-        profile: profile.clone(),
-    };
+    let browser = Browser { child, profile: profile.clone() };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(profile.join("DevToolsActivePort"))
@@ -82,10 +77,7 @@ fn launch(bin: &Path, url: &str) -> (Browser, u16) {
         {
             return (browser, port);
         }
-        assert!(
-            Instant::now() < deadline,
-            "chromium did not open its DevTools port"
-        );
+        assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -98,10 +90,7 @@ fn page_socket(port: u16, page_url: &str) -> String {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             use std::io::Write;
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = write!(
-                s,
-                "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-            );
+            let _ = write!(s, "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
             // The answer is complete when Content-Length bytes of body arrived.
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
@@ -112,11 +101,8 @@ fn page_socket(port: u16, page_url: &str) -> String {
                 buf.extend_from_slice(&chunk[..n]);
                 let text = String::from_utf8_lossy(&buf);
                 if let Some((head, rest)) = text.split_once("\r\n\r\n")
-                    && let Some(len) = head.lines().find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                    })
+                    && let Some(len) =
+                        head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
                     && rest.len() >= len
                 {
                     break;
@@ -128,18 +114,12 @@ fn page_socket(port: u16, page_url: &str) -> String {
             && let Ok(Value::Array(targets)) = serde_json::from_str::<Value>(json)
             && let Some(ws) = targets
                 .iter()
-                .find(|t| {
-                    t["type"] == "page"
-                        && t["url"].as_str().is_some_and(|u| u.starts_with(page_url))
-                })
+                .find(|t| t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(page_url)))
                 .and_then(|t| t["webSocketDebuggerUrl"].as_str())
         {
             return ws.to_string();
         }
-        assert!(
-            Instant::now() < deadline,
-            "no page target on the DevTools port: {body}"
-        );
+        assert!(Instant::now() < deadline, "no page target on the DevTools port: {body}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -153,11 +133,7 @@ impl Cdp {
     fn call(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let id = self.next;
-        self.ws
-            .send(Message::text(
-                json!({"id": id, "method": method, "params": params}).to_string(),
-            ))
-            .expect("send");
+        self.ws.send(Message::text(json!({"id": id, "method": method, "params": params}).to_string())).expect("send");
         loop {
             match self.ws.read().expect("devtools message") {
                 Message::Text(t) => {
@@ -174,10 +150,7 @@ impl Cdp {
     }
 
     fn eval(&mut self, expr: &str) -> Value {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({"expression": expr, "returnByValue": true}),
-        );
+        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}));
         r["result"]["value"].clone()
     }
 
@@ -186,30 +159,15 @@ impl Cdp {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.eval(expr) != json!(true) {
             let table = self.eval("document.getElementById('cities').innerText + ' | ' + document.getElementById('status').innerText");
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; page shows: {table}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; page shows: {table}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-fn row(
-    spec: &Spec,
-    metric: &str,
-    city: &str,
-    ws: i64,
-    values: Vec<AggValue>,
-    is_final: bool,
-    revision: u64,
-) -> MetricRow {
+fn row(spec: &Spec, metric: &str, city: &str, ws: i64, values: Vec<AggValue>, is_final: bool, revision: u64) -> MetricRow {
     MetricRow {
-        metric: spec
-            .metrics
-            .iter()
-            .position(|m| m.name == metric)
-            .expect("metric"),
+        metric: spec.metrics.iter().position(|m| m.name == metric).expect("metric"),
         group: vec![GroupValue::Str(city.into())],
         window_start: ws,
         window_end: ws + 300_000,
@@ -221,11 +179,7 @@ fn row(
 }
 
 fn city_values(requests: u64, cancellations: u64, fare: f64) -> Vec<AggValue> {
-    let rate = if requests == 0 {
-        None
-    } else {
-        Some(cancellations as f64 / requests as f64)
-    };
+    let rate = if requests == 0 { None } else { Some(cancellations as f64 / requests as f64) };
     vec![
         AggValue::Count(requests * 3),
         AggValue::Count(requests),
@@ -246,20 +200,12 @@ fn live_page_fills_and_updates_from_the_stream() {
         eprintln!("skipped: no Chromium (scripts/setup.sh installs it; or set PULSE_CHROMIUM)");
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock cluster");
     let spec = common::unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        properties: Vec::new(),
-    };
-    rt.block_on(pulse_sink::migrate(&ch, &spec))
-        .expect("migrate");
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
 
     // Three windows of three cities, as the dataflow would have stored them.
     let base = (now_ms() / 60_000 - 10) * 60_000;
@@ -267,25 +213,9 @@ fn live_page_fills_and_updates_from_the_stream() {
     let mut rows = Vec::new();
     for (i, city) in ["Berlin", "Lima", "Paris"].iter().enumerate() {
         for w in 0..3 {
-            rows.push(row(
-                &spec,
-                "city_metrics",
-                city,
-                base + w * 60_000,
-                city_values(20 + i as u64 + w as u64, 2 + w as u64, 12.5),
-                w < 2,
-                5,
-            ));
+            rows.push(row(&spec, "city_metrics", city, base + w * 60_000, city_values(20 + i as u64 + w as u64, 2 + w as u64, 12.5), w < 2, 5));
         }
-        rows.push(row(
-            &spec,
-            "city_supply",
-            city,
-            base + 120_000,
-            vec![AggValue::Count(7 + i as u64), AggValue::Count(100)],
-            false,
-            3,
-        ));
+        rows.push(row(&spec, "city_supply", city, base + 120_000, vec![AggValue::Count(7 + i as u64), AggValue::Count(100)], false, 3));
     }
     rt.block_on(async {
         for name in ["city_metrics", "city_supply"] {
@@ -294,25 +224,12 @@ fn live_page_fills_and_updates_from_the_stream() {
             for r in rows.iter().filter(|r| spec.metrics[r.metric].name == name) {
                 t.encode(r, &mut buf);
             }
-            writer
-                .insert_once(&t.table.insert_sql(&ch.database), buf.freeze())
-                .await
-                .expect("insert");
+            writer.insert_once(&t.table.insert_sql(&ch.database), buf.freeze()).await.expect("insert");
         }
     });
 
-    let stream = StreamConfig {
-        keep_alive: Duration::from_secs(1),
-        ..StreamConfig::new(kafka.clone())
-    };
-    let server = rt.block_on(Server::start(
-        Arc::clone(&spec),
-        &ch,
-        ApiConfig {
-            stream: Some(stream),
-            ..ApiConfig::default()
-        },
-    ));
+    let stream = StreamConfig { keep_alive: Duration::from_secs(1), ..StreamConfig::new(kafka.clone()) };
+    let server = rt.block_on(Server::start(Arc::clone(&spec), &ch, ApiConfig { stream: Some(stream), ..ApiConfig::default() }));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server.api.stream_ready() {
         assert!(Instant::now() < deadline, "stream consumer not assigned");
@@ -323,32 +240,16 @@ fn live_page_fills_and_updates_from_the_stream() {
     let (_browser, port) = launch(&bin, &page_url);
     let (ws, _) = tungstenite::connect(page_socket(port, &page_url)).expect("devtools websocket");
     let mut cdp = Cdp { ws, next: 0 };
-    let cell = |city: &str, col: &str| {
-        format!(
-            "(document.querySelector('tr[data-city=\"{city}\"] td[data-col=\"{col}\"]') || {{}}).textContent"
-        )
-    };
+    let cell = |city: &str, col: &str| format!("(document.querySelector('tr[data-city=\"{city}\"] td[data-col=\"{col}\"]') || {{}}).textContent");
 
     // The table fills from the snapshot: three cities, newest window each.
-    cdp.wait_for(
-        "document.querySelectorAll('tr[data-city]').length === 3",
-        "three city rows",
-    );
+    cdp.wait_for("document.querySelectorAll('tr[data-city]').length === 3", "three city rows");
     assert_eq!(cdp.eval(&cell("Lima", "requests")), json!("23"));
     assert_eq!(cdp.eval(&cell("Lima", "cancellation_rate")), json!("17.4%"));
     assert_eq!(cdp.eval(&cell("Lima", "active_drivers")), json!("8"));
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"),
-        json!(false)
-    );
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Lima\"] svg').dataset.points"),
-        json!("3")
-    );
-    cdp.wait_for(
-        "document.getElementById('status').className === 'live'",
-        "the stream to connect",
-    );
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"), json!(false));
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"] svg').dataset.points"), json!("3"));
+    cdp.wait_for("document.getElementById('status').className === 'live'", "the stream to connect");
 
     // A new revision of Lima's newest window arrives on the aggregated topic: 50% cancelled.
     let producer: FutureProducer = kafka.reliable_producer().create().expect("producer");
@@ -357,90 +258,25 @@ fn live_page_fills_and_updates_from_the_stream() {
         let (key, payload) = (r.key(&shape), r.to_json(&shape));
         let topic = spec.pipeline.aggregated_topic.clone();
         let producer = producer.clone();
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("ack")
-        }
+        async move { producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack") }
     };
-    rt.block_on(send(row(
-        &spec,
-        "city_metrics",
-        "Lima",
-        base + 120_000,
-        city_values(999, 500, 14.0),
-        false,
-        6,
-    )));
-    rt.block_on(send(row(
-        &spec,
-        "city_supply",
-        "Lima",
-        base + 120_000,
-        vec![AggValue::Count(42), AggValue::Count(120)],
-        false,
-        4,
-    )));
-    cdp.wait_for(
-        &format!("{} === '999'", cell("Lima", "requests")),
-        "Lima's requests to change",
-    );
-    cdp.wait_for(
-        &format!("{} === '42'", cell("Lima", "active_drivers")),
-        "Lima's active drivers to change",
-    );
+    rt.block_on(send(row(&spec, "city_metrics", "Lima", base + 120_000, city_values(999, 500, 14.0), false, 6)));
+    rt.block_on(send(row(&spec, "city_supply", "Lima", base + 120_000, vec![AggValue::Count(42), AggValue::Count(120)], false, 4)));
+    cdp.wait_for(&format!("{} === '999'", cell("Lima", "requests")), "Lima's requests to change");
+    cdp.wait_for(&format!("{} === '42'", cell("Lima", "active_drivers")), "Lima's active drivers to change");
     assert_eq!(cdp.eval(&cell("Lima", "cancellation_rate")), json!("50.1%"));
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"),
-        json!(true)
-    );
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Paris\"]').classList.contains('alert')"),
-        json!(false)
-    );
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"), json!(true));
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Paris\"]').classList.contains('alert')"), json!(false));
 
     // A newer window extends the sparkline and becomes the row.
-    rt.block_on(send(row(
-        &spec,
-        "city_metrics",
-        "Lima",
-        base + 180_000,
-        city_values(40, 4, 11.0),
-        false,
-        1,
-    )));
-    cdp.wait_for(
-        &format!("{} === '40'", cell("Lima", "requests")),
-        "Lima's newest window",
-    );
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Lima\"] svg').dataset.points"),
-        json!("4")
-    );
-    assert_eq!(
-        cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"),
-        json!(false)
-    );
+    rt.block_on(send(row(&spec, "city_metrics", "Lima", base + 180_000, city_values(40, 4, 11.0), false, 1)));
+    cdp.wait_for(&format!("{} === '40'", cell("Lima", "requests")), "Lima's newest window");
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"] svg').dataset.points"), json!("4"));
+    assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"), json!(false));
 
     // Keep a picture of the page for people (target/tmp).
-    rt.block_on(send(row(
-        &spec,
-        "city_metrics",
-        "Paris",
-        base + 180_000,
-        city_values(30, 12, 13.0),
-        false,
-        1,
-    )));
-    cdp.wait_for(
-        &format!("{} === '30'", cell("Paris", "requests")),
-        "Paris's newest window",
-    );
+    rt.block_on(send(row(&spec, "city_metrics", "Paris", base + 180_000, city_values(30, 12, 13.0), false, 1)));
+    cdp.wait_for(&format!("{} === '30'", cell("Paris", "requests")), "Paris's newest window");
     let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"}));
     if let Some(data) = shot["data"].as_str() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
@@ -448,11 +284,6 @@ fn live_page_fills_and_updates_from_the_stream() {
         let _ = std::fs::write(dir.join("pulse-live-page.png.b64"), data);
     }
     server.shutdown.trigger();
-    rt.block_on(
-        ch.server_client()
-            .query(&format!("DROP DATABASE `{}`", ch.database))
-            .execute(),
-    )
-    .expect("drop");
+    rt.block_on(ch.server_client().query(&format!("DROP DATABASE `{}`", ch.database)).execute()).expect("drop");
     drop(mock);
 }

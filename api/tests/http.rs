@@ -17,9 +17,7 @@ use pulse_sink::ClickHouseConfig;
 use serde_json::{Value, json};
 
 fn num(v: &Value) -> i64 {
-    v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or_else(|| panic!("not an integer: {v}"))
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("not an integer: {v}"))
 }
 
 fn fin(v: &Value) -> bool {
@@ -28,15 +26,8 @@ fn fin(v: &Value) -> bool {
 
 /// An API whose ClickHouse is a closed port.
 fn unreachable_clickhouse() -> ClickHouseConfig {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    ClickHouseConfig {
-        url: format!("http://127.0.0.1:{port}"),
-        timeout: Duration::from_secs(2),
-        ..ClickHouseConfig::default()
-    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+    ClickHouseConfig { url: format!("http://127.0.0.1:{port}"), timeout: Duration::from_secs(2), ..ClickHouseConfig::default() }
 }
 
 fn spec() -> Arc<pulse_model::Spec> {
@@ -44,11 +35,7 @@ fn spec() -> Arc<pulse_model::Spec> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 // ------------------------------------------------------------------ events
@@ -68,38 +55,20 @@ fn event_by_id_matches_sql() {
         let resp = f.get(&format!("/v1/events/rides/{}", enc(id)));
         assert_eq!(resp.status, 200, "{id}: {}", resp.text);
         let e = &resp.json;
-        for k in [
-            "event_id",
-            "event_type",
-            "ride_id",
-            "city",
-            "user_id",
-            "driver_id",
-        ] {
+        for k in ["event_id", "event_type", "ride_id", "city", "user_id", "driver_id"] {
             assert_eq!(e[k], r[k], "{id}.{k}");
         }
-        assert!(
-            same(&e["estimated_fare"], &r["estimated_fare"]),
-            "{id}: fare"
-        );
+        assert!(same(&e["estimated_fare"], &r["estimated_fare"]), "{id}: fare");
         assert_eq!(e["timestamp"], rfc(num(&r["ts"])), "{id}: timestamp");
         assert_eq!(e["ingested_at"], rfc(num(&r["ing"])), "{id}: ingested_at");
         match r["pickup_lat"].as_f64() {
             Some(lat) => {
-                assert!(
-                    same(&e["pickup"]["lat"], &json!(lat))
-                        && same(&e["pickup"]["lng"], &r["pickup_lng"]),
-                    "{id}: pickup {}",
-                    e["pickup"]
-                );
+                assert!(same(&e["pickup"]["lat"], &json!(lat)) && same(&e["pickup"]["lng"], &r["pickup_lng"]), "{id}: pickup {}", e["pickup"]);
             }
             None => assert!(e["pickup"].is_null()),
         }
         assert!(e["dropoff"].is_null() && r["dropoff_lat"].is_null());
-        assert!(
-            e.get("version").is_none(),
-            "immutable domains carry no version"
-        );
+        assert!(e.get("version").is_none(), "immutable domains carry no version");
     }
 
     // App events: the latest version, computed here with argMax instead of FINAL.
@@ -119,30 +88,13 @@ fn event_by_id_matches_sql() {
     let mut updated: Vec<(&str, Value)> = writes
         .iter()
         .filter(|(_, w)| w.len() > 1 && !w.last().is_some_and(|j| j.contains("\"_deleted\":true")))
-        .map(|(id, w)| {
-            (
-                *id,
-                serde_json::from_str(w.last().expect("a write")).expect("json"),
-            )
-        })
+        .map(|(id, w)| (*id, serde_json::from_str(w.last().expect("a write")).expect("json")))
         .collect();
     updated.sort_by(|a, b| a.0.cmp(b.0));
     updated.truncate(15);
-    let deleted: Vec<&Value> = latest
-        .iter()
-        .filter(|r| num(&r["deleted"]) == 1)
-        .take(15)
-        .collect();
-    assert!(
-        updated.len() >= 5 && deleted.len() >= 5,
-        "{} updated, {} deleted",
-        updated.len(),
-        deleted.len()
-    );
-    let by_id: HashMap<&str, &Value> = latest
-        .iter()
-        .map(|r| (r["event_id"].as_str().expect("id"), r))
-        .collect();
+    let deleted: Vec<&Value> = latest.iter().filter(|r| num(&r["deleted"]) == 1).take(15).collect();
+    assert!(updated.len() >= 5 && deleted.len() >= 5, "{} updated, {} deleted", updated.len(), deleted.len());
+    let by_id: HashMap<&str, &Value> = latest.iter().map(|r| (r["event_id"].as_str().expect("id"), r)).collect();
     for (id, last) in updated {
         let r = by_id[id];
         let resp = f.get(&format!("/v1/events/app_events/{}", enc(id)));
@@ -151,15 +103,8 @@ fn event_by_id_matches_sql() {
             assert_eq!(resp.json[k], r[k], "{id}.{k} (SQL)");
             assert_eq!(resp.json[k], last[k], "{id}.{k} (last write)");
         }
-        assert!(
-            same(&resp.json["latency_ms"], &r["latency_ms"])
-                && same(&resp.json["latency_ms"], &last["latency_ms"])
-        );
-        assert_eq!(
-            num(&resp.json["version"]),
-            num(&last["_version"]),
-            "{id}: latest version"
-        );
+        assert!(same(&resp.json["latency_ms"], &r["latency_ms"]) && same(&resp.json["latency_ms"], &last["latency_ms"]));
+        assert_eq!(num(&resp.json["version"]), num(&last["_version"]), "{id}: latest version");
         assert_eq!(num(&resp.json["version"]), num(&r["last_version"]));
     }
     for r in deleted {
@@ -169,15 +114,9 @@ fn event_by_id_matches_sql() {
         assert_eq!(resp.json["parameter"], "id");
     }
     let resp = f.get("/v1/events/rides/no-such-event");
-    assert_eq!(
-        (resp.status.as_u16(), resp.json["parameter"].as_str()),
-        (404, Some("id"))
-    );
+    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("id")));
     let resp = f.get("/v1/events/nope/x");
-    assert_eq!(
-        (resp.status.as_u16(), resp.json["parameter"].as_str()),
-        (404, Some("domain"))
-    );
+    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("domain")));
 }
 
 /// Follows `next_cursor` to the end; returns every event and the page count.
@@ -189,13 +128,7 @@ fn all_pages(f: &common::Fixture, first: &str) -> (Vec<Value>, usize) {
         let resp = f.get(&url);
         assert_eq!(resp.status, 200, "{url}: {}", resp.text);
         pages += 1;
-        events.extend(
-            resp.json["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .cloned(),
-        );
+        events.extend(resp.json["events"].as_array().expect("events").iter().cloned());
         match resp.json["next_cursor"].as_str() {
             Some(c) => url = format!("{first}&cursor={c}"),
             None => break,
@@ -217,45 +150,18 @@ fn timelines_page_in_time_order() {
         .map(|r| r["event_id"].as_str().expect("id").to_string())
         .collect();
     let (events, pages) = all_pages(f, &format!("/v1/events/rides?key={}&limit=1", enc(ride)));
-    let got: Vec<String> = events
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    let got: Vec<String> = events.iter().map(|e| e["event_id"].as_str().expect("id").to_string()).collect();
     assert_eq!(got, want);
     assert_eq!(pages, want.len(), "one event per page");
     assert_eq!(events[0]["event_type"], "requested");
-    let types: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e["event_type"].as_str())
-        .collect();
-    assert!(
-        types
-            .last()
-            .is_some_and(|t| *t == "completed" || *t == "cancelled"),
-        "{types:?}"
-    );
+    let types: Vec<&str> = events.iter().filter_map(|e| e["event_type"].as_str()).collect();
+    assert!(types.last().is_some_and(|t| *t == "completed" || *t == "cancelled"), "{types:?}");
 
     // from/to narrow the timeline to [from, to).
-    let ts: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e["timestamp"].as_str())
-        .collect();
-    let resp = f.get(&format!(
-        "/v1/events/rides?key={}&from={}&to={}",
-        enc(ride),
-        enc(ts[1]),
-        enc(ts[ts.len() - 1])
-    ));
-    let n = ts
-        .iter()
-        .filter(|t| **t >= ts[1] && **t < ts[ts.len() - 1])
-        .count();
-    assert_eq!(
-        resp.json["events"].as_array().map(Vec::len),
-        Some(n),
-        "{}",
-        resp.text
-    );
+    let ts: Vec<&str> = events.iter().filter_map(|e| e["timestamp"].as_str()).collect();
+    let resp = f.get(&format!("/v1/events/rides?key={}&from={}&to={}", enc(ride), enc(ts[1]), enc(ts[ts.len() - 1])));
+    let n = ts.iter().filter(|t| **t >= ts[1] && **t < ts[ts.len() - 1]).count();
+    assert_eq!(resp.json["events"].as_array().map(Vec::len), Some(n), "{}", resp.text);
 
     // A session's events (key_field=session_id): latest versions, deleted ones left out.
     let session = f.sql("SELECT session_id FROM {db}.app_events FINAL GROUP BY session_id ORDER BY count() DESC, session_id LIMIT 1", &[]);
@@ -269,22 +175,9 @@ fn timelines_page_in_time_order() {
         .iter()
         .map(|r| r["event_id"].as_str().expect("id").to_string())
         .collect();
-    assert!(
-        want.len() >= 10,
-        "session {session} has {} events",
-        want.len()
-    );
-    let (events, pages) = all_pages(
-        f,
-        &format!(
-            "/v1/events/app_events?key_field=session_id&key={}&limit=7",
-            enc(session)
-        ),
-    );
-    let got: Vec<String> = events
-        .iter()
-        .map(|e| e["event_id"].as_str().expect("id").to_string())
-        .collect();
+    assert!(want.len() >= 10, "session {session} has {} events", want.len());
+    let (events, pages) = all_pages(f, &format!("/v1/events/app_events?key_field=session_id&key={}&limit=7", enc(session)));
+    let got: Vec<String> = events.iter().map(|e| e["event_id"].as_str().expect("id").to_string()).collect();
     assert_eq!(got, want);
     assert_eq!(pages, want.len().div_ceil(7));
     assert!(events.iter().all(|e| e["session_id"] == session));
@@ -304,65 +197,32 @@ fn timelines_page_in_time_order() {
         ("key=r-1&sort=asc", "sort"),
     ] {
         let resp = f.get(&format!("/v1/events/rides?{q}"));
-        assert_eq!(
-            (resp.status.as_u16(), resp.json["parameter"].as_str()),
-            (400, Some(param)),
-            "{q}: {}",
-            resp.text
-        );
+        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
     }
 }
 
 // ------------------------------------------------------------------ metrics
 
 /// The latest revision of every window of `metric` for `city`, by window start (ms), via argMax.
-fn latest_revisions(
-    f: &common::Fixture,
-    metric: &str,
-    aggs: &[&str],
-    city: &str,
-) -> BTreeMap<i64, Value> {
-    let cols: Vec<String> = aggs
-        .iter()
-        .map(|a| format!("argMax({a}, revision) AS {a}"))
-        .collect();
+fn latest_revisions(f: &common::Fixture, metric: &str, aggs: &[&str], city: &str) -> BTreeMap<i64, Value> {
+    let cols: Vec<String> = aggs.iter().map(|a| format!("argMax({a}, revision) AS {a}")).collect();
     let sql = format!(
         "SELECT toUnixTimestamp64Milli(window_start) AS ws, toUnixTimestamp64Milli(any(window_end)) AS we, {}, argMax(final, revision) AS fin, max(revision) AS rev \
          FROM {{db}}.{metric} WHERE city = {{c:String}} GROUP BY window_start",
         cols.join(", ")
     );
-    f.sql(&sql, &[("c", city)])
-        .into_iter()
-        .map(|r| (num(&r["ws"]), r))
-        .collect()
+    f.sql(&sql, &[("c", city)]).into_iter().map(|r| (num(&r["ws"]), r)).collect()
 }
 
-const CITY_AGGS: [&str; 7] = [
-    "total_events",
-    "requests",
-    "completions",
-    "cancellations",
-    "avg_fare",
-    "unique_riders",
-    "cancellation_rate",
-];
+const CITY_AGGS: [&str; 7] = ["total_events", "requests", "completions", "cancellations", "avg_fare", "unique_riders", "cancellation_rate"];
 
 fn check_row(got: &Value, want: &Value, aggs: &[&str]) {
     assert_eq!(got["window_start"], rfc(num(&want["ws"])));
     assert_eq!(got["window_end"], rfc(num(&want["we"])));
     assert_eq!(got["final"], json!(fin(&want["fin"])), "final of {got}");
-    assert_eq!(
-        num(&got["revision"]),
-        num(&want["rev"]),
-        "revision of {got}"
-    );
+    assert_eq!(num(&got["revision"]), num(&want["rev"]), "revision of {got}");
     for a in aggs {
-        assert!(
-            same(&got[*a], &want[*a]),
-            "{a}: API {} != SQL {} in {got}",
-            got[*a],
-            want[*a]
-        );
+        assert!(same(&got[*a], &want[*a]), "{a}: API {} != SQL {} in {got}", got[*a], want[*a]);
     }
 }
 
@@ -372,10 +232,7 @@ fn metric_rows_are_the_latest_revision_per_window() {
     for city in ["Lima", "Berlin"] {
         let want = latest_revisions(f, "city_metrics", &CITY_AGGS, city);
         assert!(want.len() >= 5, "{city}: {} windows", want.len());
-        assert!(
-            want.values().any(|r| fin(&r["fin"])) && want.values().any(|r| !fin(&r["fin"])),
-            "both closed and open windows"
-        );
+        assert!(want.values().any(|r| fin(&r["fin"])) && want.values().any(|r| !fin(&r["fin"])), "both closed and open windows");
         let resp = f.get(&format!("/v1/metrics/city_metrics?city={city}"));
         assert_eq!(resp.status, 200, "{}", resp.text);
         assert_eq!(resp.json["truncated"], false);
@@ -386,92 +243,38 @@ fn metric_rows_are_the_latest_revision_per_window() {
             check_row(got, want, &CITY_AGGS);
         }
         // final=true / false split the windows.
-        let finals = f
-            .get(&format!("/v1/metrics/city_metrics?city={city}&final=true"))
-            .json["rows"]
-            .as_array()
-            .map(Vec::len);
-        let open = f
-            .get(&format!("/v1/metrics/city_metrics?city={city}&final=false"))
-            .json["rows"]
-            .as_array()
-            .map(Vec::len);
-        assert_eq!(
-            finals,
-            Some(want.values().filter(|r| fin(&r["fin"])).count())
-        );
-        assert_eq!(
-            open,
-            Some(want.values().filter(|r| !fin(&r["fin"])).count())
-        );
+        let finals = f.get(&format!("/v1/metrics/city_metrics?city={city}&final=true")).json["rows"].as_array().map(Vec::len);
+        let open = f.get(&format!("/v1/metrics/city_metrics?city={city}&final=false")).json["rows"].as_array().map(Vec::len);
+        assert_eq!(finals, Some(want.values().filter(|r| fin(&r["fin"])).count()));
+        assert_eq!(open, Some(want.values().filter(|r| !fin(&r["fin"])).count()));
         // from/to select window starts in [from, to); limit keeps the newest windows.
         let starts: Vec<i64> = want.keys().copied().collect();
-        let resp = f.get(&format!(
-            "/v1/metrics/city_metrics?city={city}&from={}&to={}",
-            enc(&rfc(starts[1])),
-            starts[3]
-        ));
-        let got: Vec<&str> = resp.json["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .filter_map(|r| r["window_start"].as_str())
-            .collect();
+        let resp = f.get(&format!("/v1/metrics/city_metrics?city={city}&from={}&to={}", enc(&rfc(starts[1])), starts[3]));
+        let got: Vec<&str> = resp.json["rows"].as_array().expect("rows").iter().filter_map(|r| r["window_start"].as_str()).collect();
         assert_eq!(got, [rfc(starts[1]), rfc(starts[2])]);
         let resp = f.get(&format!("/v1/metrics/city_metrics?city={city}&limit=2"));
-        let got: Vec<&str> = resp.json["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .filter_map(|r| r["window_start"].as_str())
-            .collect();
-        assert_eq!(
-            got,
-            [rfc(starts[starts.len() - 2]), rfc(starts[starts.len() - 1])]
-        );
+        let got: Vec<&str> = resp.json["rows"].as_array().expect("rows").iter().filter_map(|r| r["window_start"].as_str()).collect();
+        assert_eq!(got, [rfc(starts[starts.len() - 2]), rfc(starts[starts.len() - 1])]);
         assert_eq!(resp.json["truncated"], true);
     }
     // All cities: every row of the table's latest revisions.
     let total = f.sql("SELECT count() AS n FROM (SELECT city, window_start FROM {db}.city_metrics GROUP BY city, window_start)", &[]);
     let resp = f.get("/v1/metrics/city_metrics?limit=10000");
-    assert_eq!(
-        resp.json["rows"].as_array().map(Vec::len),
-        Some(num(&total[0]["n"]) as usize)
-    );
-    for (q, param) in [
-        ("final=maybe", "final"),
-        ("city=Lima&city=Paris", "city"),
-        ("town=Lima", "town"),
-        ("from=2026-13-45", "from"),
-        ("limit=-5", "limit"),
-    ] {
+    assert_eq!(resp.json["rows"].as_array().map(Vec::len), Some(num(&total[0]["n"]) as usize));
+    for (q, param) in [("final=maybe", "final"), ("city=Lima&city=Paris", "city"), ("town=Lima", "town"), ("from=2026-13-45", "from"), ("limit=-5", "limit")] {
         let resp = f.get(&format!("/v1/metrics/city_metrics?{q}"));
-        assert_eq!(
-            (resp.status.as_u16(), resp.json["parameter"].as_str()),
-            (400, Some(param)),
-            "{q}: {}",
-            resp.text
-        );
+        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
     }
     let resp = f.get("/v1/metrics/no_such_metric");
-    assert_eq!(
-        (resp.status.as_u16(), resp.json["parameter"].as_str()),
-        (404, Some("metric"))
-    );
+    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("metric")));
 }
 
 #[test]
 fn latest_is_the_newest_window_per_group() {
     let Some(f) = fixture() else { return };
-    for (metric, aggs) in [
-        ("city_metrics", &CITY_AGGS[..]),
-        ("city_supply", &["active_drivers", "location_updates"][..]),
-    ] {
+    for (metric, aggs) in [("city_metrics", &CITY_AGGS[..]), ("city_supply", &["active_drivers", "location_updates"][..])] {
         let cities: Vec<String> = f
-            .sql(
-                &format!("SELECT DISTINCT city FROM {{db}}.{metric} ORDER BY city"),
-                &[],
-            )
+            .sql(&format!("SELECT DISTINCT city FROM {{db}}.{metric} ORDER BY city"), &[])
             .iter()
             .map(|r| r["city"].as_str().expect("city").to_string())
             .collect();
@@ -492,11 +295,7 @@ fn latest_is_the_newest_window_per_group() {
         let rows = resp.json["rows"].as_array().expect("rows");
         assert_eq!(rows.len(), 1, "{}", resp.text);
         let want = latest_revisions(f, metric, aggs, "Lima");
-        let newest_final = want
-            .values()
-            .rev()
-            .find(|r| fin(&r["fin"]))
-            .expect("a closed window");
+        let newest_final = want.values().rev().find(|r| fin(&r["fin"])).expect("a closed window");
         check_row(&rows[0], newest_final, aggs);
     }
 }
@@ -512,10 +311,7 @@ const APP_LATEST: &str = "(SELECT event_id, argMax(session_id, version) AS sessi
 fn analytics_match_sql() {
     let Some(f) = fixture() else { return };
     // Errors and totals per day.
-    for (q, filter) in [
-        ("days=2", ""),
-        ("days=2&event_name=search", " AND event_name = 'search'"),
-    ] {
+    for (q, filter) in [("days=2", ""), ("days=2&event_name=search", " AND event_name = 'search'")] {
         let resp = f.get(&format!("/v1/analytics/errors?{q}"));
         assert_eq!(resp.status, 200, "{}", resp.text);
         let from = resp.json["from"].as_str().expect("from");
@@ -534,15 +330,9 @@ fn analytics_match_sql() {
             assert_eq!(g["day"], w["day"]);
             assert_eq!(num(&g["total"]), num(&w["total"]));
             assert_eq!(num(&g["errors"]), num(&w["errors"]));
-            assert!(same(
-                &g["error_rate"],
-                &json!(num(&w["errors"]) as f64 / num(&w["total"]) as f64)
-            ));
+            assert!(same(&g["error_rate"], &json!(num(&w["errors"]) as f64 / num(&w["total"]) as f64)));
         }
-        assert!(
-            got.iter().map(|d| num(&d["errors"])).sum::<i64>() > 0,
-            "some errors"
-        );
+        assert!(got.iter().map(|d| num(&d["errors"])).sum::<i64>() > 0, "some errors");
     }
 
     // p95 latency per event name per session.
@@ -555,21 +345,12 @@ fn analytics_match_sql() {
     let got = resp.json["rows"].as_array().expect("rows");
     assert_eq!(got.len(), 40);
     for (g, w) in got.iter().zip(&want) {
-        assert_eq!(
-            (&g["session_id"], &g["event_name"]),
-            (&w["session_id"], &w["event_name"])
-        );
+        assert_eq!((&g["session_id"], &g["event_name"]), (&w["session_id"], &w["event_name"]));
         assert_eq!(num(&g["events"]), num(&w["events"]));
         assert!(same(&g["p95_latency_ms"], &w["p95"]));
     }
     let resp = f.get("/v1/analytics/latency?limit=5&event_name=login");
-    assert!(
-        resp.json["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .all(|r| r["event_name"] == "login")
-    );
+    assert!(resp.json["rows"].as_array().expect("rows").iter().all(|r| r["event_name"] == "login"));
 
     // Sessions by error rate.
     let resp = f.get("/v1/analytics/sessions/top-errors?limit=15&min_events=5");
@@ -586,10 +367,7 @@ fn analytics_match_sql() {
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["session_id"], w["session_id"]);
-        assert_eq!(
-            (num(&g["events"]), num(&g["errors"])),
-            (num(&w["events"]), num(&w["errors"]))
-        );
+        assert_eq!((num(&g["events"]), num(&g["errors"])), (num(&w["events"]), num(&w["errors"])));
         assert!(same(&g["error_rate"], &w["rate"]));
     }
 
@@ -608,14 +386,7 @@ fn analytics_match_sql() {
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["city"], w["city"]);
         let (req, com, can) = (num(&w["req"]), num(&w["com"]), num(&w["can"]));
-        assert_eq!(
-            (
-                num(&g["requests"]),
-                num(&g["completions"]),
-                num(&g["cancellations"])
-            ),
-            (req, com, can)
-        );
+        assert_eq!((num(&g["requests"]), num(&g["completions"]), num(&g["cancellations"])), (req, com, can));
         assert!(same(&g["completion_rate"], &json!(com as f64 / req as f64)));
         assert!(same(&g["avg_fare"], &w["fare"]));
     }
@@ -626,21 +397,13 @@ fn analytics_match_sql() {
         ("/v1/analytics/errors?days=0", "days"),
         ("/v1/analytics/errors?days=1000", "days"),
         ("/v1/analytics/latency?limit=x", "limit"),
-        (
-            "/v1/analytics/sessions/top-errors?min_events=-1",
-            "min_events",
-        ),
+        ("/v1/analytics/sessions/top-errors?min_events=-1", "min_events"),
         ("/v1/analytics/cities?since=1y", "since"),
         ("/v1/analytics/cities?since=400d", "since"),
         ("/v1/analytics/cities?since=", "since"),
     ] {
         let resp = f.get(path);
-        assert_eq!(
-            (resp.status.as_u16(), resp.json["parameter"].as_str()),
-            (400, Some(param)),
-            "{path}: {}",
-            resp.text
-        );
+        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{path}: {}", resp.text);
     }
 }
 
@@ -651,40 +414,22 @@ fn stream_delivered_the_live_revisions() {
     let Some(f) = fixture() else { return };
     assert!(f.sse_all.len() >= 100, "{} SSE rows", f.sse_all.len());
     assert!(!f.sse_lima.is_empty());
-    assert!(
-        f.sse_lima
-            .iter()
-            .all(|r| r["city"] == "Lima" && r["metric"] == "city_metrics"),
-        "the city filter holds"
-    );
+    assert!(f.sse_lima.iter().all(|r| r["city"] == "Lima" && r["metric"] == "city_metrics"), "the city filter holds");
     assert!(f.sse_all.iter().all(|r| r["metric"] == "city_metrics"));
     let lima_in_all = f.sse_all.iter().filter(|r| r["city"] == "Lima").count();
-    assert_eq!(
-        lima_in_all,
-        f.sse_lima.len(),
-        "the filtered stream saw every Lima row"
-    );
+    assert_eq!(lima_in_all, f.sse_lima.len(), "the filtered stream saw every Lima row");
     // Revisions arrive live: some windows were seen open before final.
     let mut newest: HashMap<(String, String), &Value> = HashMap::new();
     let mut revisions: HashMap<(String, String), BTreeSet<i64>> = HashMap::new();
     for r in &f.sse_all {
-        let key = (
-            r["city"].as_str().unwrap_or_default().to_string(),
-            r["window_start"].as_str().unwrap_or_default().to_string(),
-        );
-        revisions
-            .entry(key.clone())
-            .or_default()
-            .insert(num(&r["revision"]));
+        let key = (r["city"].as_str().unwrap_or_default().to_string(), r["window_start"].as_str().unwrap_or_default().to_string());
+        revisions.entry(key.clone()).or_default().insert(num(&r["revision"]));
         let e = newest.entry(key).or_insert(r);
         if num(&r["revision"]) > num(&e["revision"]) {
             *e = r;
         }
     }
-    assert!(
-        revisions.values().any(|r| r.len() > 1),
-        "windows are revised live"
-    );
+    assert!(revisions.values().any(|r| r.len() > 1), "windows are revised live");
     // The newest revision each client saw equals ClickHouse's row of that revision.
     let stored: HashMap<(String, String), Value> = f
         .sql(&format!("SELECT city, toUnixTimestamp64Milli(window_start) AS ws, {}, final, revision FROM {{db}}.city_metrics FINAL", CITY_AGGS.join(", ")), &[])
@@ -693,38 +438,21 @@ fn stream_delivered_the_live_revisions() {
         .collect();
     let mut equal = 0;
     for (key, row) in &newest {
-        let s = stored
-            .get(key)
-            .unwrap_or_else(|| panic!("{key:?} not in ClickHouse"));
-        assert!(
-            num(&row["revision"]) <= num(&s["revision"]),
-            "{key:?}: stream revision beyond ClickHouse's"
-        );
+        let s = stored.get(key).unwrap_or_else(|| panic!("{key:?} not in ClickHouse"));
+        assert!(num(&row["revision"]) <= num(&s["revision"]), "{key:?}: stream revision beyond ClickHouse's");
         if num(&row["revision"]) == num(&s["revision"]) {
             for a in CITY_AGGS {
-                assert!(
-                    same(&row[a], &s[a]),
-                    "{key:?}.{a}: stream {} != ClickHouse {}",
-                    row[a],
-                    s[a]
-                );
+                assert!(same(&row[a], &s[a]), "{key:?}.{a}: stream {} != ClickHouse {}", row[a], s[a]);
             }
             assert_eq!(row["final"], s["final"]);
             equal += 1;
         }
     }
-    assert!(
-        equal * 10 >= newest.len() * 9,
-        "{equal} of {} windows' last stream revision is ClickHouse's",
-        newest.len()
-    );
+    assert!(equal * 10 >= newest.len() * 9, "{equal} of {} windows' last stream revision is ClickHouse's", newest.len());
     let resp = f.get("/v1/stream/no_such_metric");
     assert_eq!(resp.status, 404);
     let resp = f.get("/v1/stream/city_metrics?town=Lima");
-    assert_eq!(
-        (resp.status.as_u16(), resp.json["parameter"].as_str()),
-        (400, Some("town"))
-    );
+    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some("town")));
 }
 
 // ------------------------------------------------------------------ hostile input
@@ -732,12 +460,8 @@ fn stream_delivered_the_live_revisions() {
 #[test]
 fn injection_attempts_are_rejected_or_harmless() {
     let Some(f) = fixture() else { return };
-    let count =
-        |t: &str| f.sql(&format!("SELECT count() AS n FROM {{db}}.{t}"), &[])[0]["n"].clone();
-    let before: Vec<Value> = ["rides", "app_events", "city_metrics"]
-        .iter()
-        .map(|t| count(t))
-        .collect();
+    let count = |t: &str| f.sql(&format!("SELECT count() AS n FROM {{db}}.{t}"), &[])[0]["n"].clone();
+    let before: Vec<Value> = ["rides", "app_events", "city_metrics"].iter().map(|t| count(t)).collect();
     let long = "x".repeat(5000);
     let nasty: Vec<&str> = vec![
         "'",
@@ -792,25 +516,14 @@ fn injection_attempts_are_rejected_or_harmless() {
             let resp = f.get(&path);
             *statuses.entry(resp.status.as_u16()).or_default() += 1;
             match resp.status.as_u16() {
-                400 => assert!(
-                    resp.json["parameter"].is_string() && resp.json["error"].is_string(),
-                    "{path}: {}",
-                    resp.text
-                ),
+                400 => assert!(resp.json["parameter"].is_string() && resp.json["error"].is_string(), "{path}: {}", resp.text),
                 404 => assert!(resp.json["error"].is_string(), "{path}: {}", resp.text),
                 200 => {
                     // Harmless: nothing matches such values.
                     let j = &resp.json;
-                    let empty = ["events", "rows", "per_day", "sessions", "cities"]
-                        .iter()
-                        .all(|k| {
-                            j.get(*k)
-                                .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
-                        });
-                    let numeric_ok = t.contains("limit=")
-                        || t.contains("days=")
-                        || t.contains("min_events=")
-                        || t.contains("since=");
+                    let empty =
+                        ["events", "rows", "per_day", "sessions", "cities"].iter().all(|k| j.get(*k).is_none_or(|v| v.as_array().is_some_and(Vec::is_empty)));
+                    let numeric_ok = t.contains("limit=") || t.contains("days=") || t.contains("min_events=") || t.contains("since=");
                     assert!(empty || numeric_ok, "{path} answered rows: {}", resp.text);
                 }
                 s => panic!("{path}: unexpected status {s}: {}", resp.text),
@@ -818,10 +531,7 @@ fn injection_attempts_are_rejected_or_harmless() {
         }
     }
     eprintln!("injection attempts by status: {statuses:?}");
-    let after: Vec<Value> = ["rides", "app_events", "city_metrics"]
-        .iter()
-        .map(|t| count(t))
-        .collect();
+    let after: Vec<Value> = ["rides", "app_events", "city_metrics"].iter().map(|t| count(t)).collect();
     assert_eq!(before, after, "the tables are untouched");
 }
 
@@ -864,32 +574,14 @@ fn clickhouse_unreachable_is_503() {
         ] {
             let resp = get(&c, &format!("{}{path}", server.url)).await;
             assert_eq!(resp.status, 503, "{path}: {}", resp.text);
-            assert!(
-                resp.headers.get("retry-after").is_some(),
-                "{path}: Retry-After"
-            );
-            assert!(
-                resp.json["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("ClickHouse")),
-                "{path}: {}",
-                resp.text
-            );
+            assert!(resp.headers.get("retry-after").is_some(), "{path}: Retry-After");
+            assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("ClickHouse")), "{path}: {}", resp.text);
         }
         // Validation still comes first.
-        let resp = get(
-            &c,
-            &format!("{}/v1/events/rides?key=r-1&limit=-1", server.url),
-        )
-        .await;
+        let resp = get(&c, &format!("{}/v1/events/rides?key=r-1&limit=-1", server.url)).await;
         assert_eq!(resp.status, 400);
         // Streams are not configured on this server.
-        assert_eq!(
-            get(&c, &format!("{}/v1/stream/city_metrics", server.url))
-                .await
-                .status,
-            503
-        );
+        assert_eq!(get(&c, &format!("{}/v1/stream/city_metrics", server.url)).await.status, 503);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(get(&c, &format!("{}/ready", server.url)).await.status, 503);
         assert_eq!(get(&c, &format!("{}/health", server.url)).await.status, 200);
@@ -901,70 +593,29 @@ fn clickhouse_unreachable_is_503() {
 fn keys_are_required_when_configured() {
     let rt = rt();
     rt.block_on(async {
-        let cfg = ApiConfig {
-            keys: ApiKeys::parse("s3cret-one,s3cret-two"),
-            ..ApiConfig::default()
-        };
+        let cfg = ApiConfig { keys: ApiKeys::parse("s3cret-one,s3cret-two"), ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
         let c = client();
         let url = |p: &str| format!("{}{p}", server.url);
-        for path in [
-            "/v1/events/rides/abc",
-            "/v1/metrics/city_metrics",
-            "/v1/analytics/cities",
-            "/v1/stream/city_metrics",
-            "/v1/metrics/nope",
-        ] {
+        for path in ["/v1/events/rides/abc", "/v1/metrics/city_metrics", "/v1/analytics/cities", "/v1/stream/city_metrics", "/v1/metrics/nope"] {
             let resp = get(&c, &url(path)).await;
             assert_eq!(resp.status, 401, "{path}");
-            assert!(
-                resp.json["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("API key"))
-            );
-            assert_eq!(
-                resp.headers
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok()),
-                Some("Bearer")
-            );
+            assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("API key")));
+            assert_eq!(resp.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
             let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-on")]).await;
             assert_eq!(resp.status, 401, "{path} with a wrong key");
             // With a key the request gets past authentication (ClickHouse is down: 503; unknown metric: 404).
             let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-two")]).await;
-            assert!(
-                resp.status == 503 || resp.status == 404,
-                "{path}: {}",
-                resp.status
-            );
+            assert!(resp.status == 503 || resp.status == 404, "{path}: {}", resp.status);
         }
         // EventSource cannot send headers: the stream takes ?api_key=, other routes do not.
-        assert_eq!(
-            get(&c, &url("/v1/stream/city_metrics?api_key=s3cret-one"))
-                .await
-                .status,
-            503
-        );
-        assert_eq!(
-            get(&c, &url("/v1/stream/city_metrics?api_key=wrong"))
-                .await
-                .status,
-            401
-        );
-        assert_eq!(
-            get(&c, &url("/v1/metrics/city_metrics?api_key=s3cret-one"))
-                .await
-                .status,
-            401
-        );
+        assert_eq!(get(&c, &url("/v1/stream/city_metrics?api_key=s3cret-one")).await.status, 503);
+        assert_eq!(get(&c, &url("/v1/stream/city_metrics?api_key=wrong")).await.status, 401);
+        assert_eq!(get(&c, &url("/v1/metrics/city_metrics?api_key=s3cret-one")).await.status, 401);
         for path in ["/health", "/metrics", "/openapi.json", "/"] {
             assert_eq!(get(&c, &url(path)).await.status, 200, "{path} stays open");
         }
-        assert_ne!(
-            get(&c, &url("/ready")).await.status,
-            401,
-            "/ready stays open"
-        );
+        assert_ne!(get(&c, &url("/ready")).await.status, 401, "/ready stays open");
         server.shutdown.trigger();
     });
 }
@@ -978,25 +629,11 @@ fn openapi_document_matches_the_routes() {
         let doc = get(&c, &format!("{}/openapi.json", server.url)).await;
         assert_eq!(doc.status, 200);
         let doc = doc.json;
-        assert!(
-            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
-            "{}",
-            doc["openapi"]
-        );
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
         let paths = doc["paths"].as_object().expect("paths");
-        let documented: BTreeSet<(String, String)> = paths
-            .iter()
-            .flat_map(|(p, item)| {
-                item.as_object()
-                    .expect("item")
-                    .keys()
-                    .map(move |m| (m.to_uppercase(), p.clone()))
-            })
-            .collect();
-        let routed: BTreeSet<(String, String)> = pulse_api::routes::ROUTES
-            .iter()
-            .map(|(m, p, _)| ((*m).to_string(), (*p).to_string()))
-            .collect();
+        let documented: BTreeSet<(String, String)> =
+            paths.iter().flat_map(|(p, item)| item.as_object().expect("item").keys().map(move |m| (m.to_uppercase(), p.clone()))).collect();
+        let routed: BTreeSet<(String, String)> = pulse_api::routes::ROUTES.iter().map(|(m, p, _)| ((*m).to_string(), (*p).to_string())).collect();
         assert_eq!(documented, routed, "document and router");
         // Every documented route is served (not the router's fallback), and its path
         // parameters are documented; every $ref resolves.
@@ -1004,58 +641,30 @@ fn openapi_document_matches_the_routes() {
         for (p, item) in paths {
             let op = &item["get"];
             assert!(op["responses"]["200"].is_object(), "{p}: 200 documented");
-            let params: Vec<&str> = op["parameters"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|x| x["in"] == "path")
-                        .filter_map(|x| x["name"].as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let in_path: Vec<&str> = p
-                .split('/')
-                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-                .collect();
+            let params: Vec<&str> =
+                op["parameters"].as_array().map(|a| a.iter().filter(|x| x["in"] == "path").filter_map(|x| x["name"].as_str()).collect()).unwrap_or_default();
+            let in_path: Vec<&str> = p.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
             assert_eq!(params, in_path, "{p}: path parameters");
-            let concrete = p
-                .replace("{domain}", "rides")
-                .replace("{id}", "x")
-                .replace("{metric}", "city_metrics");
+            let concrete = p.replace("{domain}", "rides").replace("{id}", "x").replace("{metric}", "city_metrics");
             let resp = get(&c, &format!("{}{concrete}", server.url)).await;
-            assert!(
-                !resp.text.contains("no such route"),
-                "{p} is not routed: {}",
-                resp.text
-            );
+            assert!(!resp.text.contains("no such route"), "{p} is not routed: {}", resp.text);
             for s in op["responses"].as_object().expect("responses").keys() {
                 assert!(s.parse::<u16>().is_ok(), "{p}: status {s}");
             }
         }
         for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
             let name = &r[..r.find('"').expect("end")];
-            assert!(
-                doc["components"]["schemas"][name].is_object(),
-                "dangling $ref {name}"
-            );
+            assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
         }
         // Undocumented paths are the fallback 404 (JSON); other methods are 405.
         let resp = get(&c, &format!("{}/v1/secret", server.url)).await;
         assert_eq!(resp.status, 404);
         assert!(resp.text.contains("no such route"));
-        let req = hyper::Request::post(format!("{}/v1/metrics/city_metrics", server.url))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("req");
+        let req = hyper::Request::post(format!("{}/v1/metrics/city_metrics", server.url)).body(http_body_util::Empty::<bytes::Bytes>::new()).expect("req");
         assert_eq!(c.request(req).await.expect("resp").status(), 405);
         // The live page is served.
         let page = get(&c, &format!("{}/", server.url)).await;
-        assert!(
-            page.text.contains("<title>Pulse")
-                && page
-                    .headers
-                    .get("content-type")
-                    .is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("text/html")))
-        );
+        assert!(page.text.contains("<title>Pulse") && page.headers.get("content-type").is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("text/html"))));
         server.shutdown.trigger();
     });
 }
@@ -1064,10 +673,7 @@ fn openapi_document_matches_the_routes() {
 fn cors_is_configurable() {
     let rt = rt();
     rt.block_on(async {
-        let cfg = ApiConfig {
-            cors_origins: vec!["http://dash.example".into()],
-            ..ApiConfig::default()
-        };
+        let cfg = ApiConfig { cors_origins: vec!["http://dash.example".into()], ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
         let c = client();
         let preflight = |origin: &'static str| {
@@ -1080,33 +686,12 @@ fn cors_is_configurable() {
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .expect("req")
         };
-        let resp = c
-            .request(preflight("http://dash.example"))
-            .await
-            .expect("resp");
-        assert_eq!(
-            resp.headers()
-                .get("access-control-allow-origin")
-                .and_then(|v| v.to_str().ok()),
-            Some("http://dash.example")
-        );
-        let resp = c
-            .request(preflight("http://evil.example"))
-            .await
-            .expect("resp");
+        let resp = c.request(preflight("http://dash.example")).await.expect("resp");
+        assert_eq!(resp.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://dash.example"));
+        let resp = c.request(preflight("http://evil.example")).await.expect("resp");
         assert!(resp.headers().get("access-control-allow-origin").is_none());
-        let resp: Resp = get_with(
-            &c,
-            &format!("{}/health", server.url),
-            &[("origin", "http://dash.example")],
-        )
-        .await;
-        assert_eq!(
-            resp.headers
-                .get("access-control-allow-origin")
-                .and_then(|v| v.to_str().ok()),
-            Some("http://dash.example")
-        );
+        let resp: Resp = get_with(&c, &format!("{}/health", server.url), &[("origin", "http://dash.example")]).await;
+        assert_eq!(resp.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://dash.example"));
         server.shutdown.trigger();
     });
 }

@@ -134,11 +134,7 @@ pub(crate) struct ErrorBody {
 impl ErrorBody {
     pub fn parse(status: u16, body: &[u8]) -> ErrorBody {
         serde_json::from_slice(body).unwrap_or_else(|_| ErrorBody {
-            error: if body.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned()
-            },
+            error: if body.is_empty() { format!("HTTP {status}") } else { String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned() },
             details: Vec::new(),
         })
     }

@@ -145,7 +145,8 @@ impl Client {
         let auth = match api_key.map(str::trim).filter(|k| !k.is_empty()) {
             None => None,
             Some(key) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::Config("the API key holds characters not allowed in a header".into()))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| Error::Config("the API key holds characters not allowed in a header".into()))?;
                 v.set_sensitive(true);
                 Some(v)
             }

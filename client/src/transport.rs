@@ -33,10 +33,7 @@ impl Http {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(usize::MAX)
-            .build(connector);
+        let client = HyperClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(50)).pool_max_idle_per_host(usize::MAX).build(connector);
         Http { client }
     }
 }
@@ -51,7 +48,11 @@ pub(crate) struct Answer {
 enum Attempt {
     Done(Answer),
     /// 429/503 with the server's Retry-After.
-    Overloaded { status: u16, retry_after: Option<Duration>, body: Bytes },
+    Overloaded {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: Bytes,
+    },
     Failed(Error),
     /// The connection could not be established: the request never left.
     ConnectFailed(String),
@@ -101,12 +102,8 @@ impl Client {
             Err(e) => return Attempt::Failed(Error::Transport(error_chain(&e))),
         };
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after =
+            resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
         let body = match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return Attempt::Failed(Error::Transport(format!("reading the answer: {e}"))),

@@ -38,7 +38,13 @@ async fn stub(fail: usize, status: StatusCode, delay: Duration) -> (String, Arc<
 }
 
 fn config(max_retries: u32) -> ClientConfig {
-    ClientConfig { max_retries, backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(50), timeout: Duration::from_millis(500), ..ClientConfig::default() }
+    ClientConfig {
+        max_retries,
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        ..ClientConfig::default()
+    }
 }
 
 const RIDE: &str = r#"{"ride_id":"r-1"}"#;

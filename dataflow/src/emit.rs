@@ -52,11 +52,7 @@ pub struct Emitter {
 impl Emitter {
     /// `closed` is the closed watermark per domain the job starts from (after a restart).
     pub fn new(plan: Arc<JobPlan>, closed: &[i64]) -> Emitter {
-        let closed_below = plan
-            .metrics
-            .iter()
-            .map(|m| closed.get(m.domain).copied().unwrap_or(WM_START).saturating_sub(m.lateness))
-            .collect();
+        let closed_below = plan.metrics.iter().map(|m| closed.get(m.domain).copied().unwrap_or(WM_START).saturating_sub(m.lateness)).collect();
         Emitter {
             windows: plan.metrics.iter().map(|_| BTreeMap::new()).collect(),
             names: FxHashMap::default(),

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::count::CountTotal;
 use pulse_model::metric_row::MetricRow;
+use timely::dataflow::InputHandle;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::vec::broadcast::Broadcast;
+use timely::dataflow::operators::Input as TimelyInput;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
-use timely::dataflow::operators::Input as TimelyInput;
-use timely::dataflow::InputHandle;
+use timely::dataflow::operators::vec::broadcast::Broadcast;
 use timely::worker::Worker;
 
 use crate::emit::{Emitter, stats_of};
@@ -103,12 +103,8 @@ impl Updates for Graph {
 /// the job resumes from; `domains` the number of domains.
 pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i64]) -> Graph {
     let peers = worker.peers();
-    let shared = Rc::new(RefCell::new(Shared {
-        rows: Vec::new(),
-        clock: GlobalClock::new(peers, domains, start),
-        completed: None,
-        emitter_stats: (0, 0, 0, 0),
-    }));
+    let shared =
+        Rc::new(RefCell::new(Shared { rows: Vec::new(), clock: GlobalClock::new(peers, domains, start), completed: None, emitter_stats: (0, 0, 0, 0) }));
     let probe = ProbeHandle::new();
     let durable_probe = ProbeHandle::new();
     let emitter_shared = Rc::clone(&shared);

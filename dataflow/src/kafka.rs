@@ -102,7 +102,14 @@ pub struct Resume {
 impl KafkaSource {
     /// Connects worker `worker` of `workers` and returns it with what the
     /// group's commits say about where to resume.
-    pub fn new(kafka: &KafkaConfig, group: &str, spec: &Spec, worker: usize, workers: usize, lag: Option<IntGaugeVec>) -> Result<(KafkaSource, Resume), KafkaError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        group: &str,
+        spec: &Spec,
+        worker: usize,
+        workers: usize,
+        lag: Option<IntGaugeVec>,
+    ) -> Result<(KafkaSource, Resume), KafkaError> {
         let mut cfg = kafka.consumer(group);
         cfg.set("client.id", format!("pulse-dataflow-{worker}"));
         cfg.set("statistics.interval.ms", "1000");
@@ -117,7 +124,8 @@ impl KafkaSource {
             tpl.add_partition(&topics[d], p);
         }
         let committed = if all.is_empty() { TopicPartitionList::new() } else { consumer.committed_offsets(tpl, TIMEOUT)? };
-        let mut resume = Resume { start: vec![WM_START; spec.domains.len()], from_metadata: vec![false; spec.domains.len()], committed: vec![false; spec.domains.len()] };
+        let mut resume =
+            Resume { start: vec![WM_START; spec.domains.len()], from_metadata: vec![false; spec.domains.len()], committed: vec![false; spec.domains.len()] };
         let mut offsets: HashMap<(String, i32), Offset> = HashMap::new();
         for e in committed.elements() {
             offsets.insert((e.topic().to_string(), e.partition()), e.offset());
@@ -184,10 +192,7 @@ impl RecordSource for KafkaSource {
 
     fn caught_up(&mut self) -> Vec<((usize, i32), bool)> {
         let Ok(lags) = self.lags.lock() else { return Vec::new() };
-        self.assigned
-            .iter()
-            .map(|&(d, p)| ((d, p), lags.get(&(self.topics[d].clone(), p)).is_some_and(|&lag| lag == 0)))
-            .collect()
+        self.assigned.iter().map(|&(d, p)| ((d, p), lags.get(&(self.topics[d].clone(), p)).is_some_and(|&lag| lag == 0))).collect()
     }
 
     fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]) {

@@ -65,7 +65,15 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(spec: Arc<Spec>, writer: Writer, clickhouse: &ClickHouseConfig, producer: FutureProducer, metrics: JobMetrics, shutdown: Shutdown, group: &str) -> Output {
+    pub fn new(
+        spec: Arc<Spec>,
+        writer: Writer,
+        clickhouse: &ClickHouseConfig,
+        producer: FutureProducer,
+        metrics: JobMetrics,
+        shutdown: Shutdown,
+        group: &str,
+    ) -> Output {
         let tables = spec.metrics.iter().map(|m| metric_table(&spec, m)).collect();
         let shapes = RowShape::all(&spec);
         Output {
@@ -115,10 +123,11 @@ impl Output {
     /// Writes the job's progress once the rows that closed its windows are
     /// durable (and before the epoch's offsets may be committed).
     async fn record_progress(&self, progress: &mut Progress, closed: &[i64]) -> Result<(), ()> {
-        let Some((table, body, marks)) = progress.due(closed, crate::graph::now_ms()) else { return Ok(()) };
-        let sql = progress_table().insert_sql(&self.database);
-        self.writer.insert(&table, &sql, body.freeze(), marks.len(), &self.shutdown).await.map_err(|_| ())?;
-        progress.written(marks);
+        let Some(due) = progress.due(closed, crate::graph::now_ms()) else { return Ok(()) };
+        let table = progress_table();
+        let body = due.body.clone().freeze();
+        self.writer.insert(&table.name, &table.insert_sql(&self.database), body, due.rows(), &self.shutdown).await.map_err(|_| ())?;
+        progress.written(due);
         Ok(())
     }
 
@@ -131,10 +140,7 @@ impl Output {
             pending.push((row.key(shape), row.to_json(shape)));
         }
         let produce_all = async {
-            let futures: Vec<_> = pending
-                .iter()
-                .map(|(key, json)| self.send_retrying(topic, Some(key.as_bytes()), Some(json.as_bytes()), None))
-                .collect();
+            let futures: Vec<_> = pending.iter().map(|(key, json)| self.send_retrying(topic, Some(key.as_bytes()), Some(json.as_bytes()), None)).collect();
             futures::future::join_all(futures).await;
             let dlq = &self.spec.pipeline.dead_letter_topic;
             let dead: Vec<_> = batch.dead.iter().map(|d| self.send_retrying(dlq, d.key.as_deref(), d.payload.as_deref(), Some(d))).collect();
@@ -217,7 +223,10 @@ pub async fn report_stats(spec: Arc<Spec>, writer: Writer, database: String, met
             }
             last[d] = now;
             let delay = metrics.watermark_delay.with_label_values(&[name]).get();
-            encode_stat(&StatRow { ts, service: "dataflow", instance: instance.clone(), domain: name.to_string(), name: "watermark_delay_seconds", value: delay }, &mut buf);
+            encode_stat(
+                &StatRow { ts, service: "dataflow", instance: instance.clone(), domain: name.to_string(), name: "watermark_delay_seconds", value: delay },
+                &mut buf,
+            );
         }
         if let Err(e) = writer.insert_once(&stats_table().insert_sql(&database), buf.freeze()).await {
             tracing::debug!("pipeline stats not written: {e}");

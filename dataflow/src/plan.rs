@@ -191,12 +191,9 @@ impl MetricPlan {
             .iter()
             .map(|&g| match &ev.values[g] {
                 Value::Str(s) => GroupValue::Str(Arc::from(s.as_str())),
-                Value::Enum(i) => GroupValue::Str(
-                    self.enum_values[g]
-                        .as_ref()
-                        .and_then(|v| v.get(*i as usize))
-                        .map_or_else(|| Arc::from(""), |s| Arc::from(s.as_str())),
-                ),
+                Value::Enum(i) => {
+                    GroupValue::Str(self.enum_values[g].as_ref().and_then(|v| v.get(*i as usize)).map_or_else(|| Arc::from(""), |s| Arc::from(s.as_str())))
+                }
                 Value::Int(i) => GroupValue::Int(*i),
                 Value::Bool(b) => GroupValue::Bool(*b),
                 _ => GroupValue::Null,
@@ -287,11 +284,7 @@ impl JobPlan {
 
     /// Largest window + lateness over a domain's metrics: how long an event can matter.
     pub fn horizon(&self, domain: usize) -> i64 {
-        self.by_domain[domain]
-            .iter()
-            .map(|&m| self.metrics[m].windows.size + self.metrics[m].lateness)
-            .max()
-            .unwrap_or(0)
+        self.by_domain[domain].iter().map(|&m| self.metrics[m].windows.size + self.metrics[m].lateness).max().unwrap_or(0)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use pulse_model::Spec;
-use pulse_sink::schema::{PROGRESS_TABLE, encode_progress, progress_table};
+use pulse_sink::schema::{PROGRESS_TABLE, encode_progress};
 
 use crate::types::WM_START;
 
@@ -46,28 +46,40 @@ impl Progress {
     }
 
     /// The progress rows to write with an epoch whose closed watermarks are
-    /// `closed` (none when no domain's set of closed windows changed). Call
-    /// [`Progress::written`] once they are durable.
-    pub fn due(&self, closed: &[i64], now_ms: i64) -> Option<(String, BytesMut, Vec<(usize, Vec<i64>)>)> {
-        let mut buf = BytesMut::new();
-        let mut marks = Vec::new();
+    /// `closed` (none when no domain's set of closed windows changed). Hand it
+    /// back to [`Progress::written`] once it is durable.
+    pub fn due(&self, closed: &[i64], now_ms: i64) -> Option<Due> {
+        let mut due = Due { body: BytesMut::new(), marks: Vec::new() };
         for (d, &c) in closed.iter().enumerate().take(self.names.len()) {
             if c <= WM_START {
                 continue;
             }
             let f = self.frontier(d, c);
             if self.written[d].as_ref() != Some(&f) {
-                encode_progress(&self.group, &self.names[d], c, now_ms, &mut buf);
-                marks.push((d, f));
+                encode_progress(&self.group, &self.names[d], c, now_ms, &mut due.body);
+                due.marks.push((d, f));
             }
         }
-        (!marks.is_empty()).then(|| (progress_table().name, buf, marks))
+        (!due.marks.is_empty()).then_some(due)
     }
 
-    pub fn written(&mut self, marks: Vec<(usize, Vec<i64>)>) {
-        for (d, f) in marks {
+    pub fn written(&mut self, due: Due) {
+        for (d, f) in due.marks {
             self.written[d] = Some(f);
         }
+    }
+}
+
+/// Progress rows to write (RowBinary for the progress table), and the closing
+/// frontiers they record per domain.
+pub struct Due {
+    pub body: BytesMut,
+    marks: Vec<(usize, Vec<i64>)>,
+}
+
+impl Due {
+    pub fn rows(&self) -> usize {
+        self.marks.len()
     }
 }
 
@@ -83,9 +95,9 @@ mod tests {
         let minute = 60_000;
         // city_metrics: 5 min windows sliding 1 min, 30 s lateness.
         let t = 1_795_515_300_000 / minute * minute;
-        let (_, _, marks) = p.due(&[t + 30_000, WM_START, WM_START], t).expect("first row");
-        assert_eq!(marks.len(), 1, "only domains with a watermark");
-        p.written(marks);
+        let due = p.due(&[t + 30_000, WM_START, WM_START], t).expect("first row");
+        assert_eq!(due.rows(), 1, "only domains with a watermark");
+        p.written(due);
         assert!(p.due(&[t + 89_999, WM_START, WM_START], t).is_none(), "no window end crossed");
         assert!(p.due(&[t + 90_000, WM_START, WM_START], t).is_some(), "the window ending at t + 60 s closes at t + 90 s");
     }

@@ -125,7 +125,15 @@ pub fn run(
             }
         });
     }
-    rt.spawn(report_stats(Arc::clone(&spec), writer.clone(), clickhouse.database.clone(), metrics.clone(), cfg.instance.clone(), cfg.stats_interval, shutdown.clone()));
+    rt.spawn(report_stats(
+        Arc::clone(&spec),
+        writer.clone(),
+        clickhouse.database.clone(),
+        metrics.clone(),
+        cfg.instance.clone(),
+        cfg.stats_interval,
+        shutdown.clone(),
+    ));
     {
         let (writer, ready, shutdown) = (writer.clone(), ready.clone(), shutdown.clone());
         rt.spawn(async move {
@@ -167,19 +175,20 @@ pub fn run(
             }
             stop.store(true, Ordering::Relaxed);
         };
-        let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) = match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
-            Ok((s, resume)) => match resume_from(&spec, &group, &resume, &progress) {
-                Ok(start) => (Box::new(s), start),
+        let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) =
+            match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
+                Ok((s, resume)) => match resume_from(&spec, &group, &resume, &progress) {
+                    Ok(start) => (Box::new(s), start),
+                    Err(e) => {
+                        fail(e.to_string());
+                        (Box::new(NoSource), Vec::new())
+                    }
+                },
                 Err(e) => {
                     fail(e.to_string());
                     (Box::new(NoSource), Vec::new())
                 }
-            },
-            Err(e) => {
-                fail(e.to_string());
-                (Box::new(NoSource), Vec::new())
-            }
-        };
+            };
         let mut sink = output.spawn(&rt2);
         let mut wcfg = WorkerConfig::live(&spec);
         wcfg.start = start;

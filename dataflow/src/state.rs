@@ -27,8 +27,8 @@ use pulse_model::{Event, Op, Spec, Value};
 
 use crate::plan::{JobPlan, MetricPlan};
 use crate::types::{Acc, Bag, DomainWm, Fixed, NamedValue, OrdF64, WinKey};
-use differential_dataflow::difference::IsZero as _;
 use crate::watermark::LocalClocks;
+use differential_dataflow::difference::IsZero as _;
 
 /// Where ingestion sends its updates (the differential input sessions, or a test double).
 pub trait Updates {
@@ -627,9 +627,8 @@ mod tests {
     }
 
     fn ride(decoder: &Decoder, id: &str, city: &str, time: i64) -> Event {
-        let json = format!(
-            r#"{{"event_id":"{id}","event_type":"requested","ride_id":"{id}","city":"{city}","estimated_fare":10,"user_id":"u","timestamp":{time}}}"#
-        );
+        let json =
+            format!(r#"{{"event_id":"{id}","event_type":"requested","ride_id":"{id}","city":"{city}","estimated_fare":10,"user_id":"u","timestamp":{time}}}"#);
         decoder.decode(json.as_bytes()).expect("valid ride")
     }
 

@@ -262,9 +262,10 @@ impl<T: Ord + Clone> Semigroup for Bag<T> {
                     Ordering::Greater => out.extend(b.next().cloned()),
                     Ordering::Equal => {
                         if let (Some((v, c1)), Some((_, c2))) = (a.next(), b.next())
-                            && c1 + c2 != 0 {
-                                out.push((v, c1 + c2));
-                            }
+                            && c1 + c2 != 0
+                        {
+                            out.push((v, c1 + c2));
+                        }
                     }
                 },
                 (Some(_), None) => {

@@ -96,9 +96,10 @@ impl GlobalClock {
     pub fn complete_epoch(&mut self, epoch: u64, reports: impl IntoIterator<Item = WmReport>) {
         for r in reports {
             if let Some(slot) = self.latest.get_mut(r.worker)
-                && slot.as_ref().is_none_or(|old| old.epoch <= r.epoch) {
-                    *slot = Some(r);
-                }
+                && slot.as_ref().is_none_or(|old| old.epoch <= r.epoch)
+            {
+                *slot = Some(r);
+            }
         }
         self.epoch = Some(epoch);
         if self.latest.iter().any(Option::is_none) {

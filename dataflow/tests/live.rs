@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{clickhouse_finals, close, produce_and_store, records, recomputed, start_job, topic_rows};
+use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, topic_rows};
 use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::generate::GenDomain;
@@ -49,9 +49,13 @@ fn finals_equal_sql_recomputation_across_a_restart() {
     // More events (continuing in event time), a few of them far too late.
     let second = records(12_000, 8, last_ts(&first) - 2_000, 1_000_000);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &second[..4_000]));
-    let late = vec![(GenDomain::Rides, "late-1".to_string(), format!(
-        "{{\"event_type\":\"requested\",\"ride_id\":\"late-1\",\"city\":\"Lima\",\"estimated_fare\":1,\"user_id\":\"u-late\",\"timestamp\":{start_ms}}}"
-    ))];
+    let late = vec![(
+        GenDomain::Rides,
+        "late-1".to_string(),
+        format!(
+            "{{\"event_type\":\"requested\",\"ride_id\":\"late-1\",\"city\":\"Lima\",\"estimated_fare\":1,\"user_id\":\"u-late\",\"timestamp\":{start_ms}}}"
+        ),
+    )];
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), "df-live");
     // Broker faults while the job runs and events keep coming: every partition's
     // leader moves, then one broker goes down for 3 s and comes back.
@@ -115,10 +119,7 @@ fn finals_equal_sql_recomputation_across_a_restart() {
         }
     }
     assert_eq!(final_keys.len(), finals.len(), "finals on the topic and in ClickHouse");
-    let with_live_revision_first = final_keys
-        .iter()
-        .filter(|(k, (rev, _))| rows.iter().any(|(k2, f, r2, _)| k2 == *k && !f && r2 < rev))
-        .count();
+    let with_live_revision_first = final_keys.iter().filter(|(k, (rev, _))| rows.iter().any(|(k2, f, r2, _)| k2 == *k && !f && r2 < rev)).count();
     assert!(with_live_revision_first * 2 > final_keys.len(), "most windows were seen live before final ({with_live_revision_first} of {})", final_keys.len());
     for (key, (_, v)) in &final_keys {
         let metric = v["metric"].as_str().unwrap_or_default();

@@ -88,11 +88,28 @@ aggregates = [
 
 #[derive(Debug, Clone)]
 enum Op {
-    Order { shop: u8, kind: u8, amount: u8, user: u8, ts: i64 },
-    EditUpsert { id: u16, page: u8, ms: u8, err: Option<u8>, ts: i64 },
-    EditDelete { id: u16 },
+    Order {
+        shop: u8,
+        kind: u8,
+        amount: u8,
+        user: u8,
+        ts: i64,
+    },
+    EditUpsert {
+        id: u16,
+        page: u8,
+        ms: u8,
+        err: Option<u8>,
+        ts: i64,
+    },
+    EditDelete {
+        id: u16,
+    },
     /// The live version of `id` again with only its number changed (same group, same pane).
-    EditNumber { id: u16, ms: u8 },
+    EditNumber {
+        id: u16,
+        ms: u8,
+    },
 }
 
 /// One event as the reference sees it.
@@ -179,8 +196,14 @@ fn to_records(ops: &[Op]) -> Vec<Rec> {
                 }
                 Op::EditUpsert { id, page, ms, err, ts } => {
                     let err_json = err.map(|e| format!(",\"err\":\"e{e}\"")).unwrap_or_default();
-                    let payload = format!("{{\"event_id\":\"x{id}\",\"page\":\"page{page}\",\"ms\":{}{err_json},\"ts\":{ts},\"_version\":{version}}}", edit_ms(ms));
-                    Rec { domain: 1, partition: i32::from(id % 3), payload, action: Action::Upsert { id, version, ev: Ev::Edit { page, ms: edit_ms(ms), err, ts } } }
+                    let payload =
+                        format!("{{\"event_id\":\"x{id}\",\"page\":\"page{page}\",\"ms\":{}{err_json},\"ts\":{ts},\"_version\":{version}}}", edit_ms(ms));
+                    Rec {
+                        domain: 1,
+                        partition: i32::from(id % 3),
+                        payload,
+                        action: Action::Upsert { id, version, ev: Ev::Edit { page, ms: edit_ms(ms), err, ts } },
+                    }
                 }
                 Op::EditDelete { id } => {
                     let payload = format!("{{\"event_id\":\"x{id}\",\"_deleted\":true,\"_version\":{version}}}");
@@ -208,10 +231,7 @@ fn reference(recs: &[Rec], workers: usize, epoch_records: usize) -> Vec<FinalRow
     let geometry = [(Windows::new(40, 10), 5i64), (Windows::new(30, 10), 0i64)];
     // Each worker's records in order, chunked into epochs.
     let per_worker: Vec<Vec<&Rec>> = (0..workers).map(|w| recs.iter().filter(|r| r.partition as usize % workers == w).collect()).collect();
-    let chunks: Vec<Vec<&[&Rec]>> = per_worker
-        .iter()
-        .map(|rs| if rs.is_empty() { vec![&rs[..]] } else { rs.chunks(epoch_records).collect() })
-        .collect();
+    let chunks: Vec<Vec<&[&Rec]>> = per_worker.iter().map(|rs| if rs.is_empty() { vec![&rs[..]] } else { rs.chunks(epoch_records).collect() }).collect();
     let last_epoch: Vec<usize> = chunks.iter().map(Vec::len).collect();
     let epochs = *last_epoch.iter().max().unwrap_or(&1);
 
@@ -317,11 +337,7 @@ fn reference(recs: &[Rec], workers: usize, epoch_records: usize) -> Vec<FinalRow
         }
     }
 
-    contents
-        .into_iter()
-        .filter(|(_, evs)| !evs.is_empty())
-        .map(|((m, g, s), evs)| (m, g, s, aggregate(m, &evs)))
-        .collect()
+    contents.into_iter().filter(|(_, evs)| !evs.is_empty()).map(|((m, g, s), evs)| (m, g, s, aggregate(m, &evs))).collect()
 }
 
 fn quantile(mut xs: Vec<f64>, q: f64) -> Option<f64> {
@@ -383,7 +399,8 @@ fn aggregate(metric: usize, evs: &[Ev]) -> Vec<Option<f64>> {
 
 fn pipeline(recs: &[Rec], workers: usize, epoch_records: usize) -> (Vec<FinalRow>, replay::ReplayResult) {
     let spec = Arc::new(Spec::parse(Path::new("reference.toml"), SPEC).unwrap_or_else(|e| panic!("{e}")));
-    let input: Vec<ReplayRecord> = recs.iter().map(|r| ReplayRecord { domain: r.domain, partition: r.partition, payload: r.payload.clone().into_bytes() }).collect();
+    let input: Vec<ReplayRecord> =
+        recs.iter().map(|r| ReplayRecord { domain: r.domain, partition: r.partition, payload: r.payload.clone().into_bytes() }).collect();
     let result = replay::run(spec, ReplayInput::Memory(Arc::new(input)), workers, epoch_records, true).unwrap_or_else(|e| panic!("{e}"));
     let mut rows: Vec<FinalRow> = result
         .rows

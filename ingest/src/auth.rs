@@ -99,11 +99,7 @@ impl RateLimiter {
         let rate = rate.max(0.001);
         let burst = burst.unwrap_or(rate).max(1.0);
         let now = Instant::now();
-        RateLimiter {
-            rate,
-            burst,
-            buckets: (0..keys.max(1)).map(|_| Mutex::new(Bucket { tokens: burst, at: now })).collect(),
-        }
+        RateLimiter { rate, burst, buckets: (0..keys.max(1)).map(|_| Mutex::new(Bucket { tokens: burst, at: now })).collect() }
     }
 
     /// Takes `n` events from the caller's bucket, or says how long to wait.

@@ -110,7 +110,11 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "bench ingest: {}", self.target)?;
-        writeln!(f, "  {:<9} {:>9} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>7} {:>6}", "phase", "requests", "events", "events/s", "p50", "p99", "max", "wall", "cpu", "errors")?;
+        writeln!(
+            f,
+            "  {:<9} {:>9} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>7} {:>6}",
+            "phase", "requests", "events", "events/s", "p50", "p99", "max", "wall", "cpu", "errors"
+        )?;
         for p in &self.phases {
             writeln!(
                 f,
@@ -132,7 +136,13 @@ impl std::fmt::Display for BenchReport {
         }
         writeln!(f, "  (cpu = CPU-seconds of this whole process: client, server and Kafka producer together)")?;
         if let Some((on, want)) = self.on_kafka {
-            writeln!(f, "  records read back from Kafka: {} (acknowledged: {}){}", thousands(on as u64), thousands(want), if on as u64 == want { "" } else { "  MISMATCH" })?;
+            writeln!(
+                f,
+                "  records read back from Kafka: {} (acknowledged: {}){}",
+                thousands(on as u64),
+                thousands(want),
+                if on as u64 == want { "" } else { "  MISMATCH" }
+            )?;
         }
         Ok(())
     }
@@ -318,7 +328,8 @@ where
     let t0 = Instant::now();
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (request, next, latency, events, errors, first_error) = (request.clone(), next.clone(), latency.clone(), events.clone(), errors.clone(), first_error.clone());
+            let (request, next, latency, events, errors, first_error) =
+                (request.clone(), next.clone(), latency.clone(), events.clone(), errors.clone(), first_error.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);

@@ -172,7 +172,13 @@ pub async fn run(target: Target, cfg: LoadgenConfig, shutdown: Shutdown) -> Resu
                 let domain = spec.domain(d.name()).ok_or_else(|| missing_domain(d))?;
                 writers.push(DomainWriter::new(domain));
             }
-            let r = send(Sender::Kafka { producer: producer.clone(), writers: Arc::new(writers), clock: Arc::new(VersionClock::default()) }, &cfg, &counters, &shutdown).await;
+            let r = send(
+                Sender::Kafka { producer: producer.clone(), writers: Arc::new(writers), clock: Arc::new(VersionClock::default()) },
+                &cfg,
+                &counters,
+                &shutdown,
+            )
+            .await;
             let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30))).await;
             r
         }
@@ -363,7 +369,9 @@ async fn write_file(path: &PathBuf, cfg: &LoadgenConfig, counters: &Counters, sh
         n += 1;
         let line = match &op {
             GenOp::Insert { domain, json } => format!("{{\"domain\":\"{}\",\"op\":\"insert\",\"event\":{json}}}\n", domain.name()),
-            GenOp::Update { domain, id, json } => format!("{{\"domain\":\"{}\",\"op\":\"update\",\"id\":{},\"event\":{json}}}\n", domain.name(), serde_json::Value::from(id.as_str())),
+            GenOp::Update { domain, id, json } => {
+                format!("{{\"domain\":\"{}\",\"op\":\"update\",\"id\":{},\"event\":{json}}}\n", domain.name(), serde_json::Value::from(id.as_str()))
+            }
             GenOp::Delete { domain, id } => format!("{{\"domain\":\"{}\",\"op\":\"delete\",\"id\":{}}}\n", domain.name(), serde_json::Value::from(id.as_str())),
         };
         out.write_all(line.as_bytes()).map_err(io)?;

@@ -61,9 +61,7 @@ impl VersionClock {
 }
 
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 pub fn now_ms() -> i64 {
@@ -213,12 +211,7 @@ pub struct DomainWriter {
 
 impl DomainWriter {
     pub fn new(domain: &Domain) -> DomainWriter {
-        DomainWriter {
-            decoder: Decoder::new(domain),
-            bounds: TimeBounds::of(domain),
-            event_id_field: domain.field_index(EVENT_ID),
-            domain: domain.clone(),
-        }
+        DomainWriter { decoder: Decoder::new(domain), bounds: TimeBounds::of(domain), event_id_field: domain.field_index(EVENT_ID), domain: domain.clone() }
     }
 
     pub fn name(&self) -> &str {
@@ -398,7 +391,8 @@ mod tests {
         Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const RIDE: &str = r#"{"event_type":"cancelled","ride_id":"r-1","city":"Berlin","estimated_fare":12.5,"user_id":"u-7","timestamp":"2026-11-24T10:15:00.250Z"}"#;
+    const RIDE: &str =
+        r#"{"event_type":"cancelled","ride_id":"r-1","city":"Berlin","estimated_fare":12.5,"user_id":"u-7","timestamp":"2026-11-24T10:15:00.250Z"}"#;
     const APP: &str = r#"{"session_id":"s-1","event_name":"login","latency_ms":12,"timestamp":1795515300250}"#;
 
     /// The test events' own time (2026-11-24T10:15:00.250Z) as ingest's clock.
@@ -560,7 +554,23 @@ mod tests {
         fn text() -> impl Strategy<Value = String> {
             prop_oneof![
                 "[a-zA-Z ]{1,12}",
-                proptest::collection::vec(prop_oneof![Just('a'), Just('\u{0}'), Just('\n'), Just('\u{85}'), Just('\u{202e}'), Just('\u{2067}'), Just('u'), Just('\u{308}'), Just('\u{fc}'), Just('😀'), Just('\u{fffd}')], 1..20).prop_map(|v| v.into_iter().collect()),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just('a'),
+                        Just('\u{0}'),
+                        Just('\n'),
+                        Just('\u{85}'),
+                        Just('\u{202e}'),
+                        Just('\u{2067}'),
+                        Just('u'),
+                        Just('\u{308}'),
+                        Just('\u{fc}'),
+                        Just('😀'),
+                        Just('\u{fffd}')
+                    ],
+                    1..20
+                )
+                .prop_map(|v| v.into_iter().collect()),
                 (250usize..300).prop_map(|n| "é".repeat(n / 2)),
                 Just(OVERFLOW_GROUP.to_string()),
             ]
@@ -575,7 +585,12 @@ mod tests {
         }
 
         fn event() -> impl Strategy<Value = Hostile> {
-            (prop_oneof![Just("dup".to_string()), "[a-z0-9-]{1,8}", text()], text(), number(), time()).prop_map(|(id, city, fare, time)| Hostile { id, city, fare, time })
+            (prop_oneof![Just("dup".to_string()), "[a-z0-9-]{1,8}", text()], text(), number(), time()).prop_map(|(id, city, fare, time)| Hostile {
+                id,
+                city,
+                fare,
+                time,
+            })
         }
 
         fn json(h: &Hostile) -> String {

@@ -167,10 +167,8 @@ impl Producer {
             registry,
             IntCounterVec::new(Opts::new("pulse_ingest_producer_errors_total", "Kafka producer errors, by kind"), &["kind"]).expect("valid metric"),
         );
-        let in_flight = register(
-            registry,
-            IntGauge::new("pulse_ingest_in_flight_events", "Events handed to the producer and not yet acknowledged").expect("valid metric"),
-        );
+        let in_flight =
+            register(registry, IntGauge::new("pulse_ingest_in_flight_events", "Events handed to the producer and not yet acknowledged").expect("valid metric"));
         let mut c = kafka.reliable_producer();
         let timeout_ms = cfg.timeout.as_millis().max(100);
         let linger_ms = (cfg.linger.as_secs_f64() * 1000.0).min(timeout_ms as f64 / 2.0);

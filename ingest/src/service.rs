@@ -80,13 +80,8 @@ impl Ingest {
     /// readiness monitor (`serve` starts it; see [`Ingest::refresh_readiness`]).
     pub fn new(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, registry: Registry, ready: Readiness) -> Result<Ingest, IngestError> {
         let metrics = IngestMetrics::new(&registry);
-        let producer = Producer::new(
-            kafka,
-            &ProducerConfig { timeout: cfg.produce_timeout, max_in_flight: cfg.max_in_flight, linger: cfg.linger },
-            &registry,
-        )?;
-        let domains: Vec<DomainState> =
-            spec.domains.iter().map(|d| DomainState { writer: DomainWriter::new(d), counters: metrics.domain(&d.name) }).collect();
+        let producer = Producer::new(kafka, &ProducerConfig { timeout: cfg.produce_timeout, max_in_flight: cfg.max_in_flight, linger: cfg.linger }, &registry)?;
+        let domains: Vec<DomainState> = spec.domains.iter().map(|d| DomainState { writer: DomainWriter::new(d), counters: metrics.domain(&d.name) }).collect();
         let by_name = spec.domains.iter().enumerate().map(|(i, d)| (d.name.clone(), i)).collect();
         let limiter = cfg.rate_limit.filter(|r| *r > 0.0).map(|r| RateLimiter::new(r, cfg.rate_burst, cfg.keys.len()));
         ready.set(false);
@@ -282,10 +277,7 @@ impl Ingest {
         if let Err(details) = d.writer.prepare_inserts(&body, &items, stamp, self.inner.cfg.max_event_bytes, &mut batch) {
             d.counters.invalid.inc_by(items.len() as u64);
             let what = if format == Format::Ndjson || body.trim_ascii_start().first() == Some(&b'[') { "events" } else { "event" };
-            return Err(ApiError::Invalid {
-                message: format!("{} of {} {what} invalid; nothing was stored", details.len(), items.len()),
-                details,
-            });
+            return Err(ApiError::Invalid { message: format!("{} of {} {what} invalid; nothing was stored", details.len(), items.len()), details });
         }
         self.produce(d, &batch).await?;
         Ok(batch.accepted_json())
@@ -372,7 +364,10 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed(method: Method) -> Response {
-    let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed here: POST /v1/events/{{domain}}, PUT|DELETE /v1/events/{{domain}}/{{id}}"));
+    let mut r = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not allowed here: POST /v1/events/{{domain}}, PUT|DELETE /v1/events/{{domain}}/{{id}}"),
+    );
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, PUT, DELETE"));
     r
 }
@@ -454,7 +449,9 @@ impl ApiError {
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, serde_json::json!({ "error": m }), None),
-            ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": m }), Some((header::ALLOW, HeaderValue::from_static("POST")))),
+            ApiError::MethodNotAllowed(m) => {
+                (StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": m }), Some((header::ALLOW, HeaderValue::from_static("POST"))))
+            }
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, serde_json::json!({ "error": m }), None),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": m }), None),
             ApiError::Malformed(m) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": m, "details": [] }), None),

@@ -154,12 +154,7 @@ async fn auth_and_error_statuses() {
     let spec = unique_spec();
     let mock = mock_with_topics(&spec);
     let brokers = mock.bootstrap_servers();
-    let cfg = IngestConfig {
-        keys: ApiKeys::new(["key-one", "key-two"]),
-        max_body: 64 * 1024,
-        max_batch: 100,
-        ..test_config()
-    };
+    let cfg = IngestConfig { keys: ApiKeys::new(["key-one", "key-two"]), max_body: 64 * 1024, max_batch: 100, ..test_config() };
     let server = Server::start(&brokers, spec.clone(), cfg).await;
     let anon = Http::new(&server.url);
     let http = Http::new(&server.url).with_key("key-two");

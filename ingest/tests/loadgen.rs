@@ -32,14 +32,29 @@ async fn loadgen_over_http_and_straight_to_kafka() {
     let report = run(Target::Http(client.clone()), cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.accepted, report.failed), (1_500, 1_500, 0), "{report}");
     assert_eq!(total(&brokers, &topics), 1_500);
-    let cfg = LoadgenConfig { generator: GenConfig { seed: 7, ..generator.clone() }, events: Some(5_000), concurrency: 4, batch: 100, progress: false, ..LoadgenConfig::default() };
+    let cfg = LoadgenConfig {
+        generator: GenConfig { seed: 7, ..generator.clone() },
+        events: Some(5_000),
+        concurrency: 4,
+        batch: 100,
+        progress: false,
+        ..LoadgenConfig::default()
+    };
     let report = run(Target::Http(client), cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.failed), (5_000, 0), "{report}");
     assert!(report.requests < 1_000, "batched: {report}");
     assert_eq!(total(&brokers, &topics), 6_500);
 
     // Straight to Kafka, at a target rate: same record format as ingest.
-    let cfg = LoadgenConfig { generator: GenConfig { seed: 9, ..generator }, events: Some(1_000), rate: Some(4_000.0), concurrency: 2, batch: 50, progress: false, ..LoadgenConfig::default() };
+    let cfg = LoadgenConfig {
+        generator: GenConfig { seed: 9, ..generator },
+        events: Some(1_000),
+        rate: Some(4_000.0),
+        concurrency: 2,
+        batch: 50,
+        progress: false,
+        ..LoadgenConfig::default()
+    };
     let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
     let report = run(Target::Kafka { kafka, spec: spec.clone() }, cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.failed), (1_000, 0), "{report}");

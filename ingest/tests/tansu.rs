@@ -58,10 +58,7 @@ async fn topics_are_created_idempotently_and_drift_is_reported() {
         .expect("pre-create");
     assert!(made.iter().all(Result::is_ok), "{made:?}");
     let report = ensure_topics(&admin, &plans).await.expect("reconcile");
-    assert!(
-        report.drift.iter().any(|d| d.starts_with(&format!("{}: has {} partitions", rides.topic, rides.partitions + 4))),
-        "{report:?}"
-    );
+    assert!(report.drift.iter().any(|d| d.starts_with(&format!("{}: has {} partitions", rides.topic, rides.partitions + 4))), "{report:?}");
     let grow = format!("{}: partitions 4 -> {}", drivers.topic, drivers.partitions);
     assert_eq!(report.created.len(), plans.len() - 2, "{report:?}");
     assert_eq!(partitions(&admin, &rides.topic), rides.partitions as usize + 4);

@@ -17,21 +17,13 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig {
-            brokers: DEFAULT_BROKERS.to_string(),
-            properties: Vec::new(),
-        }
+        KafkaConfig { brokers: DEFAULT_BROKERS.to_string(), properties: Vec::new() }
     }
 }
 
 /// Turns `SECURITY_PROTOCOL` into `security.protocol` (`__` stands for `_`).
 pub fn property_name(env_suffix: &str) -> String {
-    env_suffix
-        .to_ascii_lowercase()
-        .split("__")
-        .map(|part| part.replace('_', "."))
-        .collect::<Vec<_>>()
-        .join("_")
+    env_suffix.to_ascii_lowercase().split("__").map(|part| part.replace('_', ".")).collect::<Vec<_>>().join("_")
 }
 
 impl KafkaConfig {
@@ -41,16 +33,10 @@ impl KafkaConfig {
     }
 
     pub fn from_vars(brokers: impl Into<String>, vars: impl IntoIterator<Item = (String, String)>) -> KafkaConfig {
-        let mut properties: Vec<(String, String)> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX) && k != BROKERS_ENV)
-            .map(|(k, v)| (property_name(&k[PREFIX.len()..]), v))
-            .collect();
+        let mut properties: Vec<(String, String)> =
+            vars.into_iter().filter(|(k, _)| k.starts_with(PREFIX) && k != BROKERS_ENV).map(|(k, v)| (property_name(&k[PREFIX.len()..]), v)).collect();
         properties.sort();
-        KafkaConfig {
-            brokers: brokers.into(),
-            properties,
-        }
+        KafkaConfig { brokers: brokers.into(), properties }
     }
 
     /// A client configuration with the brokers and passthrough properties.

@@ -36,10 +36,6 @@ impl DeadLetter {
 
     /// Reads a header of a dead-letter record as text.
     pub fn header<H: Headers>(headers: &H, key: &str) -> Option<String> {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+        headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }

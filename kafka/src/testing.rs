@@ -16,10 +16,7 @@ pub fn stack_brokers() -> Option<String> {
 /// A name unique to this process and call, for topics, groups and databases.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -47,10 +44,7 @@ pub fn unique_spec_text() -> String {
 pub fn with_unique_topics(text: &str) -> String {
     let prefix = unique_name("t").replace('_', "-");
     let mut text = text.to_string();
-    let topics: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("topic = \"").and_then(|r| r.strip_suffix('"')).map(String::from))
-        .collect();
+    let topics: Vec<String> = text.lines().filter_map(|l| l.trim().strip_prefix("topic = \"").and_then(|r| r.strip_suffix('"')).map(String::from)).collect();
     for topic in topics {
         text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
     }

@@ -85,24 +85,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, plans: &[TopicPlan]) -> Result<TopicReport> {
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
     let metadata = admin.inner().fetch_metadata(None, TIMEOUT)?;
-    let existing: HashMap<String, i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-        .collect();
+    let existing: HashMap<String, i32> =
+        metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name().to_string(), t.partitions().len() as i32)).collect();
     let mut report = TopicReport::default();
 
     let missing: Vec<&TopicPlan> = plans.iter().filter(|p| !existing.contains_key(&p.name)).collect();
     if !missing.is_empty() {
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|p| {
-                p.configs.iter().fold(
-                    NewTopic::new(&p.name, p.partitions, TopicReplication::Fixed(p.replication)),
-                    |t, (k, v)| t.set(k, v),
-                )
-            })
+            .map(|p| p.configs.iter().fold(NewTopic::new(&p.name, p.partitions, TopicReplication::Fixed(p.replication)), |t, (k, v)| t.set(k, v)))
             .collect();
         for result in admin.create_topics(new_topics.iter(), &opts).await? {
             match result {

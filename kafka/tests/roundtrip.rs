@@ -109,9 +109,7 @@ async fn roundtrip(cfg: KafkaConfig, topic: &str, tansu: bool) {
     let cfg2 = cfg.clone();
     let topic2 = topic.to_string();
     let group2 = group.clone();
-    let first = tokio::task::spawn_blocking(move || consume(&cfg2, &group2, &topic2, MESSAGES / 2, MESSAGES / 2))
-        .await
-        .expect("consumer thread");
+    let first = tokio::task::spawn_blocking(move || consume(&cfg2, &group2, &topic2, MESSAGES / 2, MESSAGES / 2)).await.expect("consumer thread");
     assert_eq!(first.len(), MESSAGES / 2);
     for (p, _, k, _) in &first {
         assert_eq!(key_partition[k], *p);
@@ -121,9 +119,7 @@ async fn roundtrip(cfg: KafkaConfig, topic: &str, tansu: bool) {
     // exactly the messages the first one had not committed.
     let cfg3 = cfg.clone();
     let topic3 = topic.to_string();
-    let rest = tokio::task::spawn_blocking(move || consume(&cfg3, &group, &topic3, MESSAGES - MESSAGES / 2, usize::MAX))
-        .await
-        .expect("consumer thread");
+    let rest = tokio::task::spawn_blocking(move || consume(&cfg3, &group, &topic3, MESSAGES - MESSAGES / 2, usize::MAX)).await.expect("consumer thread");
     let seen: HashSet<(i32, i64)> = first.iter().chain(&rest).map(|(p, o, ..)| (*p, *o)).collect();
     assert_eq!(first.len() + rest.len(), MESSAGES, "no message twice");
     assert_eq!(seen.len(), MESSAGES, "every message once");
@@ -145,10 +141,7 @@ async fn tansu_keyed_lz4_group_manual_commit() {
     let cfg = KafkaConfig { brokers, properties: Vec::new() };
     let admin: AdminClient<DefaultClientContext> = cfg.client().create().expect("admin");
     let topic = unique_name("roundtrip");
-    let results = admin
-        .create_topics([&NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .expect("create topics");
+    let results = admin.create_topics([&NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))], &AdminOptions::new()).await.expect("create topics");
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     roundtrip(cfg, &topic, true).await;
 }

@@ -33,17 +33,11 @@ impl fmt::Display for DecodeError {
 impl DecodeError {
     // Boxed: the reader's results stay small on the hot path.
     fn field(field: &str, reason: impl Into<String>) -> Box<Self> {
-        Box::new(DecodeError {
-            field: Some(field.to_string()),
-            reason: reason.into(),
-        })
+        Box::new(DecodeError { field: Some(field.to_string()), reason: reason.into() })
     }
 
     fn body(reason: impl Into<String>) -> Box<Self> {
-        Box::new(DecodeError {
-            field: None,
-            reason: reason.into(),
-        })
+        Box::new(DecodeError { field: None, reason: reason.into() })
     }
 }
 
@@ -153,12 +147,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(domain: &Domain) -> Decoder {
-        let mut names: Vec<(String, Slot)> = domain
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.name.clone(), Slot::Field(i)))
-            .collect();
+        let mut names: Vec<(String, Slot)> = domain.fields.iter().enumerate().map(|(i, f)| (f.name.clone(), Slot::Field(i))).collect();
         if !domain.declares_event_id() {
             names.push((EVENT_ID.to_string(), Slot::EventId));
         }
@@ -179,12 +168,7 @@ impl Decoder {
                 FieldType::Point => Kind::Point,
             })
             .collect();
-        let limits = domain
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Limits::of(f, i == domain.key || f.name == EVENT_ID))
-            .collect();
+        let limits = domain.fields.iter().enumerate().map(|(i, f)| Limits::of(f, i == domain.key || f.name == EVENT_ID)).collect();
         Decoder {
             names,
             kinds,
@@ -264,14 +248,7 @@ impl Decoder {
             return Err(DecodeError::field(&self.field_names[self.key_field], "the key must not be empty"));
         }
         values.shrink_to_fit();
-        Ok(Event {
-            values,
-            time,
-            event_id,
-            ingested_at: p.ingested_at,
-            version: p.version,
-            op,
-        })
+        Ok(Event { values, time, event_id, ingested_at: p.ingested_at, version: p.version, op })
     }
 }
 
@@ -361,11 +338,7 @@ impl<'a> Reader<'a> {
                 b'"' => {
                     self.pos = i + 1;
                     // Quotes are ASCII, so both ends are char boundaries of the validated text.
-                    return self
-                        .text
-                        .get(start..i)
-                        .map(StrRef::Borrowed)
-                        .ok_or_else(|| DecodeError::body(format!("invalid UTF-8 in string at byte {start}")));
+                    return self.text.get(start..i).map(StrRef::Borrowed).ok_or_else(|| DecodeError::body(format!("invalid UTF-8 in string at byte {start}")));
                 }
                 b'\\' => return self.escaped(start, i),
                 0..=0x1f => {
@@ -382,9 +355,7 @@ impl<'a> Reader<'a> {
     fn escaped(&mut self, start: usize, first_escape: usize) -> Result<StrRef<'a>, Box<DecodeError>> {
         let b = self.b;
         let text = self.text;
-        let utf8 = |range: std::ops::Range<usize>| {
-            text.get(range).ok_or_else(|| DecodeError::body(format!("invalid UTF-8 in string at byte {start}")))
-        };
+        let utf8 = |range: std::ops::Range<usize>| text.get(range).ok_or_else(|| DecodeError::body(format!("invalid UTF-8 in string at byte {start}")));
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         out.push_str(utf8(start..first_escape)?);
@@ -694,13 +665,7 @@ impl<'a> Reader<'a> {
     }
 
     fn object(&mut self, dec: &Decoder) -> Result<Partial, Box<DecodeError>> {
-        let mut p = Partial {
-            values: vec![Value::Null; dec.kinds.len()],
-            event_id: None,
-            ingested_at: None,
-            version: None,
-            deleted: false,
-        };
+        let mut p = Partial { values: vec![Value::Null; dec.kinds.len()], event_id: None, ingested_at: None, version: None, deleted: false };
         if self.peek() != Some(b'{') {
             let got = self.value_kind();
             return Err(DecodeError::body(format!("expected a JSON object, got {got}")));

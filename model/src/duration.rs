@@ -22,13 +22,7 @@ impl Millis {
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(i64, &str); 5] = [
-            (7 * 86_400_000, "w"),
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1000, "s"),
-        ];
+        const UNITS: [(i64, &str); 5] = [(7 * 86_400_000, "w"), (86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
         for (size, unit) in UNITS {
             if self.0 != 0 && self.0 % size == 0 {
                 return write!(f, "{}{unit}", self.0 / size);
@@ -41,16 +35,12 @@ impl fmt::Display for Millis {
 /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`, `w`.
 pub fn parse_duration(text: &str) -> Result<Millis, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration `{text}` has no unit (use ms, s, m, h, d or w)"))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("duration `{text}` has no unit (use ms, s, m, h, d or w)"))?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
         return Err(format!("duration `{text}` must start with a number, e.g. `30s`"));
     }
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| format!("duration `{text}` is too large"))?;
+    let n: i64 = digits.parse().map_err(|_| format!("duration `{text}` is too large"))?;
     let scale = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -59,14 +49,10 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
         "d" => 86_400_000,
         "w" => 7 * 86_400_000,
         other => {
-            return Err(format!(
-                "duration `{text}` has unknown unit `{other}` (use ms, s, m, h, d or w)"
-            ));
+            return Err(format!("duration `{text}` has unknown unit `{other}` (use ms, s, m, h, d or w)"));
         }
     };
-    n.checked_mul(scale)
-        .map(Millis)
-        .ok_or_else(|| format!("duration `{text}` is too large"))
+    n.checked_mul(scale).map(Millis).ok_or_else(|| format!("duration `{text}` is too large"))
 }
 
 #[cfg(test)]

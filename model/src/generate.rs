@@ -11,8 +11,26 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 pub const CITIES: [&str; 20] = [
-    "Amsterdam", "Athens", "Barcelona", "Berlin", "Bogota", "Cairo", "Chicago", "Delhi", "Dublin", "Istanbul",
-    "Jakarta", "Lagos", "Lima", "Lisbon", "London", "Madrid", "Nairobi", "Paris", "Seoul", "Toronto",
+    "Amsterdam",
+    "Athens",
+    "Barcelona",
+    "Berlin",
+    "Bogota",
+    "Cairo",
+    "Chicago",
+    "Delhi",
+    "Dublin",
+    "Istanbul",
+    "Jakarta",
+    "Lagos",
+    "Lima",
+    "Lisbon",
+    "London",
+    "Madrid",
+    "Nairobi",
+    "Paris",
+    "Seoul",
+    "Toronto",
 ];
 
 const EVENT_NAMES: [&str; 8] = ["login", "search", "view_item", "add_to_cart", "checkout", "payment", "logout", "chat"];
@@ -179,11 +197,7 @@ impl Generator {
         if self.cfg.late_fraction > 0.0 && self.rng.random_bool(self.cfg.late_fraction.min(1.0)) {
             return now - self.cfg.late_by_ms;
         }
-        if self.cfg.disorder_ms > 0 {
-            now - self.rng.random_range(0..=self.cfg.disorder_ms)
-        } else {
-            now
-        }
+        if self.cfg.disorder_ms > 0 { now - self.rng.random_range(0..=self.cfg.disorder_ms) } else { now }
     }
 
     fn cities(&self) -> usize {
@@ -231,11 +245,7 @@ impl Generator {
             _ => "completed",
         };
         let ts = self.event_time();
-        let driver = if ride.stage >= 1 && event_type != "cancelled" {
-            format!(",\"driver_id\":\"d-{}\"", ride.driver)
-        } else {
-            String::new()
-        };
+        let driver = if ride.stage >= 1 && event_type != "cancelled" { format!(",\"driver_id\":\"d-{}\"", ride.driver) } else { String::new() };
         let pickup = if ride.stage == 0 {
             let (lat, lng) = self.coords(ride.city);
             format!(",\"pickup\":{{\"lat\":{lat:.5},\"lng\":{lng:.5}}}")
@@ -244,7 +254,10 @@ impl Generator {
         };
         let json = format!(
             "{{\"event_type\":\"{event_type}\",\"ride_id\":\"r-{}\",\"city\":\"{}\",\"estimated_fare\":{:.2},\"user_id\":\"u-{}\"{driver}{pickup},\"timestamp\":{ts}}}",
-            ride.id, CITIES[ride.city], f64::from(ride.fare_cents) / 100.0, ride.user
+            ride.id,
+            CITIES[ride.city],
+            f64::from(ride.fare_cents) / 100.0,
+            ride.user
         );
         let finished = event_type == "cancelled" || event_type == "completed";
         if !finished {
@@ -280,11 +293,7 @@ impl Generator {
 
     fn app_json(&mut self, id: u64, ts: i64, name: usize, session: u64) -> String {
         let latency = (self.rng.random_range(0.0f64..1.0).powi(3) * 900.0 + 5.0 + name as f64 * 3.0).round();
-        let error = if self.rng.random_bool(0.03 + 0.02 * (name % 3) as f64) {
-            ",\"error\":\"timeout\""
-        } else {
-            ""
-        };
+        let error = if self.rng.random_bool(0.03 + 0.02 * (name % 3) as f64) { ",\"error\":\"timeout\"" } else { "" };
         format!(
             "{{\"event_id\":\"app-{id}\",\"session_id\":\"s-{session}\",\"event_name\":\"{}\",\"input\":\"q{id}\",\"latency_ms\":{latency}{error},\"timestamp\":{ts}}}",
             EVENT_NAMES[name]
@@ -357,10 +366,7 @@ mod tests {
     #[test]
     fn generated_events_are_valid_for_the_default_spec() {
         let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
-        let decoders: Vec<_> = ["rides", "driver_locations", "app_events"]
-            .iter()
-            .map(|d| Decoder::new(spec.domain(d).expect("domain")))
-            .collect();
+        let decoders: Vec<_> = ["rides", "driver_locations", "app_events"].iter().map(|d| Decoder::new(spec.domain(d).expect("domain"))).collect();
         let cfg = GenConfig { rate: 100.0, late_fraction: 0.01, surge_after_ms: Some(0), ..GenConfig::default() };
         let mut kinds = [0usize; 3];
         let mut cancelled = 0;

@@ -134,11 +134,7 @@ impl MetricRow {
                 AggValue::Float(None) => out.push_str("null"),
             }
         }
-        let _ = write!(
-            out,
-            ",\"final\":{},\"revision\":{},\"emitted_at\":{}}}",
-            self.is_final, self.revision, self.emitted_at
-        );
+        let _ = write!(out, ",\"final\":{},\"revision\":{},\"emitted_at\":{}}}", self.is_final, self.revision, self.emitted_at);
         out
     }
 }
@@ -149,11 +145,8 @@ mod tests {
 
     #[test]
     fn renders_flat_json_and_key() {
-        let shape = RowShape {
-            metric: "city_metrics".into(),
-            group_names: vec!["city".into()],
-            agg_names: vec!["requests".into(), "avg_fare".into(), "rate".into()],
-        };
+        let shape =
+            RowShape { metric: "city_metrics".into(), group_names: vec!["city".into()], agg_names: vec!["requests".into(), "avg_fare".into(), "rate".into()] };
         let row = MetricRow {
             metric: 0,
             group: vec![GroupValue::Str("São \"Paulo\"".into())],

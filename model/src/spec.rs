@@ -13,8 +13,7 @@ use crate::duration::{Millis, parse_duration};
 
 /// Columns every raw table and every metric table has besides the spec's fields.
 pub const RESERVED_RAW_COLUMNS: &[&str] = &["ingested_at", "version", "is_deleted"];
-pub const RESERVED_METRIC_COLUMNS: &[&str] =
-    &["window_start", "window_end", "final", "revision", "emitted_at", "metric"];
+pub const RESERVED_METRIC_COLUMNS: &[&str] = &["window_start", "window_end", "final", "revision", "emitted_at", "metric"];
 /// The envelope field carrying an event's identity. Ingest assigns one when missing.
 pub const EVENT_ID: &str = "event_id";
 
@@ -240,12 +239,7 @@ impl AggKind {
     /// The domain field this aggregate reads, if any.
     pub fn field(&self) -> Option<usize> {
         match *self {
-            AggKind::Sum(f)
-            | AggKind::Avg(f)
-            | AggKind::Min(f)
-            | AggKind::Max(f)
-            | AggKind::CountDistinct(f)
-            | AggKind::Quantile(f, _) => Some(f),
+            AggKind::Sum(f) | AggKind::Avg(f) | AggKind::Min(f) | AggKind::Max(f) | AggKind::CountDistinct(f) | AggKind::Quantile(f, _) => Some(f),
             AggKind::Count | AggKind::Ratio(..) => None,
         }
     }
@@ -296,13 +290,8 @@ impl Spec {
 
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Spec, SpecErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SpecErrors(vec![SpecError {
-                file: path.to_path_buf(),
-                line: 0,
-                message: format!("cannot read spec: {e}"),
-            }])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecErrors(vec![SpecError { file: path.to_path_buf(), line: 0, message: format!("cannot read spec: {e}") }]))?;
         Spec::parse(path, &text)
     }
 
@@ -311,17 +300,9 @@ impl Spec {
         let lines = LineIndex::new(text);
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| lines.line(s.start));
-            SpecErrors(vec![SpecError {
-                file: file.to_path_buf(),
-                line,
-                message: e.message().trim().to_string(),
-            }])
+            SpecErrors(vec![SpecError { file: file.to_path_buf(), line, message: e.message().trim().to_string() }])
         })?;
-        let mut v = Validator {
-            file: file.to_path_buf(),
-            lines,
-            errors: Vec::new(),
-        };
+        let mut v = Validator { file: file.to_path_buf(), lines, errors: Vec::new() };
         let spec = v.spec(raw);
         if v.errors.is_empty() {
             Ok(spec)
@@ -465,21 +446,13 @@ fn is_identifier(s: &str) -> bool {
 }
 
 fn is_topic_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 249
-        && s != "."
-        && s != ".."
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty() && s.len() <= 249 && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl Validator {
     fn err<T>(&mut self, at: &S<T>, message: impl Into<String>) {
         let line = self.lines.line(at.span().start);
-        self.errors.push(SpecError {
-            file: self.file.clone(),
-            line,
-            message: message.into(),
-        });
+        self.errors.push(SpecError { file: self.file.clone(), line, message: message.into() });
     }
 
     fn duration(&mut self, at: &S<String>, what: &str) -> Option<Millis> {
@@ -493,9 +466,7 @@ impl Validator {
     }
 
     fn opt_duration(&mut self, at: &Option<S<String>>, what: &str, default: Millis) -> Millis {
-        at.as_ref()
-            .and_then(|d| self.duration(d, what))
-            .unwrap_or(default)
+        at.as_ref().and_then(|d| self.duration(d, what)).unwrap_or(default)
     }
 
     fn spec(&mut self, raw: RawSpec) -> Spec {
@@ -520,11 +491,7 @@ impl Validator {
             }
         }
         if raw.domain.is_empty() {
-            self.errors.push(SpecError {
-                file: self.file.clone(),
-                line: 1,
-                message: "the spec declares no [[domain]]".into(),
-            });
+            self.errors.push(SpecError { file: self.file.clone(), line: 1, message: "the spec declares no [[domain]]".into() });
         }
         let mut metrics = Vec::new();
         let mut metric_names = HashSet::new();
@@ -540,12 +507,7 @@ impl Validator {
                 metrics.push(metric);
             }
         }
-        Spec {
-            file: self.file.clone(),
-            pipeline,
-            domains,
-            metrics,
-        }
+        Spec { file: self.file.clone(), pipeline, domains, metrics }
     }
 
     fn pipeline(&mut self, raw: Option<&RawPipeline>) -> Pipeline {
@@ -571,10 +533,7 @@ impl Validator {
                 other => self.err(l, format!("late_events: unknown policy `{other}` (use drop or dead_letter)")),
             }
         }
-        for (slot, raw_topic) in [
-            (&mut p.aggregated_topic, &raw.aggregated_topic),
-            (&mut p.dead_letter_topic, &raw.dead_letter_topic),
-        ] {
+        for (slot, raw_topic) in [(&mut p.aggregated_topic, &raw.aggregated_topic), (&mut p.dead_letter_topic, &raw.dead_letter_topic)] {
             if let Some(t) = raw_topic {
                 if is_topic_name(t.get_ref()) {
                     *slot = t.get_ref().clone();
@@ -746,9 +705,10 @@ impl Validator {
             }
         }
         if let Some(i) = fields.iter().position(|f| f.name == EVENT_ID)
-            && fields[i].ty != FieldType::String {
-                self.err(&raw.name, format!("domain `{name}`: field `{EVENT_ID}` must be a string"));
-            }
+            && fields[i].ty != FieldType::String
+        {
+            self.err(&raw.name, format!("domain `{name}`: field `{EVENT_ID}` must be a string"));
+        }
         let max_future = self.opt_duration(&raw.max_future, &format!("domain `{name}`: max_future"), DEFAULT_MAX_FUTURE);
         let max_age = self.opt_duration(&raw.max_age, &format!("domain `{name}`: max_age"), retention);
         if let Some(a) = &raw.max_age
@@ -866,19 +826,28 @@ impl Validator {
             if let Some(fi) = f {
                 let fty = &domain.fields[fi].ty;
                 let numeric_only = matches!(func, "sum" | "avg" | "min" | "max" | "quantile");
-                if numeric_only && !fty.is_numeric() && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp)
-                    && let Some(fld) = &a.field {
-                        self.err(fld, format!("metric `{name}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", domain.fields[fi].name, fty.name()));
-                    }
-                if func == "count_distinct" && *fty == FieldType::Point
-                    && let Some(fld) = &a.field {
-                        self.err(fld, format!("metric `{name}`: cannot count distinct points"));
-                    }
+                if numeric_only
+                    && !fty.is_numeric()
+                    && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp)
+                    && let Some(fld) = &a.field
+                {
+                    self.err(
+                        fld,
+                        format!("metric `{name}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", domain.fields[fi].name, fty.name()),
+                    );
+                }
+                if func == "count_distinct"
+                    && *fty == FieldType::Point
+                    && let Some(fld) = &a.field
+                {
+                    self.err(fld, format!("metric `{name}`: cannot count distinct points"));
+                }
             }
             if func != "quantile"
-                && let Some(q) = &a.q {
-                    self.err(q, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `q`"));
-                }
+                && let Some(q) = &a.q
+            {
+                self.err(q, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `q`"));
+            }
             if func != "ratio" {
                 for r in [&a.numerator, &a.denominator].into_iter().flatten() {
                     self.err(r, format!("metric `{name}`: only ratio aggregates take numerator/denominator"));
@@ -913,7 +882,10 @@ impl Validator {
                     Some(AggKind::Ratio(usize::MAX, usize::MAX))
                 }
                 other => {
-                    self.err(&a.func, format!("metric `{name}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"));
+                    self.err(
+                        &a.func,
+                        format!("metric `{name}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"),
+                    );
                     None
                 }
             };
@@ -938,7 +910,10 @@ impl Validator {
                             }
                             Some(AggKind::Count | AggKind::Sum(_) | AggKind::CountDistinct(_)) => target,
                             Some(_) => {
-                                this.err(at, format!("metric `{name}`: a ratio's parts must be count, sum or count_distinct aggregates (`{}` is not)", at.get_ref()));
+                                this.err(
+                                    at,
+                                    format!("metric `{name}`: a ratio's parts must be count, sum or count_distinct aggregates (`{}` is not)", at.get_ref()),
+                                );
                                 None
                             }
                             None => {
@@ -971,16 +946,7 @@ impl Validator {
         if self.errors.len() > before {
             return None;
         }
-        Some(Metric {
-            name,
-            domain: domain_index,
-            group_by,
-            window: window?,
-            slide: slide?,
-            lateness,
-            aggregates,
-            max_groups,
-        })
+        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups })
     }
 
     fn filter(&mut self, raw: &S<RawFilter>, metric: &str, domain: &Domain) -> Option<Filter> {
@@ -1004,7 +970,10 @@ impl Validator {
         }
         if r.non_empty == Some(true) {
             if !matches!(field.ty, FieldType::String | FieldType::Enum(_)) && !field.optional {
-                self.err(raw, format!("metric `{metric}`: non_empty needs a string field or an optional field, `{}` is a required {}", field.name, field.ty.name()));
+                self.err(
+                    raw,
+                    format!("metric `{metric}`: non_empty needs a string field or an optional field, `{}` is a required {}", field.name, field.ty.name()),
+                );
                 return None;
             }
             return Some(Filter::NonEmpty(fi));
@@ -1136,12 +1105,20 @@ fields = [
 
     #[test]
     fn unknown_aggregate() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n  {{ name = \"n\", fn = \"median\" }},\n]\n"), 21, "unknown aggregate function `median`");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n  {{ name = \"n\", fn = \"median\" }},\n]\n"),
+            21,
+            "unknown aggregate function `median`",
+        );
     }
 
     #[test]
     fn window_not_multiple_of_slide() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"), 20, "window 5m is not a multiple of slide 2m");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"),
+            20,
+            "window 5m is not a multiple of slide 2m",
+        );
     }
 
     #[test]
@@ -1151,24 +1128,47 @@ fields = [
 
     #[test]
     fn duplicate_names() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\" }},\n{{ name = \"n\", fn = \"count\" }},\n]\n"), 22, "duplicate aggregate `n`");
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"), 23, "duplicate metric name `m`");
-        assert_error("\n[[domain]]\nname = \"rides\"\ntopic = \"other\"\nkey = \"k\"\ntime_field = \"t\"\nfields = [{ name = \"k\", type = \"string\" }, { name = \"t\", type = \"timestamp\" }]\n", 16, "duplicate domain name `rides`");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\" }},\n{{ name = \"n\", fn = \"count\" }},\n]\n"),
+            22,
+            "duplicate aggregate `n`",
+        );
+        assert_error(
+            &format!(
+                "{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"
+            ),
+            23,
+            "duplicate metric name `m`",
+        );
+        assert_error(
+            "\n[[domain]]\nname = \"rides\"\ntopic = \"other\"\nkey = \"k\"\ntime_field = \"t\"\nfields = [{ name = \"k\", type = \"string\" }, { name = \"t\", type = \"timestamp\" }]\n",
+            16,
+            "duplicate domain name `rides`",
+        );
     }
 
     #[test]
     fn filter_on_missing_field() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"colour\", eq = \"red\" }} }},\n]\n"), 21, "filter on `colour`, which is not a field of domain `rides`");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"colour\", eq = \"red\" }} }},\n]\n"),
+            21,
+            "filter on `colour`, which is not a field of domain `rides`",
+        );
     }
 
     #[test]
     fn filter_value_not_in_enum() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"kind\", eq = \"c\" }} }},\n]\n"), 21, "`c` is not a value of enum field `kind`");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"n\", fn = \"count\", filter = {{ field = \"kind\", eq = \"c\" }} }},\n]\n"),
+            21,
+            "`c` is not a value of enum field `kind`",
+        );
     }
 
     #[test]
     fn unknown_group_field_and_domain() {
-        let text = "\n[[metric]]\nname = \"m\"\ndomain = \"rides\"\ngroup_by = [\"country\"]\nwindow = \"5m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
+        let text =
+            "\n[[metric]]\nname = \"m\"\ndomain = \"rides\"\ngroup_by = [\"country\"]\nwindow = \"5m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
         assert_error(text, 18, "group_by field `country` is not a field");
         let text = "\n[[metric]]\nname = \"m\"\ndomain = \"trips\"\nwindow = \"5m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
         assert_error(text, 17, "unknown domain `trips`");
@@ -1176,8 +1176,16 @@ fields = [
 
     #[test]
     fn numeric_aggregate_on_string_and_bad_ratio() {
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"s\", fn = \"sum\", field = \"city\" }},\n]\n"), 21, "needs a numeric field");
-        assert_error(&format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"r\", fn = \"ratio\", numerator = \"x\", denominator = \"r\" }},\n]\n"), 21, "unknown aggregate `x`");
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"s\", fn = \"sum\", field = \"city\" }},\n]\n"),
+            21,
+            "needs a numeric field",
+        );
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{{ name = \"r\", fn = \"ratio\", numerator = \"x\", denominator = \"r\" }},\n]\n"),
+            21,
+            "unknown aggregate `x`",
+        );
     }
 
     #[test]
@@ -1196,7 +1204,9 @@ fields = [
     #[test]
     fn trust_boundary_keys() {
         let domain = |fields: &str, extra: &str| {
-            format!("[[domain]]\nname = \"d\"\ntopic = \"t\"\nkey = \"id\"\ntime_field = \"ts\"\n{extra}fields = [\n  {{ name = \"id\", type = \"string\" }},\n  {{ name = \"ts\", type = \"timestamp\" }},\n{fields}]\n")
+            format!(
+                "[[domain]]\nname = \"d\"\ntopic = \"t\"\nkey = \"id\"\ntime_field = \"ts\"\n{extra}fields = [\n  {{ name = \"id\", type = \"string\" }},\n  {{ name = \"ts\", type = \"timestamp\" }},\n{fields}]\n"
+            )
         };
         let errs = |text: String| match Spec::parse(Path::new("t.toml"), &text) {
             Ok(_) => Vec::new(),
@@ -1217,13 +1227,18 @@ fields = [
         assert!(e.iter().any(|e| e.contains("cannot have `max_length`")), "{e:?}");
         let e = errs(domain("", "max_future = \"soon\"\n"));
         assert!(e.iter().any(|e| e.starts_with("6:") && e.contains("max_future")), "{e:?}");
-        let e = errs(format!("{}\n[[metric]]\nname = \"m\"\ndomain = \"d\"\nwindow = \"1m\"\nmax_groups = 0\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n", domain("", "")));
+        let e = errs(format!(
+            "{}\n[[metric]]\nname = \"m\"\ndomain = \"d\"\nwindow = \"1m\"\nmax_groups = 0\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n",
+            domain("", "")
+        ));
         assert!(e.iter().any(|e| e.contains("max_groups must be between")), "{e:?}");
     }
 
     #[test]
     fn every_error_is_reported() {
-        let errs = errors(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [\n{{ name = \"n\", fn = \"nope\" }},\n{{ name = \"s\", fn = \"sum\", field = \"nope\" }},\n]\n"));
+        let errs = errors(&format!(
+            "{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [\n{{ name = \"n\", fn = \"nope\" }},\n{{ name = \"s\", fn = \"sum\", field = \"nope\" }},\n]\n"
+        ));
         assert_eq!(errs.len(), 3, "{errs:#?}");
     }
 }

@@ -57,7 +57,10 @@ pub enum Value {
     Bool(bool),
     /// Milliseconds since the Unix epoch, UTC.
     Time(i64),
-    Point { lat: f64, lng: f64 },
+    Point {
+        lat: f64,
+        lng: f64,
+    },
 }
 
 impl Value {

@@ -83,10 +83,7 @@ mod tests {
     fn brute_starts(w: Windows, t: i64) -> Vec<i64> {
         let lo = (t - w.size).div_euclid(w.slide) - 2;
         let hi = t.div_euclid(w.slide) + 2;
-        (lo..=hi)
-            .map(|k| k * w.slide)
-            .filter(|&s| s <= t && t < s + w.size)
-            .collect()
+        (lo..=hi).map(|k| k * w.slide).filter(|&s| s <= t && t < s + w.size).collect()
     }
 
     fn geometry() -> impl Strategy<Value = Windows> {

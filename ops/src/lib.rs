@@ -41,11 +41,7 @@ struct OpsState {
 /// reachable) and `/metrics` (Prometheus text format).
 pub fn ops_router<S: Clone + Send + Sync + 'static>(service: &'static str, registry: Registry, ready: Readiness) -> Router<S> {
     let state = OpsState { registry, ready, service };
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(readiness))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    Router::new().route("/health", get(health)).route("/ready", get(readiness)).route("/metrics", get(metrics)).with_state(state)
 }
 
 async fn health(State(s): State<OpsState>) -> Response {

@@ -6,10 +6,10 @@ pub mod config;
 pub mod migrate;
 pub mod schema;
 pub mod service;
-pub mod verify;
 pub mod testing;
+pub mod verify;
 pub mod writer;
 
 pub use config::ClickHouseConfig;
 pub use migrate::{MigrateError, MigrationReport, migrate};
-pub use writer::{Writer, WriterMetrics, WriteError};
+pub use writer::{WriteError, Writer, WriterMetrics};

@@ -100,13 +100,7 @@ fn diff(table: &Table, existing: &[ColumnInfo], db: &str, statements: &mut Vec<S
                 Some(p) => format!(" AFTER {}", ident(p)),
                 None => " FIRST".to_string(),
             };
-            statements.push(format!(
-                "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} {}{position}",
-                ident(db),
-                ident(&table.name),
-                ident(&want.name),
-                want.ty
-            ));
+            statements.push(format!("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} {}{position}", ident(db), ident(&table.name), ident(&want.name), want.ty));
         }
         previous = Some(&want.name);
     }
@@ -126,10 +120,7 @@ pub async fn migrate(cfg: &ClickHouseConfig, spec: &Spec) -> Result<MigrationRep
         }
     }
     if !applied.is_empty() {
-        let next: u64 = client
-            .query(&format!("SELECT max(id) + 1 FROM {}.{}", ident(&cfg.database), ident(MIGRATIONS_TABLE)))
-            .fetch_one()
-            .await?;
+        let next: u64 = client.query(&format!("SELECT max(id) + 1 FROM {}.{}", ident(&cfg.database), ident(MIGRATIONS_TABLE))).fetch_one().await?;
         for (i, sql) in applied.iter().enumerate() {
             client
                 .query(&format!(

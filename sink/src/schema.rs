@@ -54,13 +54,7 @@ impl Table {
         for (name, expr, ty) in &self.indexes {
             cols.push(format!("    INDEX {} {expr} TYPE {ty} GRANULARITY 1", ident(name)));
         }
-        let mut sql = format!(
-            "CREATE TABLE IF NOT EXISTS {}.{}\n(\n{}\n)\nENGINE = {}",
-            ident(database),
-            ident(&self.name),
-            cols.join(",\n"),
-            self.engine
-        );
+        let mut sql = format!("CREATE TABLE IF NOT EXISTS {}.{}\n(\n{}\n)\nENGINE = {}", ident(database), ident(&self.name), cols.join(",\n"), self.engine);
         if let Some(p) = &self.partition_by {
             sql.push_str(&format!("\nPARTITION BY {p}"));
         }
@@ -145,15 +139,15 @@ fn field_column(name: &str, ty: &FieldType, optional: bool, dimension: bool) -> 
             let t = if optional { "LowCardinality(Nullable(String))" } else { "LowCardinality(String)" };
             vec![(Column::new(name, t), RawSource::Field(0), if optional { Enc::NullStr } else { Enc::Str })]
         }
-        FieldType::String | FieldType::Enum(_) => vec![(Column::new(name, nullable("String")), RawSource::Field(0), if optional { Enc::NullStr } else { Enc::Str })],
+        FieldType::String | FieldType::Enum(_) => {
+            vec![(Column::new(name, nullable("String")), RawSource::Field(0), if optional { Enc::NullStr } else { Enc::Str })]
+        }
         FieldType::Int => vec![(Column::new(name, nullable("Int64")), RawSource::Field(0), if optional { Enc::NullI64 } else { Enc::I64 })],
         FieldType::Float => vec![(Column::new(name, nullable("Float64")), RawSource::Field(0), if optional { Enc::NullF64 } else { Enc::F64 })],
         FieldType::Bool => vec![(Column::new(name, nullable("Bool")), RawSource::Field(0), if optional { Enc::NullBool } else { Enc::Bool })],
-        FieldType::Timestamp => vec![(
-            Column::new(name, nullable("DateTime64(3, 'UTC')")),
-            RawSource::Field(0),
-            if optional { Enc::NullTime } else { Enc::Time },
-        )],
+        FieldType::Timestamp => {
+            vec![(Column::new(name, nullable("DateTime64(3, 'UTC')")), RawSource::Field(0), if optional { Enc::NullTime } else { Enc::Time })]
+        }
         // A point is two columns; absent points are NULL in both.
         FieldType::Point => vec![
             (Column::new(format!("{name}_lat"), "Nullable(Float64)"), RawSource::PointLat(0), Enc::NullF64),

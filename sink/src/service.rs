@@ -88,13 +88,19 @@ impl SinkMetrics {
         SinkMetrics {
             events: register(
                 registry,
-                IntCounterVec::new(Opts::new("pulse_sink_events_total", "Records the sink handled, by domain and outcome (stored, dead_lettered)"), &["domain", "outcome"])
-                    .expect("valid metric"),
+                IntCounterVec::new(
+                    Opts::new("pulse_sink_events_total", "Records the sink handled, by domain and outcome (stored, dead_lettered)"),
+                    &["domain", "outcome"],
+                )
+                .expect("valid metric"),
             ),
             lag: register(
                 registry,
-                IntGaugeVec::new(Opts::new("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"), &["service", "topic", "partition"])
-                    .expect("valid metric"),
+                IntGaugeVec::new(
+                    Opts::new("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"),
+                    &["service", "topic", "partition"],
+                )
+                .expect("valid metric"),
             ),
         }
     }
@@ -193,12 +199,8 @@ pub async fn run(
     let mut summary = SinkSummary::default();
     let mut next_report = Instant::now() + cfg.stats_interval;
     loop {
-        let deadline = batches
-            .iter()
-            .filter_map(|b| b.opened.map(|t| t + cfg.batch_delay))
-            .min()
-            .unwrap_or_else(|| Instant::now() + cfg.batch_delay)
-            .min(next_report);
+        let deadline =
+            batches.iter().filter_map(|b| b.opened.map(|t| t + cfg.batch_delay)).min().unwrap_or_else(|| Instant::now() + cfg.batch_delay).min(next_report);
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
@@ -268,12 +270,7 @@ async fn handle(
     });
     match decoded {
         Ok(ev) => {
-            let at = Provenance {
-                topic: msg.topic(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                timestamp_ms: record_time,
-            };
+            let at = Provenance { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), timestamp_ms: record_time };
             let partition_key = batch.table.partition_key(&ev, &at);
             batch.table.encode(&ev, &at, batch.rows.buf());
             let source = SourceRecord {
@@ -415,8 +412,5 @@ fn spawn_readiness(writer: Writer, ready: Readiness, shutdown: Shutdown) {
 }
 
 fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

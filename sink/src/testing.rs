@@ -33,7 +33,9 @@ impl PrivateClickHouse {
 
     fn python() -> PathBuf {
         std::env::var("PULSE_CHDB_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-            let cache = std::env::var("PULSE_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pulse"));
+            let cache = std::env::var("PULSE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pulse"));
             cache.join("venv/bin/python")
         })
     }
@@ -72,4 +74,3 @@ impl Drop for PrivateClickHouse {
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }
-

@@ -137,13 +137,41 @@ impl WriterMetrics {
     pub fn new(registry: &Registry) -> WriterMetrics {
         let by_table = &["table"];
         WriterMetrics {
-            rows: register(registry, IntCounterVec::new(Opts::new("pulse_clickhouse_rows_inserted_total", "Rows ClickHouse acknowledged"), by_table).expect("valid metric")),
-            batches: register(registry, IntCounterVec::new(Opts::new("pulse_clickhouse_batches_total", "Batches ClickHouse acknowledged"), by_table).expect("valid metric")),
-            batch_rows: register(registry, HistogramVec::new(HistogramOpts::new("pulse_clickhouse_batch_rows", "Rows per inserted batch").buckets(size_buckets()), by_table).expect("valid metric")),
-            insert_seconds: register(registry, HistogramVec::new(HistogramOpts::new("pulse_clickhouse_insert_seconds", "Latency of acknowledged inserts").buckets(latency_buckets()), by_table).expect("valid metric")),
-            retries: register(registry, IntCounterVec::new(Opts::new("pulse_clickhouse_insert_retries_total", "Insert attempts that failed and were retried"), by_table).expect("valid metric")),
-            errors: register(registry, IntCounterVec::new(Opts::new("pulse_clickhouse_errors_total", "ClickHouse errors by table"), by_table).expect("valid metric")),
-            failing: register(registry, IntGaugeVec::new(Opts::new("pulse_clickhouse_insert_failing", "1 while inserts into the table are failing and being retried"), by_table).expect("valid metric")),
+            rows: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_clickhouse_rows_inserted_total", "Rows ClickHouse acknowledged"), by_table).expect("valid metric"),
+            ),
+            batches: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_clickhouse_batches_total", "Batches ClickHouse acknowledged"), by_table).expect("valid metric"),
+            ),
+            batch_rows: register(
+                registry,
+                HistogramVec::new(HistogramOpts::new("pulse_clickhouse_batch_rows", "Rows per inserted batch").buckets(size_buckets()), by_table)
+                    .expect("valid metric"),
+            ),
+            insert_seconds: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new("pulse_clickhouse_insert_seconds", "Latency of acknowledged inserts").buckets(latency_buckets()),
+                    by_table,
+                )
+                .expect("valid metric"),
+            ),
+            retries: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_clickhouse_insert_retries_total", "Insert attempts that failed and were retried"), by_table)
+                    .expect("valid metric"),
+            ),
+            errors: register(
+                registry,
+                IntCounterVec::new(Opts::new("pulse_clickhouse_errors_total", "ClickHouse errors by table"), by_table).expect("valid metric"),
+            ),
+            failing: register(
+                registry,
+                IntGaugeVec::new(Opts::new("pulse_clickhouse_insert_failing", "1 while inserts into the table are failing and being retried"), by_table)
+                    .expect("valid metric"),
+            ),
         }
     }
 }
@@ -276,10 +304,7 @@ impl Writer {
 
     /// Whether ClickHouse answers a trivial query.
     pub async fn ping(&self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(3), self.client.query("SELECT 1").fetch_one::<u8>()).await,
-            Ok(Ok(1))
-        )
+        matches!(tokio::time::timeout(Duration::from_secs(3), self.client.query("SELECT 1").fetch_one::<u8>()).await, Ok(Ok(1)))
     }
 }
 

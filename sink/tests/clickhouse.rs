@@ -66,10 +66,7 @@ async fn modern_types_and_engines() {
         body.extend_from_slice(&[deleted]);
     }
     let writer = Writer::new(&cfg, WriterMetrics::new(&prometheus_registry()));
-    writer
-        .insert("t", &format!("INSERT INTO {}.t FORMAT RowBinary", cfg.database), body.freeze(), rows.len(), &Shutdown::new())
-        .await
-        .expect("insert");
+    writer.insert("t", &format!("INSERT INTO {}.t FORMAT RowBinary", cfg.database), body.freeze(), rows.len(), &Shutdown::new()).await.expect("insert");
 
     // (ClickHouse may already collapse versions inside one inserted block: optimize_on_insert.)
     let latest: Vec<Typed> = client
@@ -90,12 +87,7 @@ async fn modern_types_and_engines() {
         .await
         .expect("toStartOfInterval");
     assert_eq!(buckets, [(1_795_478_400_000, 1), (1_795_478_460_000, 1)]);
-    let city: String = client
-        .query_raw("SELECT city FROM t WHERE id = {id:String} LIMIT 1")
-        .param("id", "b")
-        .fetch_one()
-        .await
-        .expect("server-side parameter");
+    let city: String = client.query_raw("SELECT city FROM t WHERE id = {id:String} LIMIT 1").param("id", "b").fetch_one().await.expect("server-side parameter");
     assert_eq!(city, "Paris");
     server.query(&format!("DROP DATABASE {}", cfg.database)).execute().await.expect("drop");
 }
@@ -118,11 +110,7 @@ async fn raw_tables_round_trip_every_domain() {
         let table = raw_table(domain);
         let mut body = BytesMut::new();
         let mut n = 0;
-        for (offset, op) in Generator::new(GenConfig { update_fraction: 0.0, delete_fraction: 0.0, ..GenConfig::default() })
-            .only(gd)
-            .take(3000)
-            .enumerate()
-        {
+        for (offset, op) in Generator::new(GenConfig { update_fraction: 0.0, delete_fraction: 0.0, ..GenConfig::default() }).only(gd).take(3000).enumerate() {
             let GenOp::Insert { json, .. } = op else { continue };
             let ev = decoder.decode(json.as_bytes()).expect("valid");
             let at = Provenance { topic: &domain.topic, partition: 0, offset: offset as i64, timestamp_ms: ev.time };
@@ -169,12 +157,10 @@ async fn migrations_are_idempotent_additive_and_refuse_destruction() {
     assert!(second.applied.is_empty(), "nothing to do the second time: {second:?}");
 
     // Additive: a new optional field and a new metric.
-    let grown = base
-        .replace(
-            "{ name = \"driver_id\", type = \"string\", optional = true },",
-            "{ name = \"driver_id\", type = \"string\", optional = true },\n  { name = \"promo\", type = \"string\", optional = true },",
-        )
-        + "\n[[metric]]\nname = \"promo_usage\"\ndomain = \"rides\"\ngroup_by = [\"city\"]\nwindow = \"1h\"\naggregates = [{ name = \"n\", fn = \"count\", filter = { field = \"promo\", non_empty = true } }]\n";
+    let grown = base.replace(
+        "{ name = \"driver_id\", type = \"string\", optional = true },",
+        "{ name = \"driver_id\", type = \"string\", optional = true },\n  { name = \"promo\", type = \"string\", optional = true },",
+    ) + "\n[[metric]]\nname = \"promo_usage\"\ndomain = \"rides\"\ngroup_by = [\"city\"]\nwindow = \"1h\"\naggregates = [{ name = \"n\", fn = \"count\", filter = { field = \"promo\", non_empty = true } }]\n";
     let grown = Spec::parse(Path::new("grown.toml"), &grown).expect("grown spec");
     let third = migrate(&cfg, &grown).await.expect("additive migrate");
     assert!(third.applied.iter().any(|s| s.contains("ADD COLUMN IF NOT EXISTS `promo` Nullable(String) AFTER `driver_id`")), "{third:?}");

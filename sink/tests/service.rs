@@ -132,9 +132,8 @@ fn round_trip_updates_deletes_and_a_poison_record() {
     assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(60));
 
     // Types survive: an update is the latest version, a delete hides the event.
-    let (ms, version): (f64, u64) = rt
-        .block_on(ch.client().query("SELECT latency_ms, version FROM app_events FINAL ORDER BY version DESC LIMIT 1").fetch_one())
-        .expect("latest app event");
+    let (ms, version): (f64, u64) =
+        rt.block_on(ch.client().query("SELECT latency_ms, version FROM app_events FINAL ORDER BY version DESC LIMIT 1").fetch_one()).expect("latest app event");
     assert!(ms > 0.0 && version > 20_000_000);
     let deleted = count(&rt, &ch, "SELECT count() FROM app_events WHERE is_deleted = 1");
     assert!(deleted > 0, "tombstones are stored");
@@ -248,7 +247,12 @@ fn clickhouse_down_for_30_seconds_mid_stream() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
     let mut server = PrivateClickHouse::new(port);
     server.start();
-    let ch = ClickHouseConfig { url: format!("http://127.0.0.1:{port}"), database: "pulse_outage".into(), timeout: Duration::from_secs(5), ..ClickHouseConfig::default() };
+    let ch = ClickHouseConfig {
+        url: format!("http://127.0.0.1:{port}"),
+        database: "pulse_outage".into(),
+        timeout: Duration::from_secs(5),
+        ..ClickHouseConfig::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock");
     let spec = unique_spec();

@@ -99,10 +99,8 @@ impl Pipeline {
         let n = records.len();
         self.rt.block_on(async {
             for chunk in records.chunks(5_000) {
-                let sends: Vec<_> = chunk
-                    .iter()
-                    .map(|(topic, key, json)| producer.send(FutureRecord::to(topic).key(key).payload(json), Duration::from_secs(10)))
-                    .collect();
+                let sends: Vec<_> =
+                    chunk.iter().map(|(topic, key, json)| producer.send(FutureRecord::to(topic).key(key).payload(json), Duration::from_secs(10))).collect();
                 for r in futures::future::join_all(sends).await {
                     r.map_err(|(e, _)| e).expect("acknowledged");
                 }
@@ -113,9 +111,7 @@ impl Pipeline {
 
     /// Runs a query returning one number.
     pub fn scalar(&self, sql: &str) -> f64 {
-        self.rt
-            .block_on(async { self.ch.client().query(sql).fetch_one::<f64>().await })
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.rt.block_on(async { self.ch.client().query(sql).fetch_one::<f64>().await }).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Rows of a query as JSON objects.

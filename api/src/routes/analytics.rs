@@ -26,21 +26,8 @@ const MAX_SINCE_MS: i64 = 31 * DAY_MS;
 use pulse_model::now_ms;
 
 /// The named fields of a domain (404 when the spec lacks one).
-fn fields<'a>(
-    api: &'a Api,
-    domain: &str,
-    names: &[&str],
-    what: &str,
-) -> Result<(&'a Domain, Vec<usize>), ApiError> {
-    let unavailable = || {
-        ApiError::not_found(
-            None,
-            format!(
-                "{what} needs domain `{domain}` with fields {} in the spec",
-                names.join(", ")
-            ),
-        )
-    };
+fn fields<'a>(api: &'a Api, domain: &str, names: &[&str], what: &str) -> Result<(&'a Domain, Vec<usize>), ApiError> {
+    let unavailable = || ApiError::not_found(None, format!("{what} needs domain `{domain}` with fields {} in the spec", names.join(", ")));
     let d = api.inner.spec.domain(domain).ok_or_else(unavailable)?;
     let idx: Option<Vec<usize>> = names.iter().map(|n| d.field_index(n)).collect();
     Ok((d, idx.ok_or_else(unavailable)?))
@@ -48,22 +35,11 @@ fn fields<'a>(
 
 fn from_clause(api: &Api, d: &Domain) -> String {
     let table = format!("{}.{}", ident(&api.inner.catalog.database), ident(&d.name));
-    if d.mutable {
-        format!("{table} FINAL")
-    } else {
-        table
-    }
+    if d.mutable { format!("{table} FINAL") } else { table }
 }
 
 fn plain(names: &[&str]) -> Vec<OutCol> {
-    names
-        .iter()
-        .map(|n| OutCol {
-            name: (*n).to_string(),
-            exprs: Vec::new(),
-            render: Render::Plain,
-        })
-        .collect()
+    names.iter().map(|n| OutCol { name: (*n).to_string(), exprs: Vec::new(), render: Render::Plain }).collect()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,17 +72,9 @@ pub struct ErrorsPerDay {
     ),
     security(("bearer" = []))
 )]
-pub async fn errors(
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<ErrorsPerDay>, ApiError> {
+pub async fn errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<ErrorsPerDay>, ApiError> {
     let p = Params::parse(query.as_deref(), &["event_name", "days"])?;
-    let (d, f) = fields(
-        &api,
-        "app_events",
-        &["event_name", "error"],
-        "errors per day",
-    )?;
+    let (d, f) = fields(&api, "app_events", &["event_name", "error"], "errors per day")?;
     let event_name = p.text("event_name")?;
     let days = p.bounded("days", 7, MAX_DAYS)?;
     let from = (now_ms().div_euclid(DAY_MS) - (days as i64 - 1)) * DAY_MS;
@@ -125,12 +93,7 @@ pub async fn errors(
     sql.push(" GROUP BY day ORDER BY day");
     let rows = api.inner.db.rows("analytics_errors", sql).await?;
     let cols = plain(&["day", "total", "errors", "error_rate"]);
-    Ok(Json(ErrorsPerDay {
-        event_name,
-        days,
-        from: rfc3339(from).unwrap_or_default(),
-        per_day: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
-    }))
+    Ok(Json(ErrorsPerDay { event_name, days, from: rfc3339(from).unwrap_or_default(), per_day: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -158,40 +121,21 @@ pub struct LatencyRows {
     ),
     security(("bearer" = []))
 )]
-pub async fn latency(
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<LatencyRows>, ApiError> {
+pub async fn latency(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<LatencyRows>, ApiError> {
     let p = Params::parse(query.as_deref(), &["limit", "event_name"])?;
-    let (d, _) = fields(
-        &api,
-        "app_events",
-        &["session_id", "event_name", "latency_ms"],
-        "latency per session",
-    )?;
+    let (d, _) = fields(&api, "app_events", &["session_id", "event_name", "latency_ms"], "latency per session")?;
     let limit = p.limit("limit", 100, MAX_ANALYTICS_LIMIT)?;
-    let (s, n, l) = (
-        ident("session_id"),
-        ident("event_name"),
-        ident("latency_ms"),
-    );
-    let mut sql = Sql::new(format!(
-        "SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {} WHERE 1 = 1",
-        from_clause(&api, d)
-    ));
+    let (s, n, l) = (ident("session_id"), ident("event_name"), ident("latency_ms"));
+    let mut sql = Sql::new(format!("SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {} WHERE 1 = 1", from_clause(&api, d)));
     if let Some(name) = p.text("event_name")? {
         let ph = sql.bind("String", Param::Str(name));
         sql.push(&format!(" AND {n} = {ph}"));
     }
     let lim = sql.bind("UInt64", Param::U64(limit));
-    sql.push(&format!(
-        " GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"
-    ));
+    sql.push(&format!(" GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"));
     let rows = api.inner.db.rows("analytics_latency", sql).await?;
     let cols = plain(&["session_id", "event_name", "events", "p95_latency_ms"]);
-    Ok(Json(LatencyRows {
-        rows: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
-    }))
+    Ok(Json(LatencyRows { rows: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -219,17 +163,9 @@ pub struct TopErrorSessions {
     ),
     security(("bearer" = []))
 )]
-pub async fn top_errors(
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<TopErrorSessions>, ApiError> {
+pub async fn top_errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<TopErrorSessions>, ApiError> {
     let p = Params::parse(query.as_deref(), &["limit", "min_events"])?;
-    let (d, f) = fields(
-        &api,
-        "app_events",
-        &["session_id", "error"],
-        "sessions by error rate",
-    )?;
+    let (d, f) = fields(&api, "app_events", &["session_id", "error"], "sessions by error rate")?;
     let limit = p.limit("limit", 10, MAX_ANALYTICS_LIMIT)?;
     let min_events = p.limit("min_events", 1, u64::MAX)?;
     let s = ident("session_id");
@@ -240,14 +176,10 @@ pub async fn top_errors(
     ));
     let ph = sql.bind("UInt64", Param::U64(min_events));
     let lim = sql.bind("UInt64", Param::U64(limit));
-    sql.push(&format!(
-        "{ph} ORDER BY error_rate DESC, errors DESC, {s} LIMIT {lim}"
-    ));
+    sql.push(&format!("{ph} ORDER BY error_rate DESC, errors DESC, {s} LIMIT {lim}"));
     let rows = api.inner.db.rows("analytics_top_errors", sql).await?;
     let cols = plain(&["session_id", "events", "errors", "error_rate"]);
-    Ok(Json(TopErrorSessions {
-        sessions: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
-    }))
+    Ok(Json(TopErrorSessions { sessions: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -278,44 +210,21 @@ pub struct CityFigures {
     ),
     security(("bearer" = []))
 )]
-pub async fn cities(
-    State(api): State<Api>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<CityFigures>, ApiError> {
+pub async fn cities(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<CityFigures>, ApiError> {
     let p = Params::parse(query.as_deref(), &["since"])?;
-    let (d, f) = fields(
-        &api,
-        "rides",
-        &["city", "event_type", "estimated_fare"],
-        "city figures",
-    )?;
+    let (d, f) = fields(&api, "rides", &["city", "event_type", "estimated_fare"], "city figures")?;
     if let FieldType::Enum(values) = &d.fields[f[1]].ty
-        && !["requested", "completed", "cancelled"]
-            .iter()
-            .all(|v| values.iter().any(|x| x == v))
+        && !["requested", "completed", "cancelled"].iter().all(|v| values.iter().any(|x| x == v))
     {
-        return Err(ApiError::not_found(
-            None,
-            "city figures need event_type values requested, completed and cancelled",
-        ));
+        return Err(ApiError::not_found(None, "city figures need event_type values requested, completed and cancelled"));
     }
     let since = p.text("since")?.unwrap_or_else(|| "1h".into());
-    let since_ms = parse_duration(&since)
-        .map_err(|e| ApiError::bad("since", format!("`since`: {e}")))?
-        .ms();
+    let since_ms = parse_duration(&since).map_err(|e| ApiError::bad("since", format!("`since`: {e}")))?.ms();
     if !(1..=MAX_SINCE_MS).contains(&since_ms) {
-        return Err(ApiError::bad(
-            "since",
-            "`since` must be between 1ms and 31d",
-        ));
+        return Err(ApiError::bad("since", "`since` must be between 1ms and 31d"));
     }
     let from = now_ms() - since_ms;
-    let (c, t, fare, time) = (
-        ident("city"),
-        ident("event_type"),
-        ident("estimated_fare"),
-        ident(&d.time_field().name),
-    );
+    let (c, t, fare, time) = (ident("city"), ident("event_type"), ident("estimated_fare"), ident(&d.time_field().name));
     let mut sql = Sql::new(String::new());
     let req = sql.bind("String", Param::Str("requested".into()));
     let com = sql.bind("String", Param::Str("completed".into()));
@@ -328,17 +237,6 @@ pub async fn cities(
         from_clause(&api, d)
     ));
     let rows = api.inner.db.rows("analytics_cities", sql).await?;
-    let cols = plain(&[
-        "city",
-        "requests",
-        "completions",
-        "cancellations",
-        "completion_rate",
-        "avg_fare",
-    ]);
-    Ok(Json(CityFigures {
-        since,
-        from: rfc3339(from).unwrap_or_default(),
-        cities: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
-    }))
+    let cols = plain(&["city", "requests", "completions", "cancellations", "completion_rate", "avg_fare"]);
+    Ok(Json(CityFigures { since, from: rfc3339(from).unwrap_or_default(), cities: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
 }

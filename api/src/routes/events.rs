@@ -16,33 +16,17 @@ use crate::sql::{Param, Sql};
 
 pub(crate) fn domain<'a>(api: &'a Api, name: &str) -> Result<&'a DomainView, ApiError> {
     api.inner.catalog.domain(name).ok_or_else(|| {
-        let known: Vec<&str> = api
-            .inner
-            .catalog
-            .domains
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect();
-        ApiError::not_found(
-            Some("domain"),
-            format!("unknown domain (known: {})", known.join(", ")),
-        )
+        let known: Vec<&str> = api.inner.catalog.domains.iter().map(|d| d.name.as_str()).collect();
+        ApiError::not_found(Some("domain"), format!("unknown domain (known: {})", known.join(", ")))
     })
 }
 
 /// Binds a filter value of type `ty` (400 naming `param` when it does not parse).
-pub(crate) fn bind_value(
-    sql: &mut Sql,
-    ty: FilterType,
-    param: &str,
-    v: &str,
-) -> Result<String, ApiError> {
+pub(crate) fn bind_value(sql: &mut Sql, ty: FilterType, param: &str, v: &str) -> Result<String, ApiError> {
     Ok(match ty {
         FilterType::Str => sql.bind("String", Param::Str(text(param, v)?)),
         FilterType::Int => {
-            let i: i64 = v
-                .parse()
-                .map_err(|_| ApiError::bad(param, format!("`{param}` must be an integer")))?;
+            let i: i64 = v.parse().map_err(|_| ApiError::bad(param, format!("`{param}` must be an integer")))?;
             sql.bind("Int64", Param::I64(i))
         }
         FilterType::Bool => {
@@ -50,10 +34,7 @@ pub(crate) fn bind_value(
                 "true" | "1" => true,
                 "false" | "0" => false,
                 _ => {
-                    return Err(ApiError::bad(
-                        param,
-                        format!("`{param}` must be true or false"),
-                    ));
+                    return Err(ApiError::bad(param, format!("`{param}` must be true or false")));
                 }
             };
             sql.bind("Bool", Param::Bool(b))
@@ -87,11 +68,7 @@ pub async fn by_id(
     Params::parse(query.as_deref(), &[])?;
     let d = domain(&api, &domain_name)?;
     let id = text("id", &id)?;
-    let mut sql = Sql::new(format!(
-        "SELECT {} FROM {} WHERE `event_id` = ",
-        select_list(&d.cols),
-        d.from()
-    ));
+    let mut sql = Sql::new(format!("SELECT {} FROM {} WHERE `event_id` = ", select_list(&d.cols), d.from()));
     let p = sql.bind("String", Param::Str(id));
     sql.push(&p).push(" LIMIT 1");
     let rows = api.inner.db.rows("event_by_id", sql).await?;
@@ -138,34 +115,16 @@ pub struct EventPage {
     ),
     security(("bearer" = []))
 )]
-pub async fn timeline(
-    State(api): State<Api>,
-    Path(domain_name): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<EventPage>, ApiError> {
-    let p = Params::parse(
-        query.as_deref(),
-        &["key", "key_field", "from", "to", "limit", "cursor"],
-    )?;
+pub async fn timeline(State(api): State<Api>, Path(domain_name): Path<String>, RawQuery(query): RawQuery) -> Result<Json<EventPage>, ApiError> {
+    let p = Params::parse(query.as_deref(), &["key", "key_field", "from", "to", "limit", "cursor"])?;
     let d = domain(&api, &domain_name)?;
     let key_field = match p.text("key_field")? {
         Some(f) => f,
         None => d.key.clone(),
     };
-    let field = d.field(&key_field).ok_or_else(|| {
-        ApiError::bad(
-            "key_field",
-            format!("domain {} has no field `{key_field}`", d.name),
-        )
-    })?;
-    let ty = field.filter.ok_or_else(|| {
-        ApiError::bad(
-            "key_field",
-            format!(
-                "cannot select events by `{key_field}` (not a string, enum, int or bool field)"
-            ),
-        )
-    })?;
+    let field = d.field(&key_field).ok_or_else(|| ApiError::bad("key_field", format!("domain {} has no field `{key_field}`", d.name)))?;
+    let ty =
+        field.filter.ok_or_else(|| ApiError::bad("key_field", format!("cannot select events by `{key_field}` (not a string, enum, int or bool field)")))?;
     let key = p.required_text("key")?;
     let from = p.time("from")?;
     let to = p.time("to")?;
@@ -173,32 +132,22 @@ pub async fn timeline(
     let cursor = p.get("cursor").map(decode_cursor).transpose()?;
 
     let time = ident(&d.time_col);
-    let mut sql = Sql::new(format!(
-        "SELECT {}, toUnixTimestamp64Milli({time}), `event_id` FROM {} WHERE {} = ",
-        select_list(&d.cols),
-        d.from(),
-        ident(&field.name)
-    ));
+    let mut sql =
+        Sql::new(format!("SELECT {}, toUnixTimestamp64Milli({time}), `event_id` FROM {} WHERE {} = ", select_list(&d.cols), d.from(), ident(&field.name)));
     let k = bind_value(&mut sql, ty, "key", &key)?;
     sql.push(&k);
     if let Some(f) = from {
         let ph = sql.bind("Int64", Param::I64(f));
-        sql.push(&format!(
-            " AND {time} >= fromUnixTimestamp64Milli({ph}, 'UTC')"
-        ));
+        sql.push(&format!(" AND {time} >= fromUnixTimestamp64Milli({ph}, 'UTC')"));
     }
     if let Some(t) = to {
         let ph = sql.bind("Int64", Param::I64(t));
-        sql.push(&format!(
-            " AND {time} < fromUnixTimestamp64Milli({ph}, 'UTC')"
-        ));
+        sql.push(&format!(" AND {time} < fromUnixTimestamp64Milli({ph}, 'UTC')"));
     }
     if let Some((ct, cid)) = cursor {
         let a = sql.bind("Int64", Param::I64(ct));
         let b = sql.bind("String", Param::Str(cid));
-        sql.push(&format!(
-            " AND ({time}, `event_id`) > (fromUnixTimestamp64Milli({a}, 'UTC'), {b})"
-        ));
+        sql.push(&format!(" AND ({time}, `event_id`) > (fromUnixTimestamp64Milli({a}, 'UTC'), {b})"));
     }
     sql.push(&format!(" ORDER BY {time}, `event_id`"));
     if !d.mutable {
@@ -217,18 +166,9 @@ pub async fn timeline(
         let id = r.pop().unwrap_or(Value::Null);
         let t = r.pop().unwrap_or(Value::Null);
         if more && i + 1 == last {
-            next_cursor = Some(encode_cursor(
-                t.as_i64().unwrap_or(0),
-                id.as_str().unwrap_or(""),
-            ));
+            next_cursor = Some(encode_cursor(t.as_i64().unwrap_or(0), id.as_str().unwrap_or("")));
         }
         events.push(render_row(&d.cols, r));
     }
-    Ok(Json(EventPage {
-        domain: d.name.clone(),
-        key_field: field.name.clone(),
-        key,
-        events,
-        next_cursor,
-    }))
+    Ok(Json(EventPage { domain: d.name.clone(), key_field: field.name.clone(), key, events, next_cursor }))
 }

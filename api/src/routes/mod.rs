@@ -75,16 +75,10 @@ pub fn router(api: Api) -> Router {
             Access::Key => keyed = keyed.route(path, h),
         }
     }
-    let keyed = keyed.route_layer(middleware::from_fn_with_state(
-        api.clone(),
-        crate::auth::require_key,
-    ));
+    let keyed = keyed.route_layer(middleware::from_fn_with_state(api.clone(), crate::auth::require_key));
     let mut app = open
         .merge(keyed)
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            crate::metrics::track,
-        ))
+        .route_layer(middleware::from_fn_with_state(api.clone(), crate::metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     if let Some(cors) = cors_layer(&api.inner.cfg.cors_origins) {
@@ -135,10 +129,7 @@ async fn method_not_allowed() -> axum::response::Response {
     use axum::response::IntoResponse;
     (
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(crate::error::ErrorBody {
-            error: "method not allowed: the read API only answers GET".into(),
-            parameter: None,
-        }),
+        axum::Json(crate::error::ErrorBody { error: "method not allowed: the read API only answers GET".into(), parameter: None }),
     )
         .into_response()
 }

@@ -28,10 +28,7 @@ pub struct Ready {
 /// The process is alive.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        service: "api".into(),
-    })
+    Json(Health { status: "ok".into(), service: "api".into() })
 }
 
 /// ClickHouse is reachable (checked every few seconds).
@@ -45,12 +42,7 @@ pub async fn ready(State(api): State<Api>) -> Response {
     if api.inner.ready.get() {
         Json(Ready { ready: true }).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            Json(Ready { ready: false }),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(Ready { ready: false })).into_response()
     }
 }
 
@@ -64,12 +56,7 @@ pub async fn ready(State(api): State<Api>) -> Response {
 pub async fn metrics(State(api): State<Api>) -> Response {
     let mut buf = Vec::new();
     match TextEncoder::new().encode(&api.inner.registry.gather(), &mut buf) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            buf,
-        )
-            .into_response(),
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response(),
         Err(e) => {
             tracing::error!("metrics encoding: {e}");
             crate::ApiError::Internal.into_response()

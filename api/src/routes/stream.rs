@@ -78,10 +78,7 @@ pub async fn stream(
                 FilterType::Bool => v == "true" || v == "false",
             };
             if !ok {
-                return Err(ApiError::bad(
-                    g.name.clone(),
-                    format!("`{}` does not fit the field's type", g.name),
-                ));
+                return Err(ApiError::bad(g.name.clone(), format!("`{}` does not fit the field's type", g.name)));
             }
             filters.push((g.name.clone(), v));
         }
@@ -90,10 +87,7 @@ pub async fn stream(
         .inner
         .hub
         .as_ref()
-        .ok_or_else(|| ApiError::Unavailable {
-            message: "live streams are not configured on this server (no Kafka)".into(),
-            retry_after: 30,
-        })?;
+        .ok_or_else(|| ApiError::Unavailable { message: "live streams are not configured on this server (no Kafka)".into(), retry_after: 30 })?;
     let gauge = api.inner.metrics.sse_subscribers.clone();
     gauge.inc();
     let state = State_ {

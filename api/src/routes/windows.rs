@@ -17,17 +17,8 @@ use crate::sql::{Param, Sql};
 
 pub(crate) fn metric<'a>(api: &'a Api, name: &str) -> Result<&'a MetricView, ApiError> {
     api.inner.catalog.metric(name).ok_or_else(|| {
-        let known: Vec<&str> = api
-            .inner
-            .catalog
-            .metrics
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect();
-        ApiError::not_found(
-            Some("metric"),
-            format!("unknown metric (known: {})", known.join(", ")),
-        )
+        let known: Vec<&str> = api.inner.catalog.metrics.iter().map(|m| m.name.as_str()).collect();
+        ApiError::not_found(Some("metric"), format!("unknown metric (known: {})", known.join(", ")))
     })
 }
 
@@ -48,10 +39,7 @@ fn group_filters(m: &MetricView, p: &Params, sql: &mut Sql) -> Result<(), ApiErr
     for g in &m.groups {
         if let Some(v) = p.get(&g.name) {
             let ph = bind_value(sql, g.filter, &g.name, v)?;
-            sql.push(&format!(
-                " AND {} = {ph}",
-                pulse_sink::schema::ident(&g.name)
-            ));
+            sql.push(&format!(" AND {} = {ph}", pulse_sink::schema::ident(&g.name)));
         }
     }
     Ok(())
@@ -91,56 +79,33 @@ fn allowed<'a>(m: &'a MetricView, extra: &[&'a str]) -> Vec<&'a str> {
     ),
     security(("bearer" = []))
 )]
-pub async fn rows(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<MetricRows>, ApiError> {
+pub async fn rows(State(api): State<Api>, Path(name): Path<String>, RawQuery(query): RawQuery) -> Result<Json<MetricRows>, ApiError> {
     let m = metric(&api, &name)?;
-    let p = Params::parse(
-        query.as_deref(),
-        &allowed(m, &["from", "to", "final", "limit"]),
-    )?;
+    let p = Params::parse(query.as_deref(), &allowed(m, &["from", "to", "final", "limit"]))?;
     let from = p.time("from")?;
     let to = p.time("to")?;
     let fin = p.boolean("final")?;
     let limit = p.limit("limit", 1000, MAX_METRIC_LIMIT)?;
-    let mut sql = Sql::new(format!(
-        "SELECT {} FROM {} FINAL WHERE 1 = 1",
-        select_list(&m.cols),
-        m.table
-    ));
+    let mut sql = Sql::new(format!("SELECT {} FROM {} FINAL WHERE 1 = 1", select_list(&m.cols), m.table));
     group_filters(m, &p, &mut sql)?;
     if let Some(f) = from {
         let ph = sql.bind("Int64", Param::I64(f));
-        sql.push(&format!(
-            " AND `window_start` >= fromUnixTimestamp64Milli({ph}, 'UTC')"
-        ));
+        sql.push(&format!(" AND `window_start` >= fromUnixTimestamp64Milli({ph}, 'UTC')"));
     }
     if let Some(t) = to {
         let ph = sql.bind("Int64", Param::I64(t));
-        sql.push(&format!(
-            " AND `window_start` < fromUnixTimestamp64Milli({ph}, 'UTC')"
-        ));
+        sql.push(&format!(" AND `window_start` < fromUnixTimestamp64Milli({ph}, 'UTC')"));
     }
     final_filter(fin, &mut sql);
     let mut order = vec!["`window_start` DESC".to_string()];
-    order.extend(
-        m.groups
-            .iter()
-            .map(|g| format!("{} DESC", pulse_sink::schema::ident(&g.name))),
-    );
+    order.extend(m.groups.iter().map(|g| format!("{} DESC", pulse_sink::schema::ident(&g.name))));
     let lim = sql.bind("UInt64", Param::U64(limit + 1));
     sql.push(&format!(" ORDER BY {} LIMIT {lim}", order.join(", ")));
     let mut rows = api.inner.db.rows("metric_rows", sql).await?;
     let truncated = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     rows.reverse();
-    Ok(Json(MetricRows {
-        metric: m.name.clone(),
-        rows: rows.into_iter().map(|r| render_row(&m.cols, r)).collect(),
-        truncated,
-    }))
+    Ok(Json(MetricRows { metric: m.name.clone(), rows: rows.into_iter().map(|r| render_row(&m.cols, r)).collect(), truncated }))
 }
 
 /// The newest window (largest window_start) of each group, final or not.
@@ -162,32 +127,16 @@ pub async fn rows(
     ),
     security(("bearer" = []))
 )]
-pub async fn latest(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<MetricRows>, ApiError> {
+pub async fn latest(State(api): State<Api>, Path(name): Path<String>, RawQuery(query): RawQuery) -> Result<Json<MetricRows>, ApiError> {
     let m = metric(&api, &name)?;
     let p = Params::parse(query.as_deref(), &allowed(m, &["final", "limit"]))?;
     let fin = p.boolean("final")?;
     let limit = p.limit("limit", 1000, MAX_METRIC_LIMIT)?;
-    let groups: Vec<String> = m
-        .groups
-        .iter()
-        .map(|g| pulse_sink::schema::ident(&g.name))
-        .collect();
+    let groups: Vec<String> = m.groups.iter().map(|g| pulse_sink::schema::ident(&g.name)).collect();
     let (lhs, inner_cols, group_by) = if groups.is_empty() {
-        (
-            "`window_start`".to_string(),
-            "max(`window_start`)".to_string(),
-            String::new(),
-        )
+        ("`window_start`".to_string(), "max(`window_start`)".to_string(), String::new())
     } else {
-        (
-            format!("({}, `window_start`)", groups.join(", ")),
-            format!("{}, max(`window_start`)", groups.join(", ")),
-            format!(" GROUP BY {}", groups.join(", ")),
-        )
+        (format!("({}, `window_start`)", groups.join(", ")), format!("{}, max(`window_start`)", groups.join(", ")), format!(" GROUP BY {}", groups.join(", ")))
     };
     // The newest window per group needs only the key columns; FINAL then reads just those windows.
     // A `final` filter needs FINAL inside too: an earlier revision of a now-closed window is not final.
@@ -203,19 +152,11 @@ pub async fn latest(
     sql.push(&format!("{group_by})"));
     group_filters(m, &p, &mut sql)?;
     final_filter(fin, &mut sql);
-    let order = if groups.is_empty() {
-        "`window_start`".to_string()
-    } else {
-        groups.join(", ")
-    };
+    let order = if groups.is_empty() { "`window_start`".to_string() } else { groups.join(", ") };
     let lim = sql.bind("UInt64", Param::U64(limit + 1));
     sql.push(&format!(" ORDER BY {order} LIMIT {lim}"));
     let mut rows = api.inner.db.rows("metric_latest", sql).await?;
     let truncated = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
-    Ok(Json(MetricRows {
-        metric: m.name.clone(),
-        rows: rows.into_iter().map(|r| render_row(&m.cols, r)).collect(),
-        truncated,
-    }))
+    Ok(Json(MetricRows { metric: m.name.clone(), rows: rows.into_iter().map(|r| render_row(&m.cols, r)).collect(), truncated }))
 }

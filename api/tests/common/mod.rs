@@ -35,10 +35,7 @@ use tokio::net::TcpListener;
 pub fn unique_spec() -> Arc<Spec> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Arc::new(
-        Spec::parse(&path, &pulse_kafka::testing::with_unique_topics(&text))
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
+    Arc::new(Spec::parse(&path, &pulse_kafka::testing::with_unique_topics(&text)).unwrap_or_else(|e| panic!("{e}")))
 }
 
 pub type Client = HyperClient<HttpConnector, Empty<Bytes>>;
@@ -59,15 +56,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();
-        let api = Api::new(
-            spec,
-            ch,
-            cfg,
-            Registry::new(),
-            Readiness::default(),
-            shutdown.clone(),
-        )
-        .expect("api");
+        let api = Api::new(spec, ch, cfg, Registry::new(), Readiness::default(), shutdown.clone()).expect("api");
         tokio::spawn(pulse_api::serve(api.clone(), listener, shutdown.clone()));
         Server { url, api, shutdown }
     }
@@ -88,21 +77,13 @@ pub async fn get_with(client: &Client, url: &str, headers: &[(&str, &str)]) -> R
         req = req.header(*k, *v);
     }
     let req = req.body(Empty::new()).expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
-        .await
-        .expect("answer in time")
-        .expect("response");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("answer in time").expect("response");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let text = String::from_utf8_lossy(&body).into_owned();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        headers,
-        text,
-        json,
-    }
+    Resp { status, headers, text, json }
 }
 
 pub async fn get(client: &Client, url: &str) -> Resp {
@@ -135,10 +116,7 @@ pub fn spawn_sse(
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = c
-            .request(req.body(Empty::new()).expect("request"))
-            .await
-            .expect("sse response");
+        let resp = c.request(req.body(Empty::new()).expect("request")).await.expect("sse response");
         assert_eq!(resp.status(), StatusCode::OK, "sse status for {url}");
         let mut body = resp.into_body();
         let mut buf = String::new();
@@ -166,32 +144,17 @@ pub fn spawn_sse(
 
 /// Runs a query and returns its rows as JSON objects (`JSONEachRow`, 64-bit integers unquoted).
 pub async fn sql_rows(ch: &ClickHouseConfig, sql: &str, params: &[(&str, &str)]) -> Vec<Value> {
-    let mut q = ch.client().query_raw(&format!(
-        "{sql} SETTINGS output_format_json_quote_64bit_integers = 0"
-    ));
+    let mut q = ch.client().query_raw(&format!("{sql} SETTINGS output_format_json_quote_64bit_integers = 0"));
     for (k, v) in params {
         q = q.param(k, *v);
     }
-    let bytes = q
-        .fetch_bytes("JSONEachRow")
-        .expect("query")
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).expect("json row"))
-        .collect()
+    let bytes = q.fetch_bytes("JSONEachRow").expect("query").collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("json row")).collect()
 }
 
 pub async fn sql_scalar(ch: &ClickHouseConfig, sql: &str) -> f64 {
     let rows = sql_rows(ch, sql, &[]).await;
-    rows.first()
-        .and_then(|r| r.as_object())
-        .and_then(|o| o.values().next())
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{sql}: no number"))
+    rows.first().and_then(|r| r.as_object()).and_then(|o| o.values().next()).and_then(Value::as_f64).unwrap_or_else(|| panic!("{sql}: no number"))
 }
 
 /// The API's RFC 3339 rendering of epoch ms.
@@ -208,10 +171,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The shared fixture: data stored by the real sink and dataflow, an API over it,
@@ -238,12 +198,8 @@ static FIXTURE: OnceLock<Result<Option<Fixture>, String>> = OnceLock::new();
 /// A failure to build it fails every test that needs it (with its message) at once.
 pub fn fixture() -> Option<&'static Fixture> {
     let built = FIXTURE.get_or_init(|| {
-        std::panic::catch_unwind(build).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
+        std::panic::catch_unwind(build)
+            .map_err(|e| e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
     });
     match built {
         Ok(f) => f.as_ref(),
@@ -253,16 +209,7 @@ pub fn fixture() -> Option<&'static Fixture> {
 
 /// Generated writes as Kafka records: (domain, key, JSON), app events with versions.
 pub fn records(n: usize, seed: u64, start_ms: i64) -> Vec<(GenDomain, String, String)> {
-    let cfg = GenConfig {
-        seed,
-        start_ms,
-        rate: 40.0,
-        disorder_ms: 2_000,
-        sessions: 60,
-        update_fraction: 0.05,
-        delete_fraction: 0.03,
-        ..GenConfig::default()
-    };
+    let cfg = GenConfig { seed, start_ms, rate: 40.0, disorder_ms: 2_000, sessions: 60, update_fraction: 0.05, delete_fraction: 0.03, ..GenConfig::default() };
     let mut version = 0u64;
     Generator::new(cfg)
         .take(n)
@@ -278,28 +225,16 @@ pub fn records(n: usize, seed: u64, start_ms: i64) -> Vec<(GenDomain, String, St
                     }
                     .unwrap_or_default()
                     .to_string();
-                    let json = if domain == GenDomain::AppEvents {
-                        format!("{},\"_version\":{version}}}", &json[..json.len() - 1])
-                    } else {
-                        json
-                    };
+                    let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
                     (domain, key, json)
                 }
-                GenOp::Delete { domain, id } => (
-                    domain,
-                    id.clone(),
-                    format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}"),
-                ),
+                GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}")),
             }
         })
         .collect()
 }
 
-pub async fn produce(
-    spec: &Spec,
-    kafka: &KafkaConfig,
-    recs: &[(GenDomain, String, String)],
-) -> [usize; 3] {
+pub async fn produce(spec: &Spec, kafka: &KafkaConfig, recs: &[(GenDomain, String, String)]) -> [usize; 3] {
     let producer: FutureProducer = kafka.reliable_producer().create().expect("producer");
     let mut counts = [0usize; 3];
     for chunk in recs.chunks(5_000) {
@@ -308,16 +243,7 @@ pub async fn produce(
             .map(|(gd, key, json)| {
                 let topic = spec.domain(gd.name()).expect("domain").topic.clone();
                 let producer = producer.clone();
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::to(&topic).key(key).payload(json),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .map_err(|(e, _)| e)
-                        .expect("ack")
-                }
+                async move { producer.send(FutureRecord::to(&topic).key(key).payload(json), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack") }
             })
             .collect();
         futures::future::join_all(sends).await;
@@ -330,74 +256,32 @@ pub async fn produce(
 
 fn build() -> Option<Fixture> {
     let ch = stack_clickhouse("pulse_api")?;
-    let ch = ClickHouseConfig {
-        timeout: Duration::from_secs(10),
-        ..ch
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let ch = ClickHouseConfig { timeout: Duration::from_secs(10), ..ch };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock cluster");
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        properties: Vec::new(),
-    };
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
     // The cluster lives as long as the test process.
     std::mem::forget(mock);
-    rt.block_on(pulse_sink::migrate(&ch, &spec))
-        .expect("migrate");
+    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
 
-    let stream = pulse_api::config::StreamConfig {
-        keep_alive: Duration::from_secs(1),
-        buffer: 1 << 16,
-        ..pulse_api::config::StreamConfig::new(kafka.clone())
-    };
-    let server = rt.block_on(Server::start(
-        Arc::clone(&spec),
-        &ch,
-        ApiConfig {
-            stream: Some(stream),
-            ..ApiConfig::default()
-        },
-    ));
+    let stream = pulse_api::config::StreamConfig { keep_alive: Duration::from_secs(1), buffer: 1 << 16, ..pulse_api::config::StreamConfig::new(kafka.clone()) };
+    let server = rt.block_on(Server::start(Arc::clone(&spec), &ch, ApiConfig { stream: Some(stream), ..ApiConfig::default() }));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server.api.stream_ready() {
-        assert!(
-            Instant::now() < deadline,
-            "the stream consumer did not get its partitions"
-        );
+        assert!(Instant::now() < deadline, "the stream consumer did not get its partitions");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (all, lima) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let subscribed: Vec<Arc<std::sync::atomic::AtomicBool>> =
-        (0..2).map(|_| Arc::default()).collect();
+    let (all, lima) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let subscribed: Vec<Arc<std::sync::atomic::AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
     let readers = rt.block_on(async {
         vec![
-            spawn_sse(
-                format!("{}/v1/stream/city_metrics", server.url),
-                Vec::new(),
-                Arc::clone(&all),
-                Arc::clone(&subscribed[0]),
-            ),
-            spawn_sse(
-                format!("{}/v1/stream/city_metrics?city=Lima", server.url),
-                Vec::new(),
-                Arc::clone(&lima),
-                Arc::clone(&subscribed[1]),
-            ),
+            spawn_sse(format!("{}/v1/stream/city_metrics", server.url), Vec::new(), Arc::clone(&all), Arc::clone(&subscribed[0])),
+            spawn_sse(format!("{}/v1/stream/city_metrics?city=Lima", server.url), Vec::new(), Arc::clone(&lima), Arc::clone(&subscribed[1])),
         ]
     });
-    while !subscribed
-        .iter()
-        .all(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-    {
+    while !subscribed.iter().all(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
         assert!(Instant::now() < deadline, "SSE clients did not subscribe");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -409,42 +293,17 @@ fn build() -> Option<Fixture> {
 
     let sink_stop = Shutdown::new();
     {
-        let (spec, kafka, ch, stop) = (
-            Arc::clone(&spec),
-            kafka.clone(),
-            ch.clone(),
-            sink_stop.clone(),
-        );
-        let cfg = SinkConfig {
-            batch_delay: Duration::from_millis(200),
-            stats_interval: Duration::from_secs(1),
-            ..SinkConfig::default()
-        };
+        let (spec, kafka, ch, stop) = (Arc::clone(&spec), kafka.clone(), ch.clone(), sink_stop.clone());
+        let cfg = SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() };
         rt.spawn(async move {
-            if let Err(e) = pulse_sink::service::run(
-                spec,
-                &kafka,
-                &ch,
-                cfg,
-                Registry::new(),
-                Readiness::default(),
-                stop,
-            )
-            .await
-            {
+            if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), stop).await {
                 panic!("sink failed: {e}");
             }
         });
     }
     let df_stop = Shutdown::new();
     let dataflow = {
-        let (spec, kafka, ch, stop, handle) = (
-            Arc::clone(&spec),
-            kafka.clone(),
-            ch.clone(),
-            df_stop.clone(),
-            rt.handle().clone(),
-        );
+        let (spec, kafka, ch, stop, handle) = (Arc::clone(&spec), kafka.clone(), ch.clone(), df_stop.clone(), rt.handle().clone());
         std::thread::spawn(move || {
             let cfg = DataflowConfig {
                 group: "api-test-df".into(),
@@ -454,17 +313,7 @@ fn build() -> Option<Fixture> {
                 stats_interval: Duration::from_secs(1),
                 ..DataflowConfig::default()
             };
-            pulse_dataflow::service::run(
-                spec,
-                &kafka,
-                &ch,
-                cfg,
-                Registry::new(),
-                Readiness::default(),
-                stop,
-                &handle,
-            )
-            .expect("dataflow runs");
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), stop, &handle).expect("dataflow runs");
         })
     };
 
@@ -479,25 +328,15 @@ fn build() -> Option<Fixture> {
             *e = (*e).max(version);
         }
     }
-    let want_app = (
-        last_versions.len() as f64,
-        last_versions.values().sum::<u64>() as f64,
-    );
+    let want_app = (last_versions.len() as f64, last_versions.values().sum::<u64>() as f64);
     let deadline = Instant::now() + Duration::from_secs(90);
-    let scalar = |sql: &str| {
-        rt.block_on(sql_scalar(
-            &ch,
-            &sql.replace("{db}", &format!("`{}`", ch.database)),
-        ))
-    };
+    let scalar = |sql: &str| rt.block_on(sql_scalar(&ch, &sql.replace("{db}", &format!("`{}`", ch.database))));
     loop {
         let rides = scalar("SELECT toFloat64(count()) FROM {db}.rides") as usize;
         let locations = scalar("SELECT toFloat64(count()) FROM {db}.driver_locations") as usize;
         let app = (
             scalar("SELECT toFloat64(uniqExact(event_id)) FROM {db}.app_events"),
-            scalar(
-                "SELECT toFloat64(sum(v)) FROM (SELECT max(version) AS v FROM {db}.app_events GROUP BY event_id)",
-            ),
+            scalar("SELECT toFloat64(sum(v)) FROM (SELECT max(version) AS v FROM {db}.app_events GROUP BY event_id)"),
         );
         if rides >= produced[0] && locations >= produced[1] && app == want_app {
             break;
@@ -524,18 +363,11 @@ fn build() -> Option<Fixture> {
     let mut last = Value::Null;
     let mut stable = 0;
     while stable < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the metric tables did not settle in time"
-        );
+        assert!(Instant::now() < deadline, "the metric tables did not settle in time");
         std::thread::sleep(Duration::from_millis(500));
         let now = fingerprint().pop().unwrap_or(Value::Null);
         let finals = now["finals"].as_u64().unwrap_or(0);
-        stable = if now == last && finals > 0 {
-            stable + 1
-        } else {
-            0
-        };
+        stable = if now == last && finals > 0 { stable + 1 } else { 0 };
         last = now;
     }
     df_stop.trigger();
@@ -548,52 +380,25 @@ fn build() -> Option<Fixture> {
     }
     let sse_all = all.lock().expect("rows").clone();
     let sse_lima = lima.lock().expect("rows").clone();
-    eprintln!(
-        "fixture: produced {produced:?}, {} SSE rows ({} for Lima), database {}",
-        sse_all.len(),
-        sse_lima.len(),
-        ch.database
-    );
-    Some(Fixture {
-        rt,
-        spec,
-        kafka,
-        ch,
-        server,
-        sse_all,
-        sse_lima,
-        produced,
-        records: recs,
-    })
+    eprintln!("fixture: produced {produced:?}, {} SSE rows ({} for Lima), database {}", sse_all.len(), sse_lima.len(), ch.database);
+    Some(Fixture { rt, spec, kafka, ch, server, sse_all, sse_lima, produced, records: recs })
 }
 
 /// Drops the databases earlier runs of these tests left (their process is gone):
 /// the fixture lives until the process exits and cannot drop its own.
 async fn drop_stale_databases(ch: &ClickHouseConfig) {
-    let names = sql_rows(
-        ch,
-        "SELECT name FROM system.databases WHERE startsWith(name, 'pulse_api_')",
-        &[],
-    )
-    .await;
+    let names = sql_rows(ch, "SELECT name FROM system.databases WHERE startsWith(name, 'pulse_api_')", &[]).await;
     for n in names.iter().filter_map(|r| r["name"].as_str()) {
         let pid = n.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| {
-            p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()
-        }) {
-            let _ = ch
-                .server_client()
-                .query(&format!("DROP DATABASE IF EXISTS `{n}`"))
-                .execute()
-                .await;
+        if pid.is_some_and(|p| p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{n}`")).execute().await;
         }
     }
 }
 
 impl Fixture {
     pub fn get(&self, path: &str) -> Resp {
-        self.rt
-            .block_on(async { get(&client(), &format!("{}{path}", self.server.url)).await })
+        self.rt.block_on(async { get(&client(), &format!("{}{path}", self.server.url)).await })
     }
 
     pub fn sql(&self, sql: &str, params: &[(&str, &str)]) -> Vec<Value> {

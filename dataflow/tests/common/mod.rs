@@ -28,7 +28,8 @@ pub fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDom
     // arrive before any window of their event closes (30 s of lateness), so the
     // finals must equal SQL over the final table. A change arriving later is late
     // for the windows already closed and, by design, does not change them.
-    let cfg = GenConfig { seed, start_ms, rate: 40.0, disorder_ms: 2_000, update_fraction: 0.03, delete_fraction: 0.02, change_pool: 10, ..GenConfig::default() };
+    let cfg =
+        GenConfig { seed, start_ms, rate: 40.0, disorder_ms: 2_000, update_fraction: 0.03, delete_fraction: 0.02, change_pool: 10, ..GenConfig::default() };
     let mut version = version0;
     // App event ids are unique to each call (the generator numbers them from 1).
     let unique = |s: String| s.replace("app-", &format!("app{seed}-"));
@@ -72,7 +73,8 @@ pub async fn produce_and_store(spec: &Spec, kafka: &KafkaConfig, ch: &ClickHouse
                 let topic = spec.domains[d].topic.clone();
                 let producer = producer.clone();
                 async move {
-                    let delivery = producer.send(FutureRecord::to(&topic).key(key).payload(json), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
+                    let delivery =
+                        producer.send(FutureRecord::to(&topic).key(key).payload(json), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
                     (d, delivery.partition, delivery.offset)
                 }
             })
@@ -93,7 +95,13 @@ pub async fn produce_and_store(spec: &Spec, kafka: &KafkaConfig, ch: &ClickHouse
     }
 }
 
-pub fn start_job(spec: Arc<Spec>, kafka: KafkaConfig, ch: ClickHouseConfig, rt: tokio::runtime::Handle, group: &str) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>) {
+pub fn start_job(
+    spec: Arc<Spec>,
+    kafka: KafkaConfig,
+    ch: ClickHouseConfig,
+    rt: tokio::runtime::Handle,
+    group: &str,
+) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>) {
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     let group = group.to_string();
@@ -143,7 +151,8 @@ pub async fn recomputed(spec: &Spec, ch: &ClickHouseConfig, metric: &pulse_model
     let sql = recompute_sql(spec, metric, &ch.database);
     let gname = &spec.metric_domain(metric).fields[metric.group_by[0]].name;
     let sql = format!("SELECT * FROM ({sql}) WHERE toString(`{gname}`) = {{g:String}} FORMAT JSONEachRow");
-    let mut cursor = ch.client().query_raw(&sql).param("from", window_start).param("to", window_start + 1).param("g", group).fetch_bytes("JSONEachRow").expect("query");
+    let mut cursor =
+        ch.client().query_raw(&sql).param("from", window_start).param("to", window_start + 1).param("g", group).fetch_bytes("JSONEachRow").expect("query");
     let bytes = cursor.collect().await.expect("rows");
     let line = bytes.split(|b| *b == b'\n').find(|l| !l.is_empty())?;
     let v: serde_json::Value = serde_json::from_slice(line).expect("json");
@@ -186,4 +195,3 @@ pub fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, s
     }
     rows
 }
-

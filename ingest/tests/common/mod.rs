@@ -185,12 +185,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
         idle_since = None;
         let msg = msg.expect("message");
         let value = serde_json::from_slice(msg.payload().unwrap_or_default()).expect("JSON record");
-        out.push(Rec {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            value,
-        });
+        out.push(Rec { partition: msg.partition(), offset: msg.offset(), key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()), value });
         if ends.get(&msg.partition()).is_some_and(|&hi| msg.offset() + 1 >= hi) {
             ends.remove(&msg.partition());
         }

@@ -155,11 +155,15 @@ pub fn run_worker(
     let index = worker.index();
     let replay = cfg.replay_epoch_records.is_some();
     let interval_ms = cfg.emit_interval.as_millis().max(1) as u64;
-    let epoch_of = |now: Instant, base: Instant| -> u64 { 1 + (now.duration_since(base).as_millis() as u64) / interval_ms };
-    let base = Instant::now();
+    // One epoch clock for the whole job: live epochs are numbered by the wall
+    // clock (emit intervals since the Unix epoch), so that a worker that started
+    // late (a slow Kafka start) joins the others' epochs instead of lagging them
+    // by its start delay for good.
+    let epoch_of = || -> u64 { 1 + u64::try_from(pulse_model::now_ms()).unwrap_or(0) / interval_ms };
 
     let mut summary = WorkerSummary::default();
-    let mut epoch: u64 = 1;
+    let mut epoch: u64 = if replay { 1 } else { epoch_of() };
+    let first_epoch = epoch;
     graph.advance_to(epoch);
     let mut in_epoch = 0usize;
     let mut adopted = true;
@@ -189,7 +193,7 @@ pub fn run_worker(
         let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
 
         // 1. Read, unless the input ended, we are stopping, or outputs lag behind.
-        let backlogged = epoch.saturating_sub(durable_input_at.max(1)) > cfg.max_pending_epochs;
+        let backlogged = epoch.saturating_sub(durable_input_at.max(first_epoch)) > cfg.max_pending_epochs;
         let barrier = replay && completed + 1 < epoch;
         let mut status = SourceStatus::Idle;
         if final_epoch.is_none() && !ended && !stopping && !backlogged && !barrier {
@@ -276,7 +280,7 @@ pub fn run_worker(
             None if ended || stopping => true,
             None => match cfg.replay_epoch_records {
                 Some(n) => in_epoch >= n,
-                None => epoch_of(now, base) > epoch,
+                None => epoch_of() > epoch,
             },
         };
         if boundary {
@@ -291,7 +295,7 @@ pub fn run_worker(
             if (ended || stopping) && final_epoch.is_none() {
                 final_epoch = Some(epoch);
             }
-            epoch = if replay || final_epoch.is_some() { epoch + 1 } else { epoch_of(now, base).max(epoch + 1) };
+            epoch = if replay || final_epoch.is_some() { epoch + 1 } else { epoch_of().max(epoch + 1) };
             in_epoch = 0;
             adopted = false;
             graph.advance_to(epoch);

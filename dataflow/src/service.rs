@@ -164,6 +164,9 @@ pub fn run(
     let group = cfg.group.clone();
     let emit_interval = cfg.emit_interval;
     let idle_timeout = cfg.idle_timeout;
+    if matches!(cfg.cluster, Cluster::Cluster { .. }) {
+        end_process_when_a_peer_is_lost();
+    }
     let guards = timely::execute(cfg.cluster.timely_config(), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         // Every worker must build the dataflow, even one whose source failed: it then
@@ -204,12 +207,36 @@ pub fn run(
         }
     })
     .map_err(DataflowError::Timely)?;
-    drop(guards.join());
+    // A worker that panicked fails the whole job (an orchestrator restarts it whole).
+    let failed: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
+    if let Some(e) = failed.first() {
+        return Err(DataflowError::Timely(format!("{} worker(s) failed: {e}", failed.len())));
+    }
     if let Some(e) = errors.lock().ok().and_then(|e| e.first().cloned()) {
         return Err(DataflowError::Timely(e));
     }
     let out = summaries.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(out)
+}
+
+/// In cluster mode, a process that loses a peer (it died, or its connection
+/// broke) cannot go on: timely's communication threads panic, and its workers
+/// would wait for the lost peer forever. The process then ends with a non-zero
+/// exit and a clear log line, so that the orchestrator restarts the job's
+/// processes and they resume from the committed offsets and recorded progress.
+fn end_process_when_a_peer_is_lost() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let thread = std::thread::current().name().unwrap_or_default().to_string();
+            if thread.starts_with("timely:") {
+                tracing::error!(thread, "lost a peer process of the timely cluster ({info}); ending this process (exit 70) so that the job restarts whole");
+                std::process::exit(70);
+            }
+        }));
+    });
 }
 
 /// The closed watermark per domain to resume from: the furthest of the recorded

@@ -262,8 +262,27 @@ fn sigkill_at_five_points_changes_no_final_window() {
     let (cluster_path, cluster_spec, cluster_ch) = &specs[2];
     let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")).collect();
     let hosts = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(";");
-    let mut procs: Vec<Child> =
-        (0..2).map(|p| spawn_child_in(cluster_path, &brokers, &cluster_ch.database, "crash-cluster", Some(format!("2,{p},{hosts}")))).collect();
+    let spawn_cluster = || -> Vec<Child> {
+        (0..2).map(|p| spawn_child_in(cluster_path, &brokers, &cluster_ch.database, "crash-cluster", Some(format!("2,{p},{hosts}")))).collect()
+    };
+    let mut procs = spawn_cluster();
+    // One process dies mid-stream: the other ends too, with a non-zero exit, and
+    // the two restarted resume exactly.
+    std::thread::sleep(Duration::from_millis(rng.random_range(1_500..3_000)));
+    procs[1].kill().expect("SIGKILL");
+    procs[1].wait().expect("reaped");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = procs[0].try_wait().expect("status") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the surviving process went on without its peer");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success(), "the surviving process must fail when its peer dies: {status:?}");
+    eprintln!("cluster: peer killed after {} finals; survivor exited with {status:?}", finals(&rt, cluster_ch, cluster_spec).len());
+    // Timely's ports may linger a moment in TIME_WAIT; its listeners reuse them.
+    let mut procs = spawn_cluster();
     let two = settle(cluster_ch, cluster_spec, &mut procs[0]);
     for p in procs.iter_mut() {
         let _ = p.kill();

@@ -40,6 +40,9 @@ pub struct DataflowArgs {
     /// Address of /health, /ready and /metrics.
     #[arg(long, env = "PULSE_DATAFLOW_METRICS_ADDR", default_value = "0.0.0.0:9102")]
     pub metrics_addr: std::net::SocketAddr,
+    /// `/health` fails (503) when no epoch has completed for this long: the job is stuck.
+    #[arg(long, env = "PULSE_DATAFLOW_STALL_TIMEOUT", value_parser = crate::ingest_cmd::parse_duration, default_value = "60s")]
+    pub stall_timeout: std::time::Duration,
     /// Apply the schema (pulse migrate) before starting.
     #[arg(long, env = "PULSE_DATAFLOW_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -77,6 +80,7 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
         cluster,
         metrics_addr: Some(args.metrics_addr),
         instance: format!("{}-{}", crate::services::hostname(), args.process),
+        stall_timeout: args.stall_timeout,
         ..Default::default()
     };
     let summaries =

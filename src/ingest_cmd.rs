@@ -202,7 +202,7 @@ pub struct LoadgenArgs {
     pub quiet: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     pulse_model::parse_duration(s).map(|m| m.as_std())
 }
 

@@ -330,6 +330,7 @@ pub fn run_worker(
             state.expire(&closed, &mut graph);
             let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
             commits.push_back((completed, offsets, closed));
+            metrics.epoch_completed_ms.set(pulse_model::now_ms());
             sent_through = completed;
             let shared = graph.shared.borrow();
             for (d, dom) in spec.domains.iter().enumerate() {

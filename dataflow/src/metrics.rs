@@ -24,6 +24,8 @@ pub struct JobMetrics {
     pub open_groups: IntGaugeVec,
     /// Events counted in a metric's overflow group (`max_groups` reached).
     pub overflow: IntGaugeVec,
+    /// When an epoch last completed (ms since the Unix epoch): the job's heartbeat.
+    pub epoch_completed_ms: IntGauge,
 }
 
 impl JobMetrics {
@@ -91,6 +93,11 @@ impl JobMetrics {
                     &["metric", "kind"],
                 )
                 .expect("valid metric"),
+            ),
+            epoch_completed_ms: register(
+                registry,
+                IntGauge::with_opts(m("pulse_dataflow_epoch_completed_ms", "When an epoch last completed on this process (ms since the Unix epoch)"))
+                    .expect("valid metric"),
             ),
             overflow: register(
                 registry,

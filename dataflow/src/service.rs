@@ -59,6 +59,8 @@ pub struct DataflowConfig {
     /// Overrides of the spec's emit interval / idle timeout (tests).
     pub emit_interval: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// `/health` fails when no epoch has completed for this long.
+    pub stall_timeout: Duration,
 }
 
 impl Default for DataflowConfig {
@@ -71,6 +73,7 @@ impl Default for DataflowConfig {
             stats_interval: Duration::from_secs(10),
             emit_interval: None,
             idle_timeout: None,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -107,6 +110,15 @@ pub fn run(
     rt: &tokio::runtime::Handle,
 ) -> Result<Vec<WorkerSummary>, DataflowError> {
     let metrics = JobMetrics::new(&registry);
+    {
+        // Alive while epochs complete: a worker that stopped making progress fails /health.
+        let (completed, stall_ms) = (metrics.epoch_completed_ms.clone(), i64::try_from(cfg.stall_timeout.as_millis()).unwrap_or(i64::MAX));
+        ready.set_liveness(move || {
+            let last = completed.get();
+            let silent = crate::graph::now_ms() - last;
+            if last > 0 && silent > stall_ms { Err(format!("no epoch has completed for {} s", silent / 1000)) } else { Ok(()) }
+        });
+    }
     let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
     let producer: FutureProducer = kafka.reliable_producer().create()?;
     let output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone(), &cfg.group);

@@ -16,17 +16,35 @@ use tokio::sync::watch;
 
 pub use prometheus;
 
-/// Readiness of a service: set once its dependencies are reachable; cleared when they are lost.
+/// Why a service that is running is not alive (e.g. its work has stalled).
+pub type LivenessProbe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness of a service: set once its dependencies are reachable; cleared
+/// when they are lost. A service may also install a liveness probe: `/health`
+/// fails while the probe does (an orchestrator then restarts the process).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    live: Arc<std::sync::OnceLock<LivenessProbe>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Installs the liveness probe (once; later calls are ignored).
+    pub fn set_liveness(&self, probe: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        let _ = self.live.set(Box::new(probe));
+    }
+
+    /// Whether the service is alive: `Err` says why not.
+    pub fn alive(&self) -> Result<(), String> {
+        self.live.get().map_or(Ok(()), |probe| probe())
     }
 }
 
@@ -45,7 +63,15 @@ pub fn ops_router<S: Clone + Send + Sync + 'static>(service: &'static str, regis
 }
 
 async fn health(State(s): State<OpsState>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"status\":\"ok\",\"service\":\"{}\"}}", s.service)).into_response()
+    match s.ready.alive() {
+        Ok(()) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], format!("{{\"status\":\"ok\",\"service\":\"{}\"}}", s.service)).into_response()
+        }
+        Err(why) => {
+            let body = serde_json::json!({"status": "stalled", "service": s.service, "reason": why}).to_string();
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    }
 }
 
 async fn readiness(State(s): State<OpsState>) -> Response {
@@ -163,4 +189,36 @@ pub fn init_tracing(filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicI64;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_liveness_probe() {
+        let ready = Readiness::default();
+        let beat = Arc::new(AtomicI64::new(0));
+        let b = Arc::clone(&beat);
+        ready.set_liveness(move || if b.load(Ordering::Relaxed) > 0 { Err("no epoch for 90 s".into()) } else { Ok(()) });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app: Router = ops_router("t", Registry::new(), ready.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        beat.store(1, Ordering::Relaxed);
+        let stalled = get(addr, "/health").await;
+        assert!(stalled.starts_with("HTTP/1.1 503") && stalled.contains("no epoch for 90 s"), "{stalled}");
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 503"), "readiness is separate");
+    }
 }

@@ -162,6 +162,78 @@ fn alert_rule_contact_point_and_policy_are_well_formed() {
     assert!(policy["group_by"].as_sequence().expect("group_by").iter().any(|g| g.as_str() == Some("city")));
 }
 
+/// What the ClickHouse plugin does with a time-series result before Grafana
+/// draws it: a "long" frame (a time column, value columns, string label
+/// columns) becomes a wide frame with `data.LongToWide`, which refuses rows
+/// whose time is not ascending. Returns the number of series (label sets).
+fn long_to_wide(rows: &[Json]) -> Result<usize, String> {
+    let mut last: Option<String> = None;
+    let mut series = HashSet::new();
+    for (i, r) in rows.iter().enumerate() {
+        let time = r["time"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| r["time"].as_i64().map(|t| format!("{t:020}")))
+            .ok_or_else(|| format!("row {i}: time is {}", r["time"]))?;
+        if let Some(prev) = &last
+            && time < *prev
+        {
+            return Err(format!("long series must be sorted ascending by time to be converted (row {i}: {time} after {prev})"));
+        }
+        let labels: Vec<String> = r.as_object().into_iter().flatten().filter(|(k, v)| *k != "time" && v.is_string()).map(|(k, v)| format!("{k}={v}")).collect();
+        series.insert(labels);
+        last = Some(time);
+    }
+    Ok(series.len())
+}
+
+/// Whether a time-series query sorts all of its rows: ClickHouse applies an
+/// `ORDER BY` written after a top-level `UNION ALL` to the last branch only.
+fn sorts_every_branch(sql: &str) -> bool {
+    let upper = sql.to_uppercase();
+    let mut depth = 0i32;
+    let mut top_union = false;
+    let mut top_order_after_union = false;
+    let bytes = upper.as_bytes();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            _ if depth == 0 && upper[i..].starts_with("UNION ALL") => top_union = true,
+            _ if depth == 0 && top_union && upper[i..].starts_with("ORDER BY") => top_order_after_union = true,
+            _ => {}
+        }
+    }
+    !(top_union && top_order_after_union)
+}
+
+#[test]
+fn time_series_sort_every_branch_of_a_union() {
+    assert!(!sorts_every_branch("SELECT 1 AS time UNION ALL SELECT 2 AS time ORDER BY time"));
+    assert!(sorts_every_branch("SELECT * FROM (SELECT 1 AS time UNION ALL SELECT 2 AS time) ORDER BY time"));
+    for (path, d) in dashboards() {
+        for panel in d["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let sql = t["rawSql"].as_str().expect("sql");
+                if t["format"].as_i64() == Some(0) {
+                    assert!(sorts_every_branch(sql), "{path}: panel {:?} sorts only the last branch of its UNION ALL:\n{sql}", panel["title"]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn long_to_wide_needs_ascending_time() {
+    let rows: Vec<Json> = ["2026-12-02 10:00:00", "2026-12-02 10:01:00", "2026-12-02 10:00:00"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"time": t, "domain": format!("d{}", i % 2), "v": 1}))
+        .collect();
+    assert!(long_to_wide(&rows).is_err(), "a union whose ORDER BY sorted only its last branch");
+    assert_eq!(long_to_wide(&rows[..2]), Ok(2));
+}
+
 /// The plugin's backend macros and the front end's variable expansion.
 fn expand(sql: &str, from_s: i64, to_s: i64, interval_s: i64, cities: &[&str]) -> String {
     let mut out = sql.replace("${city:singlequote}", &cities.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(","));
@@ -224,6 +296,7 @@ fn every_query_runs_on_pipeline_data_and_the_alert_fires_for_the_surging_city() 
                 // Time series need a time column; every query names its columns.
                 if t["format"].as_i64() == Some(0) {
                     assert!(rows[0].get("time").is_some(), "{path}: {title:?} has no time column: {}", rows[0]);
+                    long_to_wide(&rows).unwrap_or_else(|e| panic!("{path}: panel {title:?}: the plugin cannot convert the result: {e}\n{sql}"));
                 }
                 ran += 1;
             }

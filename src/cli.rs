@@ -117,6 +117,9 @@ pub struct TopicsArgs {
     /// Only report differences; change nothing.
     #[arg(long)]
     pub check: bool,
+    /// How long to wait for the brokers to answer before giving up (first boots race).
+    #[arg(long, env = "PULSE_WAIT", value_parser = crate::ingest_cmd::parse_duration, default_value = "120s")]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -126,6 +129,9 @@ pub struct MigrateArgs {
     /// Print the statements that would run; apply nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How long to wait for ClickHouse to answer before giving up (first boots race).
+    #[arg(long, env = "PULSE_WAIT", value_parser = crate::ingest_cmd::parse_duration, default_value = "120s")]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Args)]

@@ -28,7 +28,18 @@ pub fn topics(global: &Global, args: &TopicsArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.kafka.config();
     let report = runtime()?.block_on(async {
         let admin: AdminClient<DefaultClientContext> = cfg.client().create().context("kafka admin client")?;
-        pulse_kafka::ensure_topics(&admin, &plans).await.context("reconciling topics")
+        // The brokers may still be starting (first boot of a stack): bounded retries.
+        let deadline = std::time::Instant::now() + args.wait;
+        loop {
+            match pulse_kafka::ensure_topics(&admin, &plans).await {
+                Ok(report) => return Ok(report),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!("kafka not ready, retrying: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("reconciling topics (gave up after {:?})", args.wait))),
+            }
+        }
     })?;
     for t in &report.created {
         println!("created   {t}");
@@ -49,6 +60,7 @@ pub fn migrate(global: &Global, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
     let spec = global.load_spec()?;
     let cfg = args.clickhouse.config();
     runtime()?.block_on(async {
+        wait_for_clickhouse(&cfg, args.wait).await?;
         if args.dry_run {
             let (statements, _) = pulse_sink::migrate::plan(&cfg, &spec).await?;
             for s in statements {
@@ -65,6 +77,21 @@ pub fn migrate(global: &Global, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
         }
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+/// Waits until ClickHouse answers a query (a server that is still starting, or
+/// the temporary loopback-only server of a first boot, refuses connections).
+pub async fn wait_for_clickhouse(cfg: &pulse_sink::ClickHouseConfig, wait: Duration) -> anyhow::Result<()> {
+    // The server, not the database: creating the database is what migrate is waiting to do.
+    let client = cfg.server_client();
+    let ping = || async { matches!(tokio::time::timeout(Duration::from_secs(3), client.query("SELECT 1").fetch_one::<u8>()).await, Ok(Ok(1))) };
+    let deadline = std::time::Instant::now() + wait;
+    while !ping().await {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "ClickHouse at {} did not answer within {wait:?}", cfg.url);
+        tracing::warn!(url = %cfg.url, "ClickHouse not ready, retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
 }
 
 #[derive(Args)]

@@ -477,6 +477,7 @@ async fn load_metrics(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig) -> 
                         is_final,
                         revision: *rev,
                         emitted_at: ws + window,
+                        deleted: false,
                     };
                     table.encode(&row, &mut buf);
                 }

@@ -175,6 +175,7 @@ fn row(spec: &Spec, metric: &str, city: &str, ws: i64, values: Vec<AggValue>, is
         is_final,
         revision,
         emitted_at: now_ms(),
+        deleted: false,
     }
 }
 

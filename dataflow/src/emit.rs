@@ -21,6 +21,8 @@ struct WindowState {
     /// Per multiset slot, per statistic.
     stats: Vec<Vec<Option<f64>>>,
     dirty: bool,
+    /// A revision of it was emitted (so an empty end withdraws it).
+    emitted: bool,
 }
 
 impl WindowState {
@@ -30,7 +32,14 @@ impl WindowState {
             distinct: vec![0; plan.distinct.len()],
             stats: plan.multisets.iter().map(|m| vec![None; m.stats.len()]).collect(),
             dirty: false,
+            emitted: false,
         }
+    }
+
+    /// Every event of the window was retracted (deleted, or moved by an update).
+    fn is_empty(&self) -> bool {
+        use differential_dataflow::difference::IsZero as _;
+        self.add.iter().all(Acc::is_zero) && self.distinct.iter().all(|&d| d == 0) && self.stats.iter().flatten().all(Option::is_none)
     }
 }
 
@@ -45,6 +54,8 @@ pub struct Emitter {
     last_revision: u64,
     pub finals: u64,
     pub revisions: u64,
+    /// Windows that ended empty after revisions of them were emitted.
+    pub withdrawn: u64,
     /// Changes that arrived for windows already closed (ignored).
     pub ignored: u64,
 }
@@ -60,6 +71,7 @@ impl Emitter {
             last_revision: 0,
             finals: 0,
             revisions: 0,
+            withdrawn: 0,
             ignored: 0,
             plan,
         }
@@ -138,6 +150,19 @@ impl Emitter {
             let open = self.windows[m].split_off(&(first_open, 0));
             let closing = std::mem::replace(&mut self.windows[m], open);
             for ((win, gid), state) in closing {
+                if state.is_empty() {
+                    // No event is left in the window: it has no final (a batch
+                    // recomputation has no row for it); withdraw what was emitted.
+                    if state.emitted {
+                        let revision = self.next_revision(now_us) | FINAL_BIT;
+                        let mut row = self.row(m, win, gid, &state, true, revision, now_ms);
+                        row.deleted = true;
+                        row.values.iter_mut().for_each(|v| *v = AggValue::Float(None));
+                        rows.push(row);
+                        self.withdrawn += 1;
+                    }
+                    continue;
+                }
                 let revision = self.next_revision(now_us) | FINAL_BIT;
                 rows.push(self.row(m, win, gid, &state, true, revision, now_ms));
                 self.finals += 1;
@@ -147,6 +172,7 @@ impl Emitter {
                 let revision = self.next_revision(now_us);
                 if let Some(state) = self.windows[m].get_mut(&(win, gid)) {
                     state.dirty = false;
+                    state.emitted = true;
                 }
                 if let Some(state) = self.windows[m].get(&(win, gid)) {
                     rows.push(self.row(m, win, gid, state, false, revision, now_ms));
@@ -194,6 +220,7 @@ impl Emitter {
             is_final,
             revision,
             emitted_at: now_ms,
+            deleted: false,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pulse_kafka::DeadLetter;
 use pulse_model::Spec;
-use pulse_model::metric_row::{MetricRow, RowShape};
+use pulse_model::metric_row::{GroupValue, MetricRow, RowShape};
 use pulse_ops::Shutdown;
 use pulse_sink::schema::{MetricTable, StatRow, encode_stat, metric_table, progress_table, stats_table};
 use pulse_sink::{ClickHouseConfig, Writer};
@@ -148,7 +148,12 @@ impl Output {
         };
         // ClickHouse: one insert per metric table.
         let mut bodies: Vec<(BytesMut, usize)> = self.tables.iter().map(|_| (BytesMut::new(), 0)).collect();
+        let mut withdrawn: Vec<Vec<&MetricRow>> = self.tables.iter().map(|_| Vec::new()).collect();
         for row in &batch.rows {
+            if row.deleted {
+                withdrawn[row.metric].push(row);
+                continue;
+            }
             let (buf, n) = &mut bodies[row.metric];
             self.tables[row.metric].encode(row, buf);
             *n += 1;
@@ -161,6 +166,12 @@ impl Output {
                 let table = &self.tables[i].table;
                 self.writer.insert(&table.name, &table.insert_sql(&self.database), body.freeze(), n, &self.shutdown).await.map_err(|_| ())?;
             }
+            // Windows that ended empty: their rows go (after this batch's own inserts).
+            for (i, rows) in withdrawn.iter().enumerate() {
+                if !rows.is_empty() {
+                    self.withdraw(i, rows).await?;
+                }
+            }
             Ok::<(), ()>(())
         };
         let ((), inserted) = tokio::join!(produce_all, insert_all);
@@ -170,6 +181,26 @@ impl Output {
             self.metrics.rows_written.with_label_values(&[&self.shapes[row.metric].metric, kind]).inc();
         }
         Ok(())
+    }
+
+    /// Deletes the rows of windows that ended empty, retrying like inserts.
+    async fn withdraw(&self, metric: usize, rows: &[&MetricRow]) -> Result<(), ()> {
+        let sql = withdraw_sql(&self.database, &self.shapes[metric], rows);
+        let mut attempt = 0u32;
+        loop {
+            match self.writer.client().query(&sql).execute().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    attempt += 1;
+                    let delay = self.writer.backoff.delay(attempt);
+                    tracing::warn!(metric = %self.shapes[metric].metric, attempt, ?delay, "withdrawing emptied windows failed, retrying: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.wait() => return Err(()),
+                    }
+                }
+            }
+        }
     }
 
     /// Produces one record, retrying until the broker acknowledges it.
@@ -197,6 +228,28 @@ impl Output {
             }
         }
     }
+}
+
+/// `DELETE` of the given windows (group values and window start) from a metric table.
+pub fn withdraw_sql(database: &str, shape: &RowShape, rows: &[&MetricRow]) -> String {
+    let condition = |r: &MetricRow| -> String {
+        let mut parts: Vec<String> = shape
+            .group_names
+            .iter()
+            .zip(&r.group)
+            .map(|(name, g)| match g {
+                GroupValue::Str(s) => format!("`{name}` = '{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+                GroupValue::Int(i) => format!("`{name}` = {i}"),
+                GroupValue::Bool(b) => format!("`{name}` = {b}"),
+                // Stored as the column type's default (see the metric table's encoder).
+                GroupValue::Null => format!("`{name}` = defaultValueOfArgumentType(`{name}`)"),
+            })
+            .collect();
+        parts.push(format!("toUnixTimestamp64Milli(window_start) = {}", r.window_start));
+        format!("({})", parts.join(" AND "))
+    };
+    let conditions: Vec<String> = rows.iter().map(|r| condition(r)).collect();
+    format!("DELETE FROM `{database}`.`{}` WHERE {}", shape.metric, conditions.join(" OR "))
 }
 
 /// Periodically writes the job's figures (late events, dead letters, watermark
@@ -231,5 +284,35 @@ pub async fn report_stats(spec: Arc<Spec>, writer: Writer, database: String, met
         if let Err(e) = writer.insert_once(&stats_table().insert_sql(&database), buf.freeze()).await {
             tracing::debug!("pipeline stats not written: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulse_model::metric_row::AggValue;
+
+    #[test]
+    fn withdrawing_quotes_what_it_splices() {
+        let shape = RowShape { metric: "m".into(), group_names: vec!["city".into(), "n".into()], agg_names: vec!["c".into()] };
+        let row = |g: Vec<GroupValue>, ws: i64| MetricRow {
+            metric: 0,
+            group: g,
+            window_start: ws,
+            window_end: ws + 1,
+            values: vec![AggValue::Float(None)],
+            is_final: true,
+            revision: 1,
+            emitted_at: 0,
+            deleted: true,
+        };
+        let a = row(vec![GroupValue::Str("O'Brien \\ x".into()), GroupValue::Int(-3)], 60_000);
+        let b = row(vec![GroupValue::Str("Lima".into()), GroupValue::Null], 0);
+        let sql = withdraw_sql("db", &shape, &[&a, &b]);
+        assert_eq!(
+            sql,
+            "DELETE FROM `db`.`m` WHERE (`city` = 'O\\'Brien \\\\ x' AND `n` = -3 AND toUnixTimestamp64Milli(window_start) = 60000) \
+             OR (`city` = 'Lima' AND `n` = defaultValueOfArgumentType(`n`) AND toUnixTimestamp64Milli(window_start) = 0)"
+        );
     }
 }

@@ -405,7 +405,7 @@ fn pipeline(recs: &[Rec], workers: usize, epoch_records: usize) -> (Vec<FinalRow
     let mut rows: Vec<FinalRow> = result
         .rows
         .iter()
-        .filter(|r: &&MetricRow| matches!(r.values[0], AggValue::Count(n) if n > 0))
+        .filter(|r: &&MetricRow| !r.deleted)
         .map(|r| {
             let group = match &r.group[0] {
                 GroupValue::Str(s) => s.to_string(),
@@ -455,6 +455,10 @@ proptest! {
                     (a, b) => prop_assert_eq!(a, b, "{:?} vs {:?}", g, e),
                 }
             }
+        }
+        // No final of an empty window (a group whose events were all deleted or moved away).
+        for r in &result.rows {
+            prop_assert!(r.deleted || !matches!(r.values[0], AggValue::Count(0)), "a final of an empty window: {r:?}");
         }
         // Each window is final exactly once.
         let mut seen = std::collections::HashSet::new();

@@ -44,6 +44,11 @@ pub struct MetricRow {
     pub revision: u64,
     /// When the row was emitted, ms since the epoch.
     pub emitted_at: i64,
+    /// The window ended empty (every event of the group in it was deleted or
+    /// moved away by an update): it has no final, and the rows emitted for it
+    /// while it was open are withdrawn (deleted from the metric table; on the
+    /// topic a final row with `"deleted": true` and null aggregates).
+    pub deleted: bool,
 }
 
 /// Names needed to render a metric's rows.
@@ -134,6 +139,9 @@ impl MetricRow {
                 AggValue::Float(None) => out.push_str("null"),
             }
         }
+        if self.deleted {
+            out.push_str(",\"deleted\":true");
+        }
         let _ = write!(out, ",\"final\":{},\"revision\":{},\"emitted_at\":{}}}", self.is_final, self.revision, self.emitted_at);
         out
     }
@@ -156,6 +164,7 @@ mod tests {
             is_final: true,
             revision: 7,
             emitted_at: 400_000,
+            deleted: false,
         };
         assert_eq!(row.key(&shape), "city_metrics/São \"Paulo\"/60000");
         let json: serde_json::Value = serde_json::from_str(&row.to_json(&shape)).expect("valid JSON");

@@ -14,15 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pulse_kafka::KafkaConfig;
 use pulse_kafka::testing::{stack_brokers, unique_name};
-use pulse_model::Spec;
-use pulse_sink::ClickHouseConfig;
 use pulse_sink::verify::recompute_sql;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Service, accepted, free_port, http_get, push_tails, rows, wait_ready};
+use support::procs::{Deployment, accepted, http_get, push_tails, rows, wait_ready};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -34,41 +31,13 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 #[test]
 fn loadgen_to_api_through_separate_processes() {
     let Some(brokers) = stack_brokers() else { return };
-    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-    let dir = std::env::temp_dir().join(unique_name("pulse-e2e"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let spec_path = dir.join("pulse.toml");
-    std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
-    let spec = Spec::load(&spec_path).expect("spec");
-    let ch = ClickHouseConfig { url: url.clone(), database: unique_name("pulse_e2e"), ..ClickHouseConfig::default() };
-    let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
-    let (ingest_port, api_port) = (free_port(), free_port());
-    let env: Vec<(String, String)> = [
-        ("PULSE_SPEC", spec_path.display().to_string()),
-        ("PULSE_KAFKA_BROKERS", brokers.clone()),
-        ("PULSE_CLICKHOUSE_URL", url.clone()),
-        ("PULSE_CLICKHOUSE_DATABASE", ch.database.clone()),
-        ("PULSE_LOG", "info".into()),
-        ("PULSE_INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
-        ("PULSE_API_ADDR", format!("127.0.0.1:{api_port}")),
-        ("PULSE_SINK_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("PULSE_DATAFLOW_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("PULSE_SINK_BATCH_MS", "300".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().expect("run");
-        assert!(out.status.success(), "pulse {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    };
-    run(&["topics"]);
-    run(&["migrate"]);
-
-    let mut ingest = Service::start("ingest", &env, &["ingest"], &dir);
-    let mut api = Service::start("api", &env, &["api"], &dir);
-    let sink = Service::start("sink", &env, &["sink"], &dir);
-    let dataflow = Service::start("dataflow", &env, &["dataflow", "-w", "2"], &dir);
+    let d = Deployment::new("pulse-e2e", &brokers);
+    let (spec, ch, kafka, env) = (&d.spec, &d.ch, &d.kafka, &d.env);
+    let (ingest_port, api_port) = (d.ingest_port, d.api_port);
+    let mut ingest = d.start("ingest", &["ingest"]);
+    let mut api = d.start("api", &["api"]);
+    let sink = d.start("sink", &["sink"]);
+    let dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
     wait_ready(&format!("http://127.0.0.1:{ingest_port}/ready"), &mut ingest);
     wait_ready(&format!("http://127.0.0.1:{api_port}/ready"), &mut api);
 
@@ -108,7 +77,7 @@ fn loadgen_to_api_through_separate_processes() {
     assert!(acked.get("rides").copied().unwrap_or(0) > 40_000, "{acked:?}");
 
     let mut topics: Vec<(String, i32)> = spec.domains.iter().map(|d| (d.topic.clone(), d.partitions)).collect();
-    push_tails(&kafka, &topics);
+    push_tails(kafka, &topics);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     // 1. Every acknowledged event, exactly once.
@@ -116,7 +85,7 @@ fn loadgen_to_api_through_separate_processes() {
     loop {
         let counts = rows(
             &rt,
-            &ch,
+            ch,
             "SELECT (SELECT count() FROM rides) AS rides_raw, (SELECT count() FROM rides FINAL) AS rides, (SELECT count() FROM driver_locations) AS drivers_raw, (SELECT count() FROM driver_locations FINAL) AS drivers",
         );
         let c = &counts[0];
@@ -129,14 +98,14 @@ fn loadgen_to_api_through_separate_processes() {
         assert!(Instant::now() < deadline, "raw tables hold {got:?}, ingest acknowledged {want:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let apps = rows(&rt, &ch, "SELECT uniqExact(event_id) AS ids, countIf(is_deleted = 1) AS deletes FROM app_events");
+    let apps = rows(&rt, ch, "SELECT uniqExact(event_id) AS ids, countIf(is_deleted = 1) AS deletes FROM app_events");
     assert!(apps[0]["ids"].as_u64().unwrap_or(0) > 1_000, "{apps:?}");
 
     // 2. Finals equal SQL over the raw tables. Wait until the last full windows are final.
-    let newest: i64 = rows(&rt, &ch, "SELECT toUnixTimestamp64Milli(max(timestamp)) AS t FROM rides")[0]["t"].as_i64().expect("newest event");
+    let newest: i64 = rows(&rt, ch, "SELECT toUnixTimestamp64Milli(max(timestamp)) AS t FROM rides")[0]["t"].as_i64().expect("newest event");
     let last_window = (newest - 30_000 - 300_000) / 60_000 * 60_000 - 60_000;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while rows(&rt, &ch, &format!("SELECT count() AS n FROM city_metrics FINAL WHERE final AND toUnixTimestamp64Milli(window_start) >= {last_window}"))[0]["n"]
+    while rows(&rt, ch, &format!("SELECT count() AS n FROM city_metrics FINAL WHERE final AND toUnixTimestamp64Milli(window_start) >= {last_window}"))[0]["n"]
         .as_u64()
         .unwrap_or(0)
         == 0
@@ -148,12 +117,12 @@ fn loadgen_to_api_through_separate_processes() {
     let mut finals_by_key: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for m in &spec.metrics {
         let group = &spec.metric_domain(m).fields[m.group_by[0]].name;
-        let finals = rows(&rt, &ch, &format!("SELECT *, toUnixTimestamp64Milli(window_start) AS ws FROM `{}` FINAL WHERE final", m.name));
+        let finals = rows(&rt, ch, &format!("SELECT *, toUnixTimestamp64Milli(window_start) AS ws FROM `{}` FINAL WHERE final", m.name));
         assert!(!finals.is_empty(), "{}: no finals", m.name);
         let from = finals.iter().filter_map(|r| r["ws"].as_i64()).min().unwrap_or(0);
         let to = finals.iter().filter_map(|r| r["ws"].as_i64()).max().unwrap_or(0) + 1;
-        let sql = recompute_sql(&spec, m, &ch.database).replace("{from:Int64}", &from.to_string()).replace("{to:Int64}", &to.to_string());
-        let expected: HashMap<(String, i64), serde_json::Value> = rows(&rt, &ch, &format!("SELECT * FROM ({sql}) FORMAT JSONEachRow"))
+        let sql = recompute_sql(spec, m, &ch.database).replace("{from:Int64}", &from.to_string()).replace("{to:Int64}", &to.to_string());
+        let expected: HashMap<(String, i64), serde_json::Value> = rows(&rt, ch, &format!("SELECT * FROM ({sql}) FORMAT JSONEachRow"))
             .into_iter()
             .map(|r| ((r[group].as_str().unwrap_or_default().to_string(), r["window_start"].as_i64().unwrap_or(0)), r))
             .collect();
@@ -171,7 +140,7 @@ fn loadgen_to_api_through_separate_processes() {
 
     // 3. The aggregated topic holds the same finals (latest row per key).
     topics.push((spec.pipeline.aggregated_topic.clone(), pulse_kafka::topics::AGGREGATED_PARTITIONS));
-    push_tails(&kafka, &topics[topics.len() - 1..]);
+    push_tails(kafka, &topics[topics.len() - 1..]);
     let consumer: BaseConsumer = kafka.consumer(&unique_name("e2e-reader")).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
@@ -219,6 +188,5 @@ fn loadgen_to_api_through_separate_processes() {
     assert!(others.contains("Lima"), "{others}");
 
     drop((sink, dataflow, api, ingest));
-    let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{}`", ch.database)).execute());
-    let _ = std::fs::remove_dir_all(&dir);
+    d.remove(&rt);
 }

@@ -13,22 +13,18 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pulse_kafka::KafkaConfig;
 use pulse_kafka::dead_letter::{DeadLetter, H_SOURCE_TOPIC, H_STAGE};
 use pulse_kafka::testing::{stack_brokers, unique_name};
-use pulse_model::Spec;
 use pulse_model::decode::format_rfc3339_ms;
-use pulse_sink::ClickHouseConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Service, free_port, http_get, http_post, metric, push_tails, rows, wait_ready};
+use support::procs::{Deployment, http_get, http_post, metric, push_tails, rows, wait_ready};
 
 const YEAR_2099: i64 = 4_070_908_800_000;
 const DAY: i64 = 86_400_000;
@@ -43,37 +39,13 @@ fn ride(id: &str, city: &str, fare: &str, time: i64) -> String {
 #[test]
 fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     let Some(brokers) = stack_brokers() else { return };
-    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
-    let dir = std::env::temp_dir().join(unique_name("pulse-trust"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let spec_path = dir.join("pulse.toml");
-    std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
-    let spec = Spec::load(&spec_path).expect("spec");
+    let d = Deployment::new("pulse-trust", &brokers);
+    let (spec, ch, kafka) = (&d.spec, &d.ch, &d.kafka);
+    let (ingest_port, dataflow_metrics) = (d.ingest_port, d.dataflow_metrics_port);
     let rides_topic = spec.domain("rides").expect("rides").topic.clone();
-    let ch = ClickHouseConfig { url: url.clone(), database: unique_name("pulse_trust"), ..ClickHouseConfig::default() };
-    let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
-    let (ingest_port, dataflow_metrics) = (free_port(), free_port());
-    let env: Vec<(String, String)> = [
-        ("PULSE_SPEC", spec_path.display().to_string()),
-        ("PULSE_KAFKA_BROKERS", brokers.clone()),
-        ("PULSE_CLICKHOUSE_URL", url.clone()),
-        ("PULSE_CLICKHOUSE_DATABASE", ch.database.clone()),
-        ("PULSE_LOG", "info".into()),
-        ("PULSE_INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
-        ("PULSE_SINK_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ("PULSE_DATAFLOW_METRICS_ADDR", format!("127.0.0.1:{dataflow_metrics}")),
-        ("PULSE_SINK_BATCH_MS", "300".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for args in [["topics"], ["migrate"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().expect("run");
-        assert!(out.status.success(), "pulse {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut ingest = Service::start("ingest", &env, &["ingest"], &dir);
-    let sink = Service::start("sink", &env, &["sink"], &dir);
-    let mut dataflow = Service::start("dataflow", &env, &["dataflow", "-w", "2"], &dir);
+    let mut ingest = d.start("ingest", &["ingest"]);
+    let sink = d.start("sink", &["sink"]);
+    let mut dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
     wait_ready(&format!("http://127.0.0.1:{ingest_port}/ready"), &mut ingest);
     wait_ready(&format!("http://127.0.0.1:{dataflow_metrics}/health"), &mut dataflow);
     let post = |body: &str| http_post(&format!("http://127.0.0.1:{ingest_port}/v1/events/rides"), "application/x-ndjson", body).expect("POST");
@@ -155,14 +127,14 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     std::thread::sleep(Duration::from_secs(8));
     stop.store(true, Ordering::Relaxed);
     traffic.join().expect("traffic");
-    push_tails(&kafka, &spec.domains.iter().map(|d| (d.topic.clone(), d.partitions)).collect::<Vec<_>>());
+    push_tails(kafka, &spec.domains.iter().map(|d| (d.topic.clone(), d.partitions)).collect::<Vec<_>>());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     // 3. Every good ride stored exactly once; nothing hostile stored.
     let good = acked.load(Ordering::Relaxed) + 30;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let c = &rows(&rt, &ch, "SELECT count() AS n, countIf(city = 'Paris') AS paris FROM rides FINAL")[0];
+        let c = &rows(&rt, ch, "SELECT count() AS n, countIf(city = 'Paris') AS paris FROM rides FINAL")[0];
         if c["n"].as_u64() == Some(good) {
             assert_eq!(c["paris"].as_u64(), Some(0), "a refused ride was stored");
             break;
@@ -204,7 +176,7 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     // 5. The dataflow: nothing late, the watermark in the present, retries counted once.
     let deadline = Instant::now() + Duration::from_secs(60);
     let retried = loop {
-        let r = rows(&rt, &ch, "SELECT max(total_events) AS n FROM city_metrics FINAL WHERE city = 'Retryville'");
+        let r = rows(&rt, ch, "SELECT max(total_events) AS n FROM city_metrics FINAL WHERE city = 'Retryville'");
         if let Some(n) = r.first().and_then(|r| r["n"].as_u64()).filter(|n| *n > 0) {
             break n;
         }
@@ -220,17 +192,16 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     assert!(wm > wall - 120_000 && wm <= wall + 300_000, "rides watermark {wm} vs wall clock {wall}");
     let span = &rows(
         &rt,
-        &ch,
+        ch,
         "SELECT toUnixTimestamp64Milli(min(window_start)) AS lo, toUnixTimestamp64Milli(max(window_start)) AS hi, countIf(city = 'Paris') AS paris FROM city_metrics",
     )[0];
     assert_eq!(span["paris"].as_u64(), Some(0), "a refused ride reached a window");
     let (lo, hi) = (span["lo"].as_i64().unwrap_or(0), span["hi"].as_i64().unwrap_or(0));
     assert!(lo > now - 3_600_000 && hi < wall + 300_000, "windows from {lo} to {hi}, now {wall}");
     // Cities keep advancing: the ordinary traffic's newest window is of the present.
-    let lima = &rows(&rt, &ch, "SELECT toUnixTimestamp64Milli(max(window_end)) AS t, sum(total_events) AS n FROM city_metrics FINAL WHERE city = 'Lima'")[0];
+    let lima = &rows(&rt, ch, "SELECT toUnixTimestamp64Milli(max(window_end)) AS t, sum(total_events) AS n FROM city_metrics FINAL WHERE city = 'Lima'")[0];
     assert!(lima["t"].as_i64().unwrap_or(0) > wall - 120_000, "Lima's newest window: {lima}");
 
     drop((sink, dataflow, ingest));
-    let _ = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{}`", ch.database)).execute());
-    let _ = std::fs::remove_dir_all(&dir);
+    d.remove(&rt);
 }

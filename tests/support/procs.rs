@@ -7,6 +7,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pulse_kafka::KafkaConfig;
+use pulse_kafka::testing::unique_name;
+use pulse_model::Spec;
 use pulse_sink::ClickHouseConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -129,4 +131,73 @@ pub fn http_post(url: &str, content_type: &str, body: &str) -> Option<(u16, Stri
 /// The value of a Prometheus sample whose line starts with `prefix` (summed over matching lines).
 pub fn metric(metrics: &str, prefix: &str) -> f64 {
     metrics.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// A deployment of Pulse's services as separate processes on a fresh spec
+/// (unique topics), database and ports, against the local stack.
+pub struct Deployment {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub ch: ClickHouseConfig,
+    pub kafka: KafkaConfig,
+    /// The PULSE_* variables every process of it gets.
+    pub env: Vec<(String, String)>,
+    pub ingest_port: u16,
+    pub api_port: u16,
+    pub dataflow_metrics_port: u16,
+}
+
+impl Deployment {
+    /// Writes the spec, then runs `pulse topics` and `pulse migrate`.
+    pub fn new(prefix: &str, brokers: &str) -> Deployment {
+        let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+        let dir = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spec_path = dir.join("pulse.toml");
+        std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
+        let spec = Spec::load(&spec_path).expect("spec");
+        let ch = ClickHouseConfig { url: url.clone(), database: unique_name(&prefix.replace('-', "_")), ..ClickHouseConfig::default() };
+        let kafka = KafkaConfig { brokers: brokers.to_string(), properties: Vec::new() };
+        let (ingest_port, api_port, dataflow_metrics_port) = (free_port(), free_port(), free_port());
+        let env = [
+            ("PULSE_SPEC", spec_path.display().to_string()),
+            ("PULSE_KAFKA_BROKERS", brokers.to_string()),
+            ("PULSE_CLICKHOUSE_URL", url),
+            ("PULSE_CLICKHOUSE_DATABASE", ch.database.clone()),
+            ("PULSE_LOG", "info".into()),
+            ("PULSE_INGEST_ADDR", format!("127.0.0.1:{ingest_port}")),
+            ("PULSE_API_ADDR", format!("127.0.0.1:{api_port}")),
+            ("PULSE_SINK_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("PULSE_DATAFLOW_METRICS_ADDR", format!("127.0.0.1:{dataflow_metrics_port}")),
+            ("PULSE_SINK_BATCH_MS", "300".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let d = Deployment { dir, spec, ch, kafka, env, ingest_port, api_port, dataflow_metrics_port };
+        d.run(&["topics"]);
+        d.run(&["migrate"]);
+        d
+    }
+
+    /// Runs a `pulse` subcommand to completion; it must succeed.
+    pub fn run(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_pulse")).args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).output().expect("run");
+        assert!(out.status.success(), "pulse {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts a long-running `pulse` subcommand (stopped when dropped).
+    pub fn start(&self, name: &'static str, args: &[&str]) -> Service {
+        Service::start(name, &self.env, args, &self.dir)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingest_port)
+    }
+
+    /// Drops the database and the work directory.
+    pub fn remove(self, rt: &tokio::runtime::Runtime) {
+        let _ = rt.block_on(self.ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{}`", self.ch.database)).execute());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -48,6 +48,8 @@ pub enum Command {
     Sink(crate::services::SinkArgs),
     /// Run the timely/differential job: windowed metrics to Kafka and ClickHouse.
     Dataflow(crate::dataflow_cmd::DataflowArgs),
+    /// Recompute a metric's closed windows over the raw tables and write them as finals.
+    Backfill(crate::backfill::BackfillArgs),
     /// The whole pipeline in one process, with a load generator and a live table.
     Demo(crate::demo::DemoArgs),
     /// Measure Pulse's throughput.

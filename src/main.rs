@@ -1,6 +1,7 @@
 //! `pulse`: one binary, one subcommand per deployment.
 
 mod api_cmd;
+mod backfill;
 mod bench;
 mod cli;
 mod dataflow_cmd;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     cli::init_tracing(&cli.global.log);
     let result = match cli.command {
         Command::Check(args) => cli::check(&cli.global, &args),
+        Command::Backfill(args) => backfill::backfill(&cli.global, &args),
         Command::Topics(args) => services::topics(&cli.global, &args),
         Command::Migrate(args) => services::migrate(&cli.global, &args),
         Command::Sink(args) => services::sink(&cli.global, &args),

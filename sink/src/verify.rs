@@ -1,6 +1,7 @@
 //! Batch recomputation of a metric over the raw tables, in SQL: the same
 //! windows and aggregates the dataflow maintains incrementally, computed from
-//! scratch by ClickHouse. `pulse verify` and the tests compare the two.
+//! scratch by ClickHouse. `pulse backfill` writes it as finals; the tests
+//! compare it with the dataflow's.
 
 use pulse_model::spec::{AggKind, Domain, FieldType, Filter, Literal, Metric, Spec};
 
@@ -40,6 +41,16 @@ pub fn filter_sql(domain: &Domain, f: &Filter) -> String {
 /// the spec. Late events are not excluded: compare windows fed only by
 /// on-time events.
 pub fn recompute_sql(spec: &Spec, metric: &Metric, database: &str) -> String {
+    sql(spec, metric, database, spec.metric_domain(metric).mutable)
+}
+
+/// As [`recompute_sql`], reading every raw table with `FINAL`: each stored
+/// event once, even before merges collapse a sink's replayed rows.
+pub fn recompute_sql_exact(spec: &Spec, metric: &Metric, database: &str) -> String {
+    sql(spec, metric, database, true)
+}
+
+fn sql(spec: &Spec, metric: &Metric, database: &str, read_final: bool) -> String {
     let domain = spec.metric_domain(metric);
     let time = ident(&domain.time_field().name);
     let (slide, k) = (metric.slide.ms(), metric.windows_per_event());
@@ -76,7 +87,7 @@ pub fn recompute_sql(spec: &Spec, metric: &Metric, database: &str) -> String {
     }
     let selects: Vec<String> = metric.aggregates.iter().zip(&exprs).map(|(a, e)| format!("{e} AS {}", ident(&a.name))).collect();
     let table = format!("{}.{}", ident(database), ident(&domain.name));
-    let final_kw = if domain.mutable { " FINAL" } else { "" };
+    let final_kw = if read_final { " FINAL" } else { "" };
     let mut group_cols = groups.clone();
     group_cols.push("window_start".into());
     format!(

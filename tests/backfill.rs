@@ -1,0 +1,67 @@
+//! `pulse backfill` recomputes a metric's closed windows over the raw tables
+//! and writes them as finals that supersede the job's: on the same data they
+//! equal the streaming job's finals, with higher revisions, in ClickHouse and
+//! on the topic; windows the job has not closed are left to the job.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use pulse_model::generate::{GenConfig, Generator};
+
+/// (city, window start) -> (aggregates as JSON, revision) of the final rows.
+fn finals(p: &support::Pipeline) -> BTreeMap<(String, i64), (serde_json::Value, u64)> {
+    p.rows("SELECT *, toUnixTimestamp64Milli(window_start) AS ws FROM city_metrics FINAL WHERE final")
+        .into_iter()
+        .map(|r| ((r["city"].as_str().unwrap_or_default().to_string(), r["ws"].as_i64().unwrap_or(0)), (r.clone(), r["revision"].as_u64().unwrap_or(0))))
+        .collect()
+}
+
+#[test]
+fn backfilled_windows_equal_the_streamed_finals_and_supersede_them() {
+    let Some(mut p) = support::Pipeline::start("pulse_backfill") else { return };
+    let now = support::now_ms();
+    // 12 minutes of rides and more, no late events: the stream's finals are complete.
+    let cfg = GenConfig { start_ms: now - 12 * 60_000, rate: 50.0, late_fraction: 0.0, disorder_ms: 1_000, ..GenConfig::default() };
+    let produced = p.produce(Generator::new(cfg).take(36_000)) as f64;
+    p.wait_for("every record stored by the sink", Duration::from_secs(120), |p| {
+        p.scalar("SELECT sum(value) FROM pulse_pipeline_stats WHERE service = 'sink' AND name = 'events_stored'") >= produced
+    });
+    p.wait_for("some closed city windows", Duration::from_secs(120), |p| finals(p).len() >= 40);
+    std::thread::sleep(Duration::from_secs(2));
+    let streamed = finals(&p);
+
+    let spec_path = std::env::temp_dir().join(pulse_kafka::testing::unique_name("backfill-spec"));
+    std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["backfill", "--metric", "city_metrics", "--from", &(now - 30 * 60_000).to_string(), "--no-topic"])
+        .env("PULSE_SPEC", &spec_path)
+        .env("PULSE_CLICKHOUSE_DATABASE", &p.ch.database)
+        .env("PULSE_CLICKHOUSE_URL", &p.ch.url)
+        .output()
+        .expect("pulse backfill");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    let after = finals(&p);
+
+    // Every window the job had closed was recomputed: same values, a higher revision.
+    let mut superseded = 0;
+    for (key, (row, revision)) in &streamed {
+        let (now_row, now_revision) = after.get(key).unwrap_or_else(|| panic!("{key:?} lost by the backfill"));
+        for a in ["total_events", "requests", "completions", "cancellations", "unique_riders"] {
+            assert_eq!(now_row[a], row[a], "{key:?}.{a}: backfill {} vs stream {}", now_row[a], row[a]);
+        }
+        for a in ["avg_fare", "cancellation_rate"] {
+            let (x, y) = (now_row[a].as_f64(), row[a].as_f64());
+            assert!(x == y || matches!((x, y), (Some(x), Some(y)) if (x - y).abs() <= 1e-9 * y.abs().max(1.0)), "{key:?}.{a}: {x:?} vs {y:?}");
+        }
+        superseded += usize::from(now_revision > revision);
+    }
+    assert_eq!(superseded, streamed.len(), "every closed window superseded: {log}");
+    // Nothing beyond what the job closed: the still-open windows stay the job's.
+    assert!(after.len() <= streamed.len() + 20 * 2, "{} finals after, {} before", after.len(), streamed.len());
+    let _ = std::fs::remove_file(&spec_path);
+    p.stop();
+}

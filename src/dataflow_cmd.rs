@@ -43,6 +43,10 @@ pub struct DataflowArgs {
     /// `/health` fails (503) when no epoch has completed for this long: the job is stuck.
     #[arg(long, env = "PULSE_DATAFLOW_STALL_TIMEOUT", value_parser = crate::ingest_cmd::parse_duration, default_value = "60s")]
     pub stall_timeout: std::time::Duration,
+    /// One job instance per consumer group: the holder renews the group's lease; a
+    /// second instance waits until the holder stops or has not renewed it for this long.
+    #[arg(long, env = "PULSE_DATAFLOW_LEASE_TTL", value_parser = crate::ingest_cmd::parse_duration, default_value = "10s")]
+    pub lease_ttl: std::time::Duration,
     /// Apply the schema (pulse migrate) before starting.
     #[arg(long, env = "PULSE_DATAFLOW_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -81,6 +85,7 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
         metrics_addr: Some(args.metrics_addr),
         instance: format!("{}-{}", crate::services::hostname(), args.process),
         stall_timeout: args.stall_timeout,
+        lease_ttl: args.lease_ttl,
         ..Default::default()
     };
     let summaries =

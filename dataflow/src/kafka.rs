@@ -72,6 +72,8 @@ pub struct KafkaSource {
     topics: Vec<String>,
     by_topic: HashMap<String, usize>,
     pub assigned: Vec<(usize, i32)>,
+    /// Set when another instance took the consumer group over: commit nothing more.
+    fence: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Every (domain, partition) of the spec's topics, in a stable order.
@@ -152,7 +154,15 @@ impl KafkaSource {
         consumer.assign(&assignment)?;
         tracing::info!(worker, partitions = assigned.len(), start = ?resume.start, "dataflow source assigned");
         let by_topic = topics.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect();
-        Ok((KafkaSource { consumer, lags, topics, by_topic, assigned }, resume))
+        Ok((KafkaSource { consumer, lags, topics, by_topic, assigned, fence: None }, resume))
+    }
+}
+
+impl KafkaSource {
+    /// Commits stop once `fence` is set (see `lease`).
+    pub fn with_fence(mut self, fence: Arc<std::sync::atomic::AtomicBool>) -> KafkaSource {
+        self.fence = Some(fence);
+        self
     }
 }
 
@@ -196,6 +206,10 @@ impl RecordSource for KafkaSource {
     }
 
     fn commit(&mut self, offsets: &[((usize, i32), i64)], closed: &[i64]) {
+        if self.fence.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire)) {
+            tracing::warn!("another instance holds the consumer group: offsets not committed");
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         for &((d, p), next) in offsets {
             if next <= 0 {

@@ -13,6 +13,7 @@ pub mod emit;
 pub mod graph;
 pub mod job;
 pub mod kafka;
+pub mod lease;
 pub mod metrics;
 pub mod output;
 pub mod plan;

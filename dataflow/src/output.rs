@@ -60,6 +60,8 @@ pub struct Output {
     pub metrics: JobMetrics,
     pub shutdown: Shutdown,
     pub group: String,
+    /// Set when another instance took the consumer group over: deliver nothing more.
+    pub fence: Arc<std::sync::atomic::AtomicBool>,
     tables: Arc<Vec<MetricTable>>,
     shapes: Arc<Vec<RowShape>>,
 }
@@ -83,6 +85,7 @@ impl Output {
             metrics,
             shutdown,
             group: group.to_string(),
+            fence: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             tables: Arc::new(tables),
             shapes: Arc::new(shapes),
             spec,
@@ -111,6 +114,10 @@ impl Output {
                 for (c, m) in batch.closed.iter_mut().zip(&more.closed) {
                     *c = (*c).max(*m);
                 }
+            }
+            if self.fence.load(Ordering::Acquire) {
+                tracing::warn!(epoch = batch.epoch, "another instance holds the consumer group: this epoch is not delivered");
+                return;
             }
             if self.deliver(&batch).await.is_err() || self.record_progress(&mut progress, &batch.closed).await.is_err() {
                 tracing::warn!(epoch = batch.epoch, "shutting down before the epoch was durable; its offsets stay uncommitted");

@@ -16,6 +16,7 @@ use rdkafka::producer::FutureProducer;
 use crate::job::{NoSource, RecordSource, WorkerConfig, WorkerSummary, run_worker};
 use crate::kafka::KafkaSource;
 use crate::kafka::Resume;
+use crate::lease::Lease;
 use crate::metrics::JobMetrics;
 use crate::output::{Output, report_stats};
 use crate::progress;
@@ -61,6 +62,8 @@ pub struct DataflowConfig {
     pub idle_timeout: Option<Duration>,
     /// `/health` fails when no epoch has completed for this long.
     pub stall_timeout: Duration,
+    /// The consumer group's lease expires when not renewed for this long (see `lease`).
+    pub lease_ttl: Duration,
 }
 
 impl Default for DataflowConfig {
@@ -74,6 +77,7 @@ impl Default for DataflowConfig {
             emit_interval: None,
             idle_timeout: None,
             stall_timeout: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -93,6 +97,10 @@ pub enum DataflowError {
          (--group / PULSE_DATAFLOW_GROUP) or with the group's offsets reset to the earliest"
     )]
     UnknownProgress { domain: String, group: String, table: &'static str },
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
+    #[error("another instance took consumer group `{0}` over; this one stopped committing and ended")]
+    Fenced(String),
 }
 
 /// Runs the job until `shutdown` fires (then drains the current epoch, waits
@@ -121,14 +129,8 @@ pub fn run(
     }
     let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
     let producer: FutureProducer = kafka.reliable_producer().create()?;
-    let output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone(), &cfg.group);
-    // Where the job got to, as recorded with its outputs (not only in commit metadata).
-    let progress = rt
-        .block_on(progress::load(writer.client(), &clickhouse.database, &cfg.group, &spec))
-        .map_err(|source| DataflowError::Progress { table: PROGRESS_TABLE, source })?;
-    for (d, p) in spec.domains.iter().zip(&progress) {
-        tracing::info!(domain = %d.name, group = %cfg.group, closed = ?p, "recorded progress");
-    }
+    let mut output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone(), &cfg.group);
+    let holding = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.metrics_addr {
         let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
         rt.spawn(async move {
@@ -147,10 +149,11 @@ pub fn run(
         shutdown.clone(),
     ));
     {
-        let (writer, ready, shutdown) = (writer.clone(), ready.clone(), shutdown.clone());
+        let (writer, ready, shutdown, holding) = (writer.clone(), ready.clone(), shutdown.clone(), Arc::clone(&holding));
         rt.spawn(async move {
             while !shutdown.is_triggered() {
-                ready.set(writer.ping().await);
+                // Ready once it holds the group and ClickHouse answers (waiting for the lease is not ready).
+                ready.set(holding.load(Ordering::Acquire) && writer.ping().await);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = shutdown.wait() => {}
@@ -159,6 +162,25 @@ pub fn run(
         });
     }
 
+    // One instance of the job per consumer group: wait for the group's lease, then
+    // keep it. In cluster mode process 0 holds it for the job (the others wait
+    // for process 0 to connect, and end with it).
+    let lease = match cfg.cluster {
+        Cluster::Cluster { process, .. } if process != 0 => None,
+        _ => Some(rt.block_on(Lease::acquire(clickhouse, &writer, &cfg.group, &cfg.instance, cfg.lease_ttl, &shutdown))?),
+    };
+    if let Some(lease) = &lease {
+        output.fence = Arc::clone(&lease.fenced);
+        rt.spawn(lease.clone().keep(shutdown.clone()));
+    }
+    holding.store(true, Ordering::Release);
+    // Where the job got to, as recorded with its outputs (not only in commit metadata).
+    let progress = rt
+        .block_on(progress::load(writer.client(), &clickhouse.database, &cfg.group, &spec))
+        .map_err(|source| DataflowError::Progress { table: PROGRESS_TABLE, source })?;
+    for (d, p) in spec.domains.iter().zip(&progress) {
+        tracing::info!(domain = %d.name, group = %cfg.group, closed = ?p, "recorded progress");
+    }
     // The workers poll this flag; the shutdown signal sets it.
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -174,6 +196,7 @@ pub fn run(
     let kafka = kafka.clone();
     let rt2 = rt.clone();
     let group = cfg.group.clone();
+    let fence = Arc::clone(&output.fence);
     let emit_interval = cfg.emit_interval;
     let idle_timeout = cfg.idle_timeout;
     if matches!(cfg.cluster, Cluster::Cluster { .. }) {
@@ -193,7 +216,7 @@ pub fn run(
         let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) =
             match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
                 Ok((s, resume)) => match resume_from(&spec, &group, &resume, &progress) {
-                    Ok(start) => (Box::new(s), start),
+                    Ok(start) => (Box::new(s.with_fence(Arc::clone(&fence))), start),
                     Err(e) => {
                         fail(e.to_string());
                         (Box::new(NoSource), Vec::new())
@@ -221,6 +244,12 @@ pub fn run(
     .map_err(DataflowError::Timely)?;
     // A worker that panicked fails the whole job (an orchestrator restarts it whole).
     let failed: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
+    if let Some(lease) = &lease {
+        if lease.is_fenced() {
+            return Err(DataflowError::Fenced(cfg.group.clone()));
+        }
+        rt.block_on(lease.release());
+    }
     if let Some(e) = failed.first() {
         return Err(DataflowError::Timely(format!("{} worker(s) failed: {e}", failed.len())));
     }

@@ -69,6 +69,8 @@ fn child() {
         cluster,
         emit_interval: Some(Duration::from_millis(100)),
         idle_timeout: Some(Duration::from_secs(1)),
+        // A killed instance never releases the group's lease: its successor waits this long.
+        lease_ttl: Duration::from_secs(2),
         ..DataflowConfig::default()
     };
     run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, rt.handle()).expect("dataflow");

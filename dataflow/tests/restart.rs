@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{clickhouse_finals, close, produce_and_store, records, start_job};
+use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, start_job_watched};
 use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics};
 use pulse_model::generate::GenDomain;
+use pulse_ops::Readiness;
 use pulse_sink::migrate;
 use pulse_sink::testing::stack_clickhouse;
 use rdkafka::admin::AdminClient;
@@ -96,5 +97,62 @@ fn a_plain_restart_on_the_local_broker_replaces_no_final() {
         }
     }
     assert!(replaced.is_empty(), "{} of {} finals changed by a plain restart:\n{}\n{summaries:?}", replaced.len(), before.len(), replaced.join("\n"));
+    rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
+}
+
+#[test]
+fn a_second_instance_on_the_group_waits_until_the_first_stops() {
+    let Some(brokers) = stack_brokers() else { return };
+    let Some(ch) = stack_clickhouse("pulse_df_two") else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let spec = unique_spec();
+    let kafka = KafkaConfig { brokers, properties: Vec::new() };
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = kafka.client().create().expect("admin");
+        pulse_kafka::ensure_topics(&admin, &plan_topics(&spec)).await.expect("topics");
+    });
+    rt.block_on(migrate(&ch, &spec)).expect("migrate");
+    let group = unique_name("df-two");
+
+    let start_ms = pulse_model::now_ms() - 7 * 60_000;
+    let first = records(8_000, 31, start_ms, 0);
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
+    push_tails(&kafka, &spec);
+    let (stop_a, job_a) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
+    let before = settled(&rt, &spec, &ch, Duration::from_secs(4), Duration::from_secs(120));
+
+    // A second instance (a blue/green deploy, a replacement pod) on the same group waits.
+    let (stop_b, job_b, ready_b) = start_job_watched(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group, Readiness::default());
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!ready_b.get(), "the second instance must not be ready while the first holds the group");
+    assert!(!job_b.is_finished());
+
+    // The first stops cleanly (it releases the group): the second takes over and goes on.
+    stop_a.trigger();
+    let a = job_a.join().expect("job a");
+    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
+    let second = records(4_000, 32, last_ts - 1_000, 1_000_000);
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
+    push_tails(&kafka, &spec);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready_b.get() {
+        assert!(Instant::now() < deadline, "the second instance never took over");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = settled(&rt, &spec, &ch, Duration::from_secs(6), Duration::from_secs(120));
+    stop_b.trigger();
+    let b = job_b.join().expect("job b");
+    assert!(b.iter().map(|s| s.events).sum::<u64>() > 0, "the second instance processed the rest: {b:?} (first: {a:?})");
+
+    // Nothing the first finalised changed; everything final equals SQL over the raw tables.
+    for (key, values) in &before {
+        assert!(after.get(key).is_some_and(|v| close(v, values)), "{key:?}: {values:?} -> {:?}", after.get(key));
+    }
+    assert!(after.len() > before.len(), "the second instance closed more windows");
+    for ((metric, group_value, ws), values) in &after {
+        let m = spec.metric(metric).expect("metric");
+        let expected = rt.block_on(recomputed(&spec, &ch, m, *ws, group_value)).unwrap_or_default();
+        assert!(close(values, &expected), "{metric}/{group_value}/{ws}: {values:?} != SQL {expected:?}");
+    }
     rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
 }

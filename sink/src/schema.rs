@@ -15,6 +15,8 @@ pub const STATS_TABLE: &str = "pulse_pipeline_stats";
 /// watermark whose finals are durable (restart safety never depends on the
 /// broker keeping commit metadata).
 pub const PROGRESS_TABLE: &str = "pulse_progress";
+/// Which instance of the dataflow job holds a consumer group: one at a time.
+pub const LEASE_TABLE: &str = "pulse_leases";
 
 /// A column: name and ClickHouse type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +535,38 @@ pub fn progress_table() -> Table {
     }
 }
 
+/// The job's lease per consumer group: the holder renews it; a newcomer waits
+/// until it expires (or is released), then claims the next generation.
+pub fn lease_table() -> Table {
+    Table {
+        name: LEASE_TABLE.into(),
+        columns: vec![
+            Column::new("consumer_group", "String"),
+            Column::new("generation", "UInt64"),
+            Column::new("token", "String"),
+            Column::new("instance", "String"),
+            Column::new("seq", "UInt64"),
+            Column::new("renewed_at", "DateTime64(3, 'UTC')"),
+        ],
+        engine: "ReplacingMergeTree(seq)".into(),
+        partition_by: None,
+        order_by: vec!["consumer_group".into(), "generation".into(), "token".into()],
+        ttl: Some("toDateTime(renewed_at) + INTERVAL 7 DAY".into()),
+        indexes: Vec::new(),
+        comment: "Pulse dataflow: which instance holds each consumer group (renewed while it runs)".into(),
+    }
+}
+
+/// One row of the lease table.
+pub fn encode_lease(group: &str, generation: u64, token: &str, instance: &str, seq: u64, renewed_at: i64, buf: &mut BytesMut) {
+    put_str(buf, group);
+    buf.put_u64_le(generation);
+    put_str(buf, token);
+    put_str(buf, instance);
+    buf.put_u64_le(seq);
+    buf.put_i64_le(renewed_at);
+}
+
 /// One row of the progress table.
 pub fn encode_progress(group: &str, domain: &str, closed: i64, written_at: i64, buf: &mut BytesMut) {
     put_str(buf, group);
@@ -563,7 +597,7 @@ pub fn encode_stat(row: &StatRow, buf: &mut BytesMut) {
 
 /// Every table the spec needs, bookkeeping first.
 pub fn all_tables(spec: &Spec) -> Vec<Table> {
-    let mut tables = vec![migrations_table(), stats_table(), progress_table()];
+    let mut tables = vec![migrations_table(), stats_table(), progress_table(), lease_table()];
     tables.extend(spec.domains.iter().map(|d| raw_table(d).table));
     tables.extend(spec.metrics.iter().map(|m| metric_table(spec, m).table));
     tables

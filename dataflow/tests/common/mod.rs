@@ -102,6 +102,20 @@ pub fn start_job(
     rt: tokio::runtime::Handle,
     group: &str,
 ) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>) {
+    let (shutdown, handle, _) = start_job_watched(spec, kafka, ch, rt, group, Readiness::default());
+    (shutdown, handle)
+}
+
+/// The job as a service, with the readiness its operations endpoint would show.
+pub fn start_job_watched(
+    spec: Arc<Spec>,
+    kafka: KafkaConfig,
+    ch: ClickHouseConfig,
+    rt: tokio::runtime::Handle,
+    group: &str,
+    ready: Readiness,
+) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>, Readiness) {
+    let watched = ready.clone();
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     let group = group.to_string();
@@ -113,9 +127,9 @@ pub fn start_job(
             idle_timeout: Some(Duration::from_secs(2)),
             ..DataflowConfig::default()
         };
-        run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), s, &rt).expect("dataflow runs")
+        run(spec, &kafka, &ch, cfg, Registry::new(), ready, s, &rt).expect("dataflow runs")
     });
-    (shutdown, handle)
+    (shutdown, handle, watched)
 }
 
 pub fn as_f64(v: &serde_json::Value) -> Option<f64> {

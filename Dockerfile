@@ -13,8 +13,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/pulse /usr/local/bin/pulse
 
 FROM debian:bookworm-slim
+# libssl3 and zlib1g: librdkafka's TLS/SASL and gzip (the build links them dynamically).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home --home-dir /app pulse
 COPY --from=build /usr/local/bin/pulse /usr/local/bin/pulse

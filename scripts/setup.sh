@@ -10,6 +10,10 @@ need_pkgs=()
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v make >/dev/null || need_pkgs+=(make)
 command -v gcc >/dev/null || need_pkgs+=(gcc)
+# librdkafka is built with TLS/SASL (OpenSSL) and gzip (zlib); zstd is built from source.
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
 # Headless Chromium drives the API's live page in its browser test (tests only).
 if [[ "${1:-}" == "--for-tests" ]]; then
   [[ -x /usr/bin/chromium ]] || need_pkgs+=(chromium)

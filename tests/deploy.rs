@@ -185,6 +185,20 @@ fn compose_ports_match_the_defaults() {
     let advertised = env(&kafka, "KAFKA_ADVERTISED_LISTENERS").expect("advertised listeners");
     assert!(advertised.contains("kafka:9092") && advertised.contains("localhost:29092"), "{advertised}");
     assert_eq!(env(&kafka, "KAFKA_PROCESS_ROLES").as_deref(), Some("broker,controller"), "KRaft mode");
+    // The stores are reachable from this host only, not from every interface.
+    for store in ["kafka", "clickhouse"] {
+        for p in svc(store)["ports"].as_sequence().into_iter().flatten() {
+            let p = p.as_str().expect("port mapping");
+            assert!(p.starts_with("127.0.0.1:"), "{store} publishes {p} on every interface");
+        }
+    }
+    // ClickHouse's first boot runs a loopback-only temporary server: the health
+    // check must not be satisfied by it.
+    let ch = svc("clickhouse")["healthcheck"]["test"].as_sequence().expect("healthcheck").iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(" ");
+    assert!(!ch.contains("localhost") && !ch.contains("127.0.0.1"), "{ch}");
+    // Alerts go to a receiver that exists: the compose file refuses to start without one.
+    let webhook = env(&svc("grafana"), "PULSE_ALERT_WEBHOOK_URL").expect("webhook");
+    assert!(webhook.starts_with("${PULSE_ALERT_WEBHOOK_URL:?"), "{webhook}");
 }
 
 #[test]

@@ -20,6 +20,8 @@ use crate::cli::{ClickHouseArgs, Global, KafkaArgs};
 #[derive(Args, Debug)]
 pub struct ApiArgs {
     #[command(flatten)]
+    pub http: crate::cli::HttpArgs,
+    #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -46,7 +48,7 @@ pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
     let spec = Arc::new(global.load_spec()?);
     let ch = args.clickhouse.config();
     let kafka = args.stream.then(|| args.kafka.config());
-    let cfg = config(args.addr, &args.cors_origins, kafka);
+    let cfg = ApiConfig { http: args.http.limits(), ..config(args.addr, &args.cors_origins, kafka) };
     crate::services::runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.on_signals();

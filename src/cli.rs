@@ -76,6 +76,31 @@ impl KafkaArgs {
     }
 }
 
+/// Limits of an HTTP service (ingest, api).
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Time a client has to send its request head; a connection still sending it is closed.
+    #[arg(long, env = "PULSE_HTTP_HEADER_TIMEOUT", value_parser = crate::ingest_cmd::parse_duration, default_value = "10s")]
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send its request body (408 after that).
+    #[arg(long, env = "PULSE_HTTP_BODY_TIMEOUT", value_parser = crate::ingest_cmd::parse_duration, default_value = "30s")]
+    pub body_timeout: std::time::Duration,
+    /// Open connections at most; the next ones get 503 with Retry-After.
+    #[arg(long, env = "PULSE_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> pulse_ops::http::HttpLimits {
+        pulse_ops::http::HttpLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections.max(1),
+            ..pulse_ops::http::HttpLimits::default()
+        }
+    }
+}
+
 /// ClickHouse connection.
 #[derive(Args, Clone, Debug)]
 pub struct ClickHouseArgs {

@@ -22,6 +22,8 @@ use crate::services::runtime;
 pub struct IngestArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub http: crate::cli::HttpArgs,
     /// Address of the write API (also serves /health, /ready, /metrics).
     #[arg(long, env = "PULSE_INGEST_ADDR", default_value = pulse_ingest::config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
@@ -78,6 +80,7 @@ impl IngestArgs {
             max_in_flight: self.max_in_flight.max(1),
             linger: Duration::from_secs_f64(self.linger_ms.max(0.0) / 1000.0),
             retry_after_secs: self.retry_after.max(1),
+            http: self.http.limits(),
             ..IngestConfig::default()
         }
     }

@@ -32,6 +32,8 @@ pub struct ApiConfig {
     pub ready_interval: Duration,
     /// The SSE endpoints' Kafka consumer; `None` = `/v1/stream` answers 503.
     pub stream: Option<StreamConfig>,
+    /// Header and body read timeouts, connection cap.
+    pub http: pulse_ops::http::HttpLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +59,7 @@ impl Default for ApiConfig {
             keys: ApiKeys::default(),
             retry_after_secs: 2,
             ready_interval: Duration::from_secs(2),
+            http: pulse_ops::http::HttpLimits::default(),
             stream: None,
         }
     }

@@ -121,6 +121,5 @@ pub async fn serve(api: Api, listener: tokio::net::TcpListener, shutdown: Shutdo
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api: serving /v1, /health, /ready, /metrics, /openapi.json and the live page");
     let app = router(&api);
-    let grace = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { grace.wait().await }).await
+    pulse_ops::http::serve(listener, app, api.inner.cfg.http, shutdown).await
 }

@@ -42,6 +42,8 @@ pub struct IngestConfig {
     pub retry_after_secs: u64,
     /// How often the broker's reachability (and so `/ready`) is checked.
     pub ready_interval: Duration,
+    /// Header and body read timeouts, connection cap.
+    pub http: pulse_ops::http::HttpLimits,
 }
 
 impl Default for IngestConfig {
@@ -59,6 +61,7 @@ impl Default for IngestConfig {
             linger: Duration::from_millis(1),
             retry_after_secs: 1,
             ready_interval: Duration::from_secs(2),
+            http: pulse_ops::http::HttpLimits::default(),
         }
     }
 }

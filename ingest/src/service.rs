@@ -22,7 +22,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
-use axum::serve::ListenerExt;
 use http_body_util::BodyExt;
 use prometheus::Registry;
 use pulse_kafka::KafkaConfig;
@@ -487,11 +486,7 @@ pub async fn serve(ingest: Ingest, listener: TcpListener, shutdown: Shutdown) ->
     ingest.refresh_readiness().await;
     let monitor = ingest.spawn_monitor(shutdown.clone());
     tracing::info!(%addr, domains = ingest.inner.domains.len(), auth = !ingest.inner.keys.is_empty(), rate_limit = ?ingest.inner.cfg.rate_limit, "ingest: write API listening");
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let wait = shutdown.clone();
-    axum::serve(listener, ingest.router()).with_graceful_shutdown(async move { wait.wait().await }).await?;
+    pulse_ops::http::serve(listener, ingest.router(), ingest.inner.cfg.http, shutdown.clone()).await?;
     shutdown.trigger();
     let _ = monitor.await;
     ingest.flush(ingest.inner.cfg.produce_timeout + Duration::from_secs(5)).await;

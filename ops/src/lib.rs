@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 pub use prometheus;
 
+pub mod http;
+
 /// Why a service that is running is not alive (e.g. its work has stalled).
 pub type LivenessProbe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 

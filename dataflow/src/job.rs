@@ -73,11 +73,17 @@ impl RecordSource for NoSource {
 
 /// Where a worker's rows go.
 pub trait RowSink {
-    /// Hands over the rows and dead letters of every epoch up to `epoch`, and the
-    /// job's closed watermark per domain once they are durable (the job's progress).
-    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>, closed: &[i64]);
+    /// Hands over the rows and dead letters of every epoch up to `epoch`.
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>);
     /// The last epoch whose rows (and every earlier epoch's) are durable.
     fn durable_through(&mut self) -> Option<u64>;
+    /// Records the job's progress (the closed watermark per domain) durably,
+    /// before offsets computed from it are committed; `false`: not recorded
+    /// (shutting down), commit nothing. Called only for epochs durable on
+    /// every worker, so the finals it vouches for are all durable.
+    fn record_progress(&mut self, _closed: &[i64]) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -326,7 +332,7 @@ pub fn run_worker(
             summary.finals = stats.0;
             summary.revisions = stats.1;
             metrics.observe_emitter(stats);
-            sink.send(completed, rows, dead, &closed);
+            sink.send(completed, rows, dead);
             state.expire(&closed, &mut graph);
             let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
             commits.push_back((completed, offsets, closed));
@@ -360,6 +366,9 @@ pub fn run_worker(
                 break;
             }
             if let Some((_, offsets, closed)) = commits.pop_front() {
+                if !sink.record_progress(&closed) {
+                    break;
+                }
                 source.commit(&offsets, &closed);
             }
         }

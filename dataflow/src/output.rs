@@ -27,8 +27,6 @@ pub struct Batch {
     pub epoch: u64,
     pub rows: Vec<MetricRow>,
     pub dead: Vec<DeadLetter>,
-    /// The job's closed watermark per domain after the epoch.
-    pub closed: Vec<i64>,
 }
 
 /// The worker side: hands batches to the output task and reads back durability.
@@ -36,17 +34,38 @@ pub struct ChannelSink {
     tx: mpsc::UnboundedSender<Batch>,
     /// Last durable epoch + 1 (0: none yet).
     durable: Arc<AtomicU64>,
+    output: Output,
+    progress: Progress,
+    rt: tokio::runtime::Handle,
 }
 
 impl RowSink for ChannelSink {
-    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>, closed: &[i64]) {
-        if self.tx.send(Batch { epoch, rows, dead, closed: closed.to_vec() }).is_err() {
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>) {
+        if self.tx.send(Batch { epoch, rows, dead }).is_err() {
             tracing::error!("output task is gone; rows of epoch {epoch} are not delivered (offsets stay uncommitted)");
         }
     }
 
     fn durable_through(&mut self) -> Option<u64> {
         self.durable.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    fn record_progress(&mut self, closed: &[i64]) -> bool {
+        let Some(due) = self.progress.due(closed, crate::graph::now_ms()) else { return true };
+        // Rare (a window-close frontier moved): the worker waits for this one insert.
+        let output = &self.output;
+        let table = progress_table();
+        let written = self.rt.block_on(async {
+            if output.fence.load(Ordering::Acquire) {
+                return false;
+            }
+            let body = due.body.clone().freeze();
+            output.writer.insert(&table.name, &table.insert_sql(&output.database), body, due.rows(), &output.shutdown).await.is_ok()
+        });
+        if written {
+            self.progress.written(due);
+        }
+        written
     }
 }
 
@@ -99,11 +118,10 @@ impl Output {
         let this = self.clone();
         let d = Arc::clone(&durable);
         rt.spawn(async move { this.run(rx, d).await });
-        ChannelSink { tx, durable }
+        ChannelSink { tx, durable, progress: Progress::new(&self.spec, &self.group), output: self.clone(), rt: rt.clone() }
     }
 
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>, durable: Arc<AtomicU64>) {
-        let mut progress = Progress::new(&self.spec, &self.group);
         while let Some(first) = rx.recv().await {
             // Coalesce whatever else is waiting into one write.
             let mut batch = first;
@@ -111,31 +129,17 @@ impl Output {
                 batch.epoch = batch.epoch.max(more.epoch);
                 batch.rows.extend(more.rows);
                 batch.dead.extend(more.dead);
-                for (c, m) in batch.closed.iter_mut().zip(&more.closed) {
-                    *c = (*c).max(*m);
-                }
             }
             if self.fence.load(Ordering::Acquire) {
                 tracing::warn!(epoch = batch.epoch, "another instance holds the consumer group: this epoch is not delivered");
                 return;
             }
-            if self.deliver(&batch).await.is_err() || self.record_progress(&mut progress, &batch.closed).await.is_err() {
+            if self.deliver(&batch).await.is_err() {
                 tracing::warn!(epoch = batch.epoch, "shutting down before the epoch was durable; its offsets stay uncommitted");
                 return;
             }
             durable.store(batch.epoch + 1, Ordering::Release);
         }
-    }
-
-    /// Writes the job's progress once the rows that closed its windows are
-    /// durable (and before the epoch's offsets may be committed).
-    async fn record_progress(&self, progress: &mut Progress, closed: &[i64]) -> Result<(), ()> {
-        let Some(due) = progress.due(closed, crate::graph::now_ms()) else { return Ok(()) };
-        let table = progress_table();
-        let body = due.body.clone().freeze();
-        self.writer.insert(&table.name, &table.insert_sql(&self.database), body, due.rows(), &self.shutdown).await.map_err(|_| ())?;
-        progress.written(due);
-        Ok(())
     }
 
     async fn deliver(&self, batch: &Batch) -> Result<(), ()> {

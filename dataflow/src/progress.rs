@@ -1,9 +1,10 @@
 //! The job's durable progress: per consumer group and domain, the closed
-//! watermark whose final windows are durable. It is written to ClickHouse with
-//! the rows of the epoch that closed those windows (before the epoch's offsets
-//! are committed) and read back at start, so that a restart never re-finalises
-//! a closed window from the few records it replays, whatever the broker does
-//! with commit metadata (some drop it; so do offset-reset tools).
+//! watermark whose final windows are durable. It is written to ClickHouse once
+//! the epoch that closed those windows is durable on every worker, right
+//! before the offsets computed from it are committed, and read back at start:
+//! a restart never re-finalises a closed window from the few records it
+//! replays, whatever the broker does with commit metadata (some drop it; so
+//! do offset-reset tools), and never skips a final that is not durable.
 //!
 //! A row is written only when the set of closed windows changes (a metric's
 //! closing frontier crosses a window end), not every epoch.
@@ -11,8 +12,6 @@
 use bytes::BytesMut;
 use pulse_model::Spec;
 use pulse_sink::schema::{PROGRESS_TABLE, encode_progress};
-
-use crate::types::WM_START;
 
 /// Reads the recorded progress of `group`: the closed watermark per spec domain, if any.
 pub async fn load(client: &clickhouse::Client, database: &str, group: &str, spec: &Spec) -> Result<Vec<Option<i64>>, clickhouse::error::Error> {
@@ -51,9 +50,8 @@ impl Progress {
     pub fn due(&self, closed: &[i64], now_ms: i64) -> Option<Due> {
         let mut due = Due { body: BytesMut::new(), marks: Vec::new() };
         for (d, &c) in closed.iter().enumerate().take(self.names.len()) {
-            if c <= WM_START {
-                continue;
-            }
+            // Recorded from the first commit on, even before any window closed:
+            // committed offsets always come with known progress.
             let f = self.frontier(d, c);
             if self.written[d].as_ref() != Some(&f) {
                 encode_progress(&self.group, &self.names[d], c, now_ms, &mut due.body);
@@ -86,6 +84,7 @@ impl Due {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::WM_START;
 
     #[test]
     fn a_row_is_due_only_when_a_window_closes() {
@@ -96,7 +95,7 @@ mod tests {
         // city_metrics: 5 min windows sliding 1 min, 30 s lateness.
         let t = 1_795_515_300_000 / minute * minute;
         let due = p.due(&[t + 30_000, WM_START, WM_START], t).expect("first row");
-        assert_eq!(due.rows(), 1, "only domains with a watermark");
+        assert_eq!(due.rows(), 3, "every domain, with or without a watermark yet");
         p.written(due);
         assert!(p.due(&[t + 89_999, WM_START, WM_START], t).is_none(), "no window end crossed");
         assert!(p.due(&[t + 90_000, WM_START, WM_START], t).is_some(), "the window ending at t + 60 s closes at t + 90 s");

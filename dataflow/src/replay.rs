@@ -182,7 +182,7 @@ pub struct CollectSink {
 }
 
 impl RowSink for CollectSink {
-    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>, _closed: &[i64]) {
+    fn send(&mut self, epoch: u64, rows: Vec<MetricRow>, dead: Vec<DeadLetter>) {
         for r in rows {
             if r.is_final || !self.finals_only {
                 self.rows.push(r);

@@ -52,10 +52,11 @@ fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_si
     }
 }
 
-#[test]
-fn a_plain_restart_on_the_local_broker_replaces_no_final() {
-    let Some(brokers) = stack_brokers() else { return };
-    let Some(ch) = stack_clickhouse("pulse_df_restart") else { return };
+/// A runtime, a fresh spec with its topics on Tansu, a migrated database and a
+/// consumer group of its own; `None` without the local stack.
+fn on_the_local_broker(name: &str) -> Option<(tokio::runtime::Runtime, Arc<pulse_model::Spec>, KafkaConfig, pulse_sink::ClickHouseConfig, String)> {
+    let brokers = stack_brokers()?;
+    let ch = stack_clickhouse(&format!("pulse_{name}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let spec = unique_spec();
     let kafka = KafkaConfig { brokers, properties: Vec::new() };
@@ -64,7 +65,13 @@ fn a_plain_restart_on_the_local_broker_replaces_no_final() {
         pulse_kafka::ensure_topics(&admin, &plan_topics(&spec)).await.expect("topics");
     });
     rt.block_on(migrate(&ch, &spec)).expect("migrate");
-    let group = unique_name("df-restart");
+    let group = unique_name(&name.replace('_', "-"));
+    Some((rt, spec, kafka, ch, group))
+}
+
+#[test]
+fn a_plain_restart_on_the_local_broker_replaces_no_final() {
+    let Some((rt, spec, kafka, ch, group)) = on_the_local_broker("df_restart") else { return };
 
     // Seven minutes of events (40 per second of event time) ending a few seconds ago.
     let start_ms = pulse_model::now_ms() - 7 * 60_000;
@@ -102,17 +109,7 @@ fn a_plain_restart_on_the_local_broker_replaces_no_final() {
 
 #[test]
 fn a_second_instance_on_the_group_waits_until_the_first_stops() {
-    let Some(brokers) = stack_brokers() else { return };
-    let Some(ch) = stack_clickhouse("pulse_df_two") else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let spec = unique_spec();
-    let kafka = KafkaConfig { brokers, properties: Vec::new() };
-    rt.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = kafka.client().create().expect("admin");
-        pulse_kafka::ensure_topics(&admin, &plan_topics(&spec)).await.expect("topics");
-    });
-    rt.block_on(migrate(&ch, &spec)).expect("migrate");
-    let group = unique_name("df-two");
+    let Some((rt, spec, kafka, ch, group)) = on_the_local_broker("df_two") else { return };
 
     let start_ms = pulse_model::now_ms() - 7 * 60_000;
     let first = records(8_000, 31, start_ms, 0);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pulse_kafka::DeadLetter;
 use pulse_model::metric_row::MetricRow;
-use pulse_model::{Decoder, LatePolicy, Op, Spec, TimeBounds};
+use pulse_model::{Decoder, LatePolicy, Spec, TimeBounds};
 use timely::worker::Worker;
 
 use crate::graph::{self, Graph};
@@ -216,6 +216,7 @@ pub fn run_worker(
                 None => cfg.max_poll,
             };
             let wall_ms = pulse_model::now_ms();
+            state.set_wall_clock(wall_ms);
             status = source.poll(budget, &mut |rec| {
                 summary.records += 1;
                 in_epoch += 1;
@@ -226,9 +227,8 @@ pub fn run_worker(
                 };
                 // The trust boundary: an event time far from its record's broker
                 // timestamp is refused here as at the sink, and never moves a watermark.
-                let decoded = decoded.and_then(|ev| match ev.op {
-                    Op::Upsert if judge_time => bounds[d].check_record(ev.time, rec.timestamp_ms, wall_ms).map(|()| ev).map_err(|e| e.to_string()),
-                    _ => Ok(ev),
+                let decoded = decoded.and_then(|ev| {
+                    if judge_time { bounds[d].check_event(&ev, rec.timestamp_ms, wall_ms).map(|()| ev).map_err(|e| e.to_string()) } else { Ok(ev) }
                 });
                 match decoded {
                     Ok(mut ev) => {
@@ -238,8 +238,7 @@ pub fn run_worker(
                             ev.version = Some(u64::try_from(rec.timestamp_ms).unwrap_or(0).saturating_mul(1000));
                         }
                         let time = ev.time;
-                        let cap = bounds[d].watermark_cap(wall_ms);
-                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, cap, &mut graph) {
+                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, &mut graph) {
                             Accepted::Counted => {
                                 summary.events += 1;
                                 counted_c[d].inc();

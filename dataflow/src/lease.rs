@@ -16,10 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{LEASE_TABLE, encode_lease, lease_table};
+use pulse_sink::schema::LEASE_TABLE;
 use pulse_sink::{ClickHouseConfig, Writer};
+
+/// When a lease row says it was renewed.
+enum Renewed {
+    Now,
+    /// Long ago: the next instance need not wait.
+    Released,
+}
 
 /// The holder of a group's lease, as last written.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
@@ -28,15 +34,15 @@ pub struct Holder {
     pub token: String,
     pub instance: String,
     pub seq: u64,
-    pub renewed_ms: i64,
+    /// How long ago it was renewed, by ClickHouse's clock (the only clock the
+    /// instances share: their own may disagree).
+    pub age_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error(transparent)]
-    Write(#[from] pulse_sink::WriteError),
     #[error("stopped while waiting for the lease of consumer group `{0}`")]
     Stopped(String),
 }
@@ -58,7 +64,7 @@ pub struct Lease {
 
 async fn holder(writer: &Writer, database: &str, group: &str) -> Result<Option<Holder>, clickhouse::error::Error> {
     let sql = format!(
-        "SELECT generation, token, instance, seq, toUnixTimestamp64Milli(renewed_at) AS renewed_ms FROM `{database}`.`{LEASE_TABLE}` FINAL \
+        "SELECT generation, token, instance, seq, toUnixTimestamp64Milli(now64(3)) - toUnixTimestamp64Milli(renewed_at) AS age_ms FROM `{database}`.`{LEASE_TABLE}` FINAL \
          WHERE consumer_group = ? ORDER BY generation DESC, token DESC LIMIT 1"
     );
     writer.client().query(&sql).bind(group).fetch_optional::<Holder>().await
@@ -67,7 +73,7 @@ async fn holder(writer: &Writer, database: &str, group: &str) -> Result<Option<H
 impl Lease {
     /// Waits until the group's lease is free (expired or released), then takes it.
     pub async fn acquire(ch: &ClickHouseConfig, writer: &Writer, group: &str, instance: &str, ttl: Duration, shutdown: &Shutdown) -> Result<Lease, LeaseError> {
-        let token = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(format!("{instance}/{}/{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()));
+        let token = uuid::Uuid::now_v7().simple().to_string();
         let mut lease = Lease {
             group: group.to_string(),
             instance: instance.to_string(),
@@ -83,11 +89,10 @@ impl Lease {
         let mut waiting_logged = false;
         loop {
             let current = holder(writer, &ch.database, group).await?;
-            let now = crate::graph::now_ms();
             match &current {
-                Some(h) if h.token != lease.token && now - h.renewed_ms < ttl_ms => {
+                Some(h) if h.token != lease.token && h.age_ms < ttl_ms => {
                     if !waiting_logged {
-                        tracing::warn!(group, holder = %h.instance, generation = h.generation, renewed_ms_ago = now - h.renewed_ms, "another instance holds the consumer group; waiting until it stops or its lease expires");
+                        tracing::warn!(group, holder = %h.instance, generation = h.generation, renewed_ms_ago = h.age_ms, "another instance holds the consumer group; waiting until it stops or its lease expires");
                         waiting_logged = true;
                     }
                 }
@@ -98,7 +103,7 @@ impl Lease {
                 _ => {
                     // Free: claim the next generation, let concurrent claims land, read back.
                     lease.generation = current.as_ref().map_or(1, |h| h.generation + 1);
-                    lease.write(1, now).await?;
+                    lease.write(1, Renewed::Now).await?;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -110,11 +115,17 @@ impl Lease {
         }
     }
 
-    async fn write(&self, seq: u64, renewed_at: i64) -> Result<(), LeaseError> {
-        let mut body = BytesMut::new();
-        encode_lease(&self.group, self.generation, &self.token, &self.instance, seq, renewed_at, &mut body);
-        let table = lease_table();
-        self.writer.insert_once(&table.insert_sql(&self.database), body.freeze()).await?;
+    /// Writes this instance's lease row, stamped by ClickHouse's clock.
+    async fn write(&self, seq: u64, renewed: Renewed) -> Result<(), LeaseError> {
+        let at = match renewed {
+            Renewed::Now => "now64(3)",
+            Renewed::Released => "toDateTime64(0, 3)",
+        };
+        let sql = format!(
+            "INSERT INTO `{}`.`{LEASE_TABLE}` (consumer_group, generation, token, instance, seq, renewed_at) SELECT ?, ?, ?, ?, ?, {at}",
+            self.database
+        );
+        self.writer.client().query(&sql).bind(&self.group).bind(self.generation).bind(&self.token).bind(&self.instance).bind(seq).execute().await?;
         Ok(())
     }
 
@@ -128,7 +139,7 @@ impl Lease {
                 _ = shutdown.wait() => break,
             }
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            if let Err(e) = self.write(seq, crate::graph::now_ms()).await {
+            if let Err(e) = self.write(seq, Renewed::Now).await {
                 tracing::warn!(group = %self.group, "renewing the lease failed (retrying): {e}");
                 continue;
             }
@@ -152,7 +163,7 @@ impl Lease {
             return;
         }
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        match self.write(seq, 0).await {
+        match self.write(seq, Renewed::Released).await {
             Ok(()) => tracing::info!(group = %self.group, "lease released"),
             Err(e) => tracing::warn!(group = %self.group, "releasing the lease failed (it expires by itself): {e}"),
         }

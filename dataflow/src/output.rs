@@ -13,7 +13,7 @@ use pulse_kafka::DeadLetter;
 use pulse_model::Spec;
 use pulse_model::metric_row::{GroupValue, MetricRow, RowShape};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{MetricTable, StatRow, encode_stat, metric_table, progress_table, stats_table};
+use pulse_sink::schema::{MetricTable, StatRow, encode_stat, ident, metric_table, progress_table, stats_table, string_literal};
 use pulse_sink::{ClickHouseConfig, Writer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
@@ -197,21 +197,9 @@ impl Output {
     /// Deletes the rows of windows that ended empty, retrying like inserts.
     async fn withdraw(&self, metric: usize, rows: &[&MetricRow]) -> Result<(), ()> {
         let sql = withdraw_sql(&self.database, &self.shapes[metric], rows);
-        let mut attempt = 0u32;
-        loop {
-            match self.writer.client().query(&sql).execute().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    attempt += 1;
-                    let delay = self.writer.backoff.delay(attempt);
-                    tracing::warn!(metric = %self.shapes[metric].metric, attempt, ?delay, "withdrawing emptied windows failed, retrying: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.wait() => return Err(()),
-                    }
-                }
-            }
-        }
+        self.writer.execute(&self.shapes[metric].metric, &sql, &self.shutdown).await.map_err(|e| {
+            tracing::warn!(metric = %self.shapes[metric].metric, "emptied windows not withdrawn: {e}");
+        })
     }
 
     /// Produces one record, retrying until the broker acknowledges it.
@@ -249,18 +237,19 @@ pub fn withdraw_sql(database: &str, shape: &RowShape, rows: &[&MetricRow]) -> St
             .iter()
             .zip(&r.group)
             .map(|(name, g)| match g {
-                GroupValue::Str(s) => format!("`{name}` = '{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-                GroupValue::Int(i) => format!("`{name}` = {i}"),
-                GroupValue::Bool(b) => format!("`{name}` = {b}"),
+                GroupValue::Str(s) => format!("{} = {}", ident(name), string_literal(s)),
+                GroupValue::Int(i) => format!("{} = {i}", ident(name)),
+                GroupValue::Bool(b) => format!("{} = {b}", ident(name)),
                 // Stored as the column type's default (see the metric table's encoder).
-                GroupValue::Null => format!("`{name}` = defaultValueOfArgumentType(`{name}`)"),
+                GroupValue::Null => format!("{0} = defaultValueOfArgumentType({0})", ident(name)),
             })
             .collect();
-        parts.push(format!("toUnixTimestamp64Milli(window_start) = {}", r.window_start));
+        // Compared as stored, so that the table's key (group, window_start) narrows the scan.
+        parts.push(format!("window_start = fromUnixTimestamp64Milli({})", r.window_start));
         format!("({})", parts.join(" AND "))
     };
     let conditions: Vec<String> = rows.iter().map(|r| condition(r)).collect();
-    format!("DELETE FROM `{database}`.`{}` WHERE {}", shape.metric, conditions.join(" OR "))
+    format!("DELETE FROM {}.{} WHERE {}", ident(database), ident(&shape.metric), conditions.join(" OR "))
 }
 
 /// Periodically writes the job's figures (late events, dead letters, watermark
@@ -322,8 +311,8 @@ mod tests {
         let sql = withdraw_sql("db", &shape, &[&a, &b]);
         assert_eq!(
             sql,
-            "DELETE FROM `db`.`m` WHERE (`city` = 'O\\'Brien \\\\ x' AND `n` = -3 AND toUnixTimestamp64Milli(window_start) = 60000) \
-             OR (`city` = 'Lima' AND `n` = defaultValueOfArgumentType(`n`) AND toUnixTimestamp64Milli(window_start) = 0)"
+            "DELETE FROM `db`.`m` WHERE (`city` = 'O\\'Brien \\\\ x' AND `n` = -3 AND window_start = fromUnixTimestamp64Milli(60000)) \
+             OR (`city` = 'Lima' AND `n` = defaultValueOfArgumentType(`n`) AND window_start = fromUnixTimestamp64Milli(0))"
         );
     }
 }

@@ -146,12 +146,15 @@ pub struct IngestState {
     /// (not overflow), and whether the overflow group's names were sent.
     open_groups: Vec<FxHashMap<u64, OpenGroup>>,
     admitted: Vec<usize>,
-    overflow_named: Vec<bool>,
+    /// Per metric: the overflow group's id once its names were sent.
+    overflow_gids: Vec<Option<u64>>,
     /// Events counted in overflow groups, per metric (for the metrics endpoint).
     pub overflowed: Vec<u64>,
     gid_cache: Vec<FxHashMap<Vec<Value>, u64>>,
     gid_fast: Vec<FxHashMap<(u8, u64), u64>>,
     seen: Vec<SeenIds>,
+    /// Per domain: the furthest event time a partition clock may reach now.
+    time_caps: Vec<i64>,
     live: Vec<HashMap<CompactString, Live>>,
     clocks: LocalClocks,
     /// Event-time watermark in use per domain (drops late data).
@@ -170,11 +173,12 @@ impl IngestState {
             panes: (0..plan.metrics.len()).map(|_| BTreeMap::new()).collect(),
             open_groups: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             admitted: vec![0; plan.metrics.len()],
-            overflow_named: vec![false; plan.metrics.len()],
+            overflow_gids: vec![None; plan.metrics.len()],
             overflowed: vec![0; plan.metrics.len()],
             gid_cache: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             gid_fast: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             seen: (0..domains).map(|_| SeenIds::default()).collect(),
+            time_caps: vec![i64::MAX; domains],
             live: (0..domains).map(|_| HashMap::new()).collect(),
             clocks: LocalClocks::default(),
             used: (0..domains).map(|d| start.get(d).copied().unwrap_or(crate::types::WM_START)).collect(),
@@ -214,15 +218,22 @@ impl IngestState {
             .unwrap_or(time)
     }
 
+    /// The wall clock as of this poll: no partition's clock passes it by more
+    /// than its domain's `max_future` (a second line behind the record checks).
+    pub fn set_wall_clock(&mut self, now_ms: i64) {
+        for (cap, d) in self.time_caps.iter_mut().zip(&self.spec.domains) {
+            *cap = pulse_model::TimeBounds::of(d).watermark_cap(now_ms);
+        }
+    }
+
     /// Offers one decoded event read at (partition, offset). The partition's
-    /// clock advances to the event time, but never beyond `time_cap` (the
-    /// wall clock plus the domain's `max_future`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn offer(&mut self, domain: usize, partition: i32, offset: i64, ev: Event, now: Instant, time_cap: i64, out: &mut impl Updates) -> Accepted {
+    /// clock advances to the event time, but never past its domain's time cap
+    /// (see [`IngestState::set_wall_clock`]).
+    pub fn offer(&mut self, domain: usize, partition: i32, offset: i64, ev: Event, now: Instant, out: &mut impl Updates) -> Accepted {
         self.advance_offset(domain, partition, offset + 1);
         let mutable = self.spec.domains[domain].mutable;
         if ev.op == Op::Upsert {
-            self.clocks.observe(domain, partition, ev.time.min(time_cap), now);
+            self.clocks.observe(domain, partition, ev.time.min(self.time_caps[domain]), now);
         }
         // A domain no metric reads has no windows: nothing of it is late.
         let late = ev.op == Op::Upsert
@@ -307,6 +318,9 @@ impl IngestState {
 
     /// The overflow group of metric `m` (its names are sent once and kept).
     fn overflow_gid(&mut self, m: usize, out: &mut impl Updates) -> u64 {
+        if let Some(gid) = self.overflow_gids[m] {
+            return gid;
+        }
         let plan = &self.plan.metrics[m];
         let values: Vec<GroupValue> = plan
             .group_by
@@ -317,9 +331,8 @@ impl IngestState {
             })
             .collect();
         let gid = plan.group_id(&values);
-        if !std::mem::replace(&mut self.overflow_named[m], true) {
-            out.names(gid, m as u16, values.iter().map(NamedValue::from).collect());
-        }
+        out.names(gid, m as u16, values.iter().map(NamedValue::from).collect());
+        self.overflow_gids[m] = Some(gid);
         gid
     }
 
@@ -639,9 +652,9 @@ mod tests {
         let (_, mut state, dec) = setup(100);
         let mut out = Recorder::default();
         let now = Instant::now();
-        assert_eq!(state.offer(0, 0, 0, ride(&dec, "a", "Lima", T0 + 10), now, i64::MAX, &mut out), Accepted::Counted);
-        assert_eq!(state.offer(0, 0, 1, ride(&dec, "a", "Lima", T0 + 10), now, i64::MAX, &mut out), Accepted::Duplicate);
-        assert_eq!(state.offer(0, 1, 0, ride(&dec, "b", "Lima", T0 + 20), now, i64::MAX, &mut out), Accepted::Counted);
+        assert_eq!(state.offer(0, 0, 0, ride(&dec, "a", "Lima", T0 + 10), now, &mut out), Accepted::Counted);
+        assert_eq!(state.offer(0, 0, 1, ride(&dec, "a", "Lima", T0 + 10), now, &mut out), Accepted::Duplicate);
+        assert_eq!(state.offer(0, 1, 0, ride(&dec, "b", "Lima", T0 + 20), now, &mut out), Accepted::Counted);
         state.flush_epoch(&mut out);
         assert_eq!(out.counted(T0), vec![("Lima".to_string(), 2)]);
         // Once every window of the id closed, the id is forgotten (its pane is gone too).
@@ -655,7 +668,7 @@ mod tests {
         let mut out = Recorder::default();
         let now = Instant::now();
         for (i, city) in ["Lima", "Oslo", "Pune", "Quito", "Lima", "Pune"].iter().enumerate() {
-            assert_eq!(state.offer(0, 0, i as i64, ride(&dec, &format!("r{i}"), city, T0 + i as i64), now, i64::MAX, &mut out), Accepted::Counted);
+            assert_eq!(state.offer(0, 0, i as i64, ride(&dec, &format!("r{i}"), city, T0 + i as i64), now, &mut out), Accepted::Counted);
         }
         state.flush_epoch(&mut out);
         assert_eq!(
@@ -672,7 +685,7 @@ mod tests {
         assert_eq!(out.names.len(), 1, "{:?}", out.names);
         // A new city is admitted again.
         let later = T0 + 20 * 60_000;
-        state.offer(0, 0, 9, ride(&dec, "r9", "Quito", later), now, i64::MAX, &mut out);
+        state.offer(0, 0, 9, ride(&dec, "r9", "Quito", later), now, &mut out);
         state.flush_epoch(&mut out);
         assert_eq!(out.counted(later / 60_000 * 60_000), vec![("Quito".to_string(), 1)]);
     }
@@ -682,7 +695,8 @@ mod tests {
         let (spec, mut state, dec) = setup(100);
         let mut out = Recorder::default();
         let now = Instant::now();
-        state.offer(0, 0, 0, ride(&dec, "far", "Lima", 4_070_908_800_000), now, T0, &mut out);
+        state.set_wall_clock(T0 - 5 * 60_000);
+        state.offer(0, 0, 0, ride(&dec, "far", "Lima", 4_070_908_800_000), now, &mut out);
         let wm = state.report(now, None)[spec.domain_index("rides").expect("rides")];
         assert_eq!(wm.max_seen, Some(T0));
     }

@@ -34,8 +34,8 @@ impl Acc {
 /// A sum of f64 values kept exactly: each value is rounded once to a multiple
 /// of 2^-32 (about 2.3e-10) and the sum is an integer count of those, so
 /// additions and retractions cancel exactly in any order. Values up to about
-/// 4e28 in magnitude are represented (larger ones saturate; bound such fields
-/// with `max` in the spec).
+/// 4e28 in magnitude are represented (a larger value saturates, a larger
+/// total wraps; bound such fields with `max` in the spec).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Fixed(pub i128);
 
@@ -52,20 +52,22 @@ impl Fixed {
     }
 
     pub fn times(self, sign: i64) -> Fixed {
-        Fixed(self.0.saturating_mul(i128::from(sign)))
+        Fixed(self.0.wrapping_mul(i128::from(sign)))
     }
 }
 
 impl std::ops::AddAssign for Fixed {
     fn add_assign(&mut self, rhs: Fixed) {
-        self.0 = self.0.saturating_add(rhs.0);
+        // Wrapping, not saturating: the sums stay a group (every addition is
+        // undone exactly by its retraction), as differential requires.
+        self.0 = self.0.wrapping_add(rhs.0);
     }
 }
 
 impl std::ops::Neg for Fixed {
     type Output = Fixed;
     fn neg(self) -> Fixed {
-        Fixed(self.0.saturating_neg())
+        Fixed(self.0.wrapping_neg())
     }
 }
 

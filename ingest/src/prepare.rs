@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use compact_str::CompactString;
-use pulse_model::decode::is_forbidden_in_identifier;
+use pulse_model::decode::check_identifier;
 use pulse_model::spec::{DEFAULT_ID_LENGTH, EVENT_ID};
 use pulse_model::{Clock, DecodeError, Decoder, Domain, Event, FieldType, Op, TimeBounds, Value, encode_json};
 use rand::rngs::SmallRng;
@@ -340,11 +340,8 @@ impl DomainWriter {
         if id.is_empty() {
             return Err(vec![Detail::field(0, None, EVENT_ID, "must not be empty")]);
         }
-        if id.len() > DEFAULT_ID_LENGTH {
-            return Err(vec![Detail::field(0, None, EVENT_ID, format!("is {} bytes long; at most {DEFAULT_ID_LENGTH} are accepted", id.len()))]);
-        }
-        if let Some(c) = id.chars().find(|&c| is_forbidden_in_identifier(c)) {
-            return Err(vec![Detail::field(0, None, EVENT_ID, format!("contains the control or bidirectional character U+{:04X}", u32::from(c)))]);
+        if let Err(e) = check_identifier(EVENT_ID, id, DEFAULT_ID_LENGTH) {
+            return Err(vec![Detail::new(0, None, e)]);
         }
         let id = CompactString::from(id);
         let mut values = vec![Value::Null; self.domain.fields.len()];

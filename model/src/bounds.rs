@@ -91,6 +91,15 @@ impl TimeBounds {
         self.check(time, timestamp, Clock::Broker)
     }
 
+    /// The record check for a decoded event: upserts are judged by their event
+    /// time; a delete carries no event time of its own and passes.
+    pub fn check_event(&self, ev: &crate::value::Event, timestamp: i64, now: i64) -> Result<(), TimeViolation> {
+        match ev.op {
+            crate::value::Op::Upsert => self.check_record(ev.time, timestamp, now),
+            crate::value::Op::Delete => Ok(()),
+        }
+    }
+
     /// The furthest event time a watermark may reach at wall-clock `now`: a
     /// second line of defence behind the checks above.
     pub fn watermark_cap(&self, now: i64) -> i64 {

@@ -96,18 +96,31 @@ pub fn is_forbidden_in_identifier(c: char) -> bool {
     c.is_control() || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Checks an identifier or a dimension value: at most `max_len` bytes, no
+/// control or bidirectional character. Ingest applies it to ids in paths too.
+pub fn check_identifier(name: &str, s: &str, max_len: usize) -> Result<(), DecodeError> {
+    check_strict(name, s, max_len).map_err(|e| *e)
+}
+
+fn check_strict(name: &str, s: &str, max_len: usize) -> Result<(), Box<DecodeError>> {
+    if s.len() > max_len {
+        return Err(DecodeError::field(name, format!("is {} bytes long; at most {max_len} are accepted (`max_length`)", s.len())));
+    }
+    if let Some(c) = s.chars().find(|&c| is_forbidden_in_identifier(c)) {
+        return Err(DecodeError::field(name, format!("contains the control or bidirectional character U+{:04X}", u32::from(c))));
+    }
+    Ok(())
+}
+
 /// Checks a string value against its field's limits; dimensions come back in NFC.
 fn checked_string(s: &str, name: &str, limits: &Limits) -> Result<CompactString, Box<DecodeError>> {
     if s == OVERFLOW_GROUP {
         return Err(DecodeError::field(name, format!("`{OVERFLOW_GROUP}` is reserved for metrics' overflow groups")));
     }
-    if s.len() > limits.max_len {
+    if limits.strict {
+        check_strict(name, s, limits.max_len)?;
+    } else if s.len() > limits.max_len {
         return Err(DecodeError::field(name, format!("is {} bytes long; at most {} are accepted (`max_length`)", s.len(), limits.max_len)));
-    }
-    if limits.strict
-        && let Some(c) = s.chars().find(|&c| is_forbidden_in_identifier(c))
-    {
-        return Err(DecodeError::field(name, format!("contains the control or bidirectional character U+{:04X}", u32::from(c))));
     }
     if limits.nfc && !s.is_ascii() && unicode_normalization::is_nfc_quick(s.chars()) != unicode_normalization::IsNormalized::Yes {
         use unicode_normalization::UnicodeNormalization as _;

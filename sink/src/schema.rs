@@ -50,6 +50,11 @@ pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
 
+/// A ClickHouse string literal.
+pub fn string_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 impl Table {
     pub fn create_sql(&self, database: &str) -> String {
         let mut cols: Vec<String> = self.columns.iter().map(|c| format!("    {} {}", ident(&c.name), c.ty)).collect();
@@ -555,16 +560,6 @@ pub fn lease_table() -> Table {
         indexes: Vec::new(),
         comment: "Pulse dataflow: which instance holds each consumer group (renewed while it runs)".into(),
     }
-}
-
-/// One row of the lease table.
-pub fn encode_lease(group: &str, generation: u64, token: &str, instance: &str, seq: u64, renewed_at: i64, buf: &mut BytesMut) {
-    put_str(buf, group);
-    buf.put_u64_le(generation);
-    put_str(buf, token);
-    put_str(buf, instance);
-    buf.put_u64_le(seq);
-    buf.put_i64_le(renewed_at);
 }
 
 /// One row of the progress table.

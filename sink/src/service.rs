@@ -21,7 +21,7 @@ use batch::{Rows, SourceRecord};
 use bytes::BytesMut;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use pulse_kafka::{DeadLetter, KafkaConfig};
-use pulse_model::{Decoder, Op, Spec, TimeBounds};
+use pulse_model::{Decoder, Spec, TimeBounds};
 use pulse_ops::{Readiness, Shutdown, register};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -264,10 +264,7 @@ async fn handle(
     };
     // The trust boundary: an event time far from its record's broker timestamp is
     // refused here as in the dataflow (a delete carries no event time of its own).
-    let decoded = decoded.and_then(|ev| match ev.op {
-        Op::Upsert => TimeBounds::of(domain).check_record(ev.time, record_time, now_ms).map(|()| ev).map_err(|e| e.to_string()),
-        Op::Delete => Ok(ev),
-    });
+    let decoded = decoded.and_then(|ev| TimeBounds::of(domain).check_event(&ev, record_time, now_ms).map(|()| ev).map_err(|e| e.to_string()));
     match decoded {
         Ok(ev) => {
             let at = Provenance { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), timestamp_ms: record_time };

@@ -5,15 +5,12 @@
 
 use pulse_model::spec::{AggKind, Domain, FieldType, Filter, Literal, Metric, Spec};
 
-use crate::schema::ident;
+use crate::schema::{ident, string_literal};
 
 fn literal(l: &Literal, ty: &FieldType) -> String {
     match (l, ty) {
-        (Literal::Str(s), _) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-        (Literal::Enum(i), FieldType::Enum(values)) => {
-            let v = values.get(*i as usize).map_or("", String::as_str);
-            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-        }
+        (Literal::Str(s), _) => string_literal(s),
+        (Literal::Enum(i), FieldType::Enum(values)) => string_literal(values.get(*i as usize).map_or("", String::as_str)),
         (Literal::Enum(i), _) => i.to_string(),
         (Literal::Int(i), _) => i.to_string(),
         (Literal::Float(f), _) => format!("{f:?}"),

@@ -247,6 +247,32 @@ impl Writer {
         .await
     }
 
+    /// Runs a statement (a mutation, not an insert) until ClickHouse
+    /// acknowledges it, retrying transient errors with the same backoff as
+    /// inserts; a permanent error, or shutdown, ends it.
+    pub async fn execute(&self, table: &str, sql: &str, shutdown: &Shutdown) -> Result<(), WriteError> {
+        let mut attempt = 0u32;
+        loop {
+            let run = self.client.query(sql).execute();
+            let e = match tokio::time::timeout(self.timeout, run).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => WriteError::from(e),
+                Err(_) => WriteError::Timeout(self.timeout),
+            };
+            self.metrics.errors.with_label_values(&[table]).inc();
+            if e.is_permanent() {
+                return Err(e);
+            }
+            let delay = self.backoff.delay(attempt);
+            tracing::warn!(table, attempt, ?delay, "statement failed, retrying: {e}");
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait() => return Err(WriteError::ShuttingDown(table.to_string())),
+            }
+        }
+    }
+
     async fn insert_retrying(
         &self,
         table: &str,

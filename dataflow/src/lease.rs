@@ -20,10 +20,16 @@ use pulse_ops::Shutdown;
 use pulse_sink::schema::LEASE_TABLE;
 use pulse_sink::{ClickHouseConfig, Writer};
 
+/// The longest time to live a lease may have (see `Renewed::Released`).
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
 /// When a lease row says it was renewed.
 enum Renewed {
     Now,
-    /// Long ago: the next instance need not wait.
+    /// A day ago: older than any lease's time to live, so the next instance
+    /// need not wait, yet recent enough that the table's TTL (7 days) keeps
+    /// the row. (An epoch-zero stamp would be dropped by the first merge,
+    /// bringing the last renewal back as if the lease were still held.)
     Released,
 }
 
@@ -85,6 +91,10 @@ impl Lease {
             fenced: Arc::new(AtomicBool::new(false)),
             seq: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         };
+        // A released lease reads as renewed a day ago: a longer time to live
+        // would make a released lease look held.
+        let ttl = ttl.min(MAX_TTL);
+        lease.ttl = ttl;
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let mut waiting_logged = false;
         loop {
@@ -119,7 +129,7 @@ impl Lease {
     async fn write(&self, seq: u64, renewed: Renewed) -> Result<(), LeaseError> {
         let at = match renewed {
             Renewed::Now => "now64(3)",
-            Renewed::Released => "toDateTime64(0, 3)",
+            Renewed::Released => "now64(3) - INTERVAL 1 DAY",
         };
         let sql = format!(
             "INSERT INTO `{}`.`{LEASE_TABLE}` (consumer_group, generation, token, instance, seq, renewed_at) SELECT ?, ?, ?, ?, ?, {at}",

@@ -153,3 +153,26 @@ fn a_second_instance_on_the_group_waits_until_the_first_stops() {
     }
     rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
 }
+
+/// A released lease stays released once ClickHouse merges the lease table
+/// (its TTL must not drop the release and bring the last renewal back).
+#[test]
+fn a_released_lease_stays_released_after_a_merge() {
+    let Some(ch) = stack_clickhouse("pulse_df_lease") else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let spec = unique_spec();
+    rt.block_on(migrate(&ch, &spec)).expect("migrate");
+    let writer = pulse_sink::Writer::new(&ch, pulse_sink::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
+    let shutdown = pulse_ops::Shutdown::new();
+    let ttl = Duration::from_secs(30);
+    let group = unique_name("lease");
+    rt.block_on(async {
+        let first = pulse_dataflow::lease::Lease::acquire(&ch, &writer, &group, "a", ttl, &shutdown).await.expect("first");
+        first.release().await;
+        writer.client().query(&format!("OPTIMIZE TABLE `{}`.`{}` FINAL", ch.database, pulse_sink::schema::LEASE_TABLE)).execute().await.expect("merge");
+        // Well within the time to live: only the release lets the second in.
+        let second = tokio::time::timeout(Duration::from_secs(10), pulse_dataflow::lease::Lease::acquire(&ch, &writer, &group, "b", ttl, &shutdown)).await;
+        assert!(second.is_ok(), "the released lease looked held after a merge");
+    });
+    rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
+}

@@ -106,16 +106,61 @@ pub struct BenchDataflowArgs {
     /// Timely worker threads.
     #[arg(long, short = 'w', default_value_t = 1)]
     pub workers: usize,
-    /// Records per epoch.
-    #[arg(long, default_value_t = 100_000)]
-    pub epoch_records: usize,
+    /// Records per epoch; several (comma-separated) run one after another, each
+    /// in a process of its own (so that each peak RSS is its own), and print a table.
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    pub epoch_records: Vec<usize>,
+    /// A live-paced run: the file's events arrive at this many events per second
+    /// and the job ticks every 200 ms, so each epoch holds rate / 5 records
+    /// (overrides --epoch-records; generate the file with the same --rate).
+    #[arg(long)]
+    pub live_rate: Option<usize>,
     /// Write every final window row here as JSON lines.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Create the input first with this many generated events when the file does not exist
-    /// (20 cities, 100k users, up to 10 s disorder, 1000 events per second of event time).
+    /// (20 cities, 100k users, up to 10 s disorder, --rate events per second of event time).
     #[arg(long)]
     pub generate: Option<usize>,
+    /// Events per second of event time in a generated file.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Generate production-shaped data: every event from an independent random
+    /// user (nearly every event a new distinct value) and RFC 3339 times with
+    /// milliseconds, instead of one user per ride and epoch milliseconds.
+    #[arg(long)]
+    pub realistic: bool,
+}
+
+/// What one bench configuration measured (one line a parent process parses).
+struct Figures {
+    epoch_records: usize,
+    events_per_cpu_s: f64,
+    peak_rss_mb: f64,
+    state_bytes_per_event: Option<f64>,
+}
+
+impl Figures {
+    fn line(&self) -> String {
+        format!(
+            "figures epoch_records={} events_per_cpu_s={:.0} peak_rss_mb={:.0} state_bytes_per_open_event={}",
+            self.epoch_records,
+            self.events_per_cpu_s,
+            self.peak_rss_mb,
+            self.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.1}"))
+        )
+    }
+
+    fn parse(line: &str) -> Option<Figures> {
+        let rest = line.strip_prefix("figures ")?;
+        let field = |name: &str| rest.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+        Some(Figures {
+            epoch_records: field("epoch_records")?.parse().ok()?,
+            events_per_cpu_s: field("events_per_cpu_s")?.parse().ok()?,
+            peak_rss_mb: field("peak_rss_mb")?.parse().ok()?,
+            state_bytes_per_event: field("state_bytes_per_open_event")?.parse().ok(),
+        })
+    }
 }
 
 pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCode> {
@@ -124,18 +169,27 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
     if let Some(n) = args.generate
         && !args.input.exists()
     {
-        generate(&args.input, &args.domain, n)?;
+        generate(&args.input, &args.domain, n, args.rate, args.realistic)?;
     }
     anyhow::ensure!(args.input.exists(), "{} does not exist (pass --generate N to create it)", args.input.display());
+    let epochs: Vec<usize> = match args.live_rate {
+        Some(rate) => vec![(rate / 5).max(1)],
+        None => args.epoch_records.clone(),
+    };
+    if epochs.len() > 1 {
+        return bench_each(&epochs);
+    }
+    let epoch_records = epochs.first().copied().unwrap_or(100_000);
     let cpu0 = process::cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
-    let result = replay::run(Arc::clone(&spec), ReplayInput::File { path: args.input.clone(), domain }, args.workers, args.epoch_records, true)
+    let result = replay::run(Arc::clone(&spec), ReplayInput::File { path: args.input.clone(), domain }, args.workers, epoch_records, true)
         .map_err(|e| anyhow::anyhow!("dataflow: {e}"))?;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process::cpu_seconds().unwrap_or(0.0) - cpu0;
     let records = result.total(|w| w.records);
     let events = result.total(|w| w.events);
-    println!("bench dataflow: {} ({} records) on {} worker(s), {} records per epoch", args.input.display(), records, args.workers, args.epoch_records);
+    let pace = args.live_rate.map_or(String::new(), |r| format!(" (live-paced: {r} events/s, 200 ms ticks)"));
+    println!("bench dataflow: {} ({} records) on {} worker(s), {} records per epoch{pace}", args.input.display(), records, args.workers, epoch_records);
     println!(
         "  events counted {events}, late {}, stale {}, dead-lettered {}",
         result.total(|w| w.late),
@@ -143,8 +197,19 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
         result.total(|w| w.dead_lettered)
     );
     println!("  final windows {}, live revisions {}", result.rows.len(), result.revisions);
-    println!("  wall {wall:.2} s, cpu {cpu:.2} s, peak RSS {:.0} MB", process::peak_rss_bytes().unwrap_or(0) as f64 / 1e6);
+    let peak_rss_mb = process::peak_rss_bytes().unwrap_or(0) as f64 / 1e6;
+    println!("  wall {wall:.2} s, cpu {cpu:.2} s, peak RSS {peak_rss_mb:.0} MB");
     println!("  {:.0} events/s wall, {:.0} events per CPU-second", records as f64 / wall, records as f64 / cpu.max(0.001));
+    let state = result.peak_state;
+    // Open events are counted per metric (an event in two metrics counts twice).
+    let per_event = (state.open_events > 0).then(|| state.bytes as f64 / state.open_events as f64);
+    if let Some(b) = per_event {
+        println!(
+            "  window state at its peak: {} bytes for {} open events (per metric): {b:.1} bytes per open event per metric",
+            state.bytes, state.open_events
+        );
+    }
+    println!("{}", Figures { epoch_records, events_per_cpu_s: records as f64 / cpu.max(0.001), peak_rss_mb, state_bytes_per_event: per_event }.line());
     if let Some(out) = &args.output {
         let shapes = RowShape::all(&spec);
         let mut rows = result.rows;
@@ -161,14 +226,59 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn generate(path: &PathBuf, domain: &str, n: usize) -> anyhow::Result<()> {
+/// Runs each epoch size in a process of its own and prints one table.
+fn bench_each(epochs: &[usize]) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the pulse binary")?;
+    let forwarded: Vec<String> = std::env::args().skip(1).collect();
+    let mut rows = Vec::new();
+    for &n in epochs {
+        let mut cmd = std::process::Command::new(&exe);
+        // The same command line, one epoch size.
+        let mut skip = false;
+        for a in &forwarded {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a == "--epoch-records" {
+                skip = true;
+                continue;
+            }
+            if a.starts_with("--epoch-records=") {
+                continue;
+            }
+            cmd.arg(a);
+        }
+        cmd.arg("--epoch-records").arg(n.to_string());
+        let out = cmd.stderr(std::process::Stdio::inherit()).output().context("running one bench configuration")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        anyhow::ensure!(out.status.success(), "the run with {n} records per epoch failed");
+        rows.extend(text.lines().find_map(Figures::parse));
+    }
+    println!();
+    println!("| records per epoch | events / CPU-s | peak RSS | state bytes per open event per metric |");
+    println!("|---|---|---|---|");
+    for f in &rows {
+        println!(
+            "| {} | {:.2} M | {:.0} MB | {} |",
+            f.epoch_records,
+            f.events_per_cpu_s / 1e6,
+            f.peak_rss_mb,
+            f.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.0}"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(path: &PathBuf, domain: &str, n: usize, rate: f64, realistic: bool) -> anyhow::Result<()> {
     let gd = match domain {
         "rides" => GenDomain::Rides,
         "driver_locations" => GenDomain::DriverLocations,
         "app_events" => GenDomain::AppEvents,
         other => anyhow::bail!("the generator has no domain `{other}`"),
     };
-    let cfg = GenConfig { disorder_ms: 10_000, users: 100_000, cities: 20, ..GenConfig::default() };
+    let cfg = GenConfig { disorder_ms: 10_000, users: 100_000, cities: 20, rate, independent_users: realistic, rfc3339: realistic, ..GenConfig::default() };
     let mut w = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
     for op in Generator::new(cfg).only(gd).take(n) {
         match op {

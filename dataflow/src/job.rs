@@ -1,5 +1,5 @@
 //! The worker loop: reads records, feeds the dataflow in epochs, hands
-//! completed epochs' rows to the output, retracts expired panes, and commits
+//! completed epochs' rows to the output, expires ingestion state, and commits
 //! offsets once the rows of the epoch that released them are durable.
 
 use std::collections::VecDeque;
@@ -138,6 +138,9 @@ pub struct WorkerSummary {
     pub finals: u64,
     pub revisions: u64,
     pub epochs: u64,
+    /// Window state at its largest (bytes), and the events it held then.
+    pub peak_state_bytes: u64,
+    pub peak_open_events: u64,
 }
 
 /// Runs one worker until its source ends (and every window is closed and
@@ -314,13 +317,13 @@ pub fn run_worker(
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
 
-        // 4. Completed epochs: rows out, expired panes retracted, offsets to commit.
+        // 4. Completed epochs: rows out, ingestion state expired, offsets to commit.
         let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
         if completed > sent_through {
             let (rows, closed, stats) = {
                 let mut shared = graph.shared.borrow_mut();
                 let rows: Vec<MetricRow> = std::mem::take(&mut shared.rows).into_iter().map(|(_, r)| r).collect();
-                (rows, shared.clock.closed_all().to_vec(), shared.emitter_stats)
+                (rows, shared.clock.closed_all().to_vec(), shared.emitter_stats.clone())
             };
             let mut dead = Vec::new();
             while dead_by_epoch.front().is_some_and(|(e, _)| *e <= completed) {
@@ -328,9 +331,14 @@ pub fn run_worker(
                     dead.extend(d);
                 }
             }
-            summary.finals = stats.0;
-            summary.revisions = stats.1;
-            metrics.observe_emitter(stats);
+            summary.finals = stats.finals;
+            summary.revisions = stats.revisions;
+            let bytes: usize = stats.state.iter().map(|s| s.bytes).sum();
+            if bytes as u64 > summary.peak_state_bytes {
+                summary.peak_state_bytes = bytes as u64;
+                summary.peak_open_events = stats.state.iter().map(|s| s.events).sum();
+            }
+            metrics.observe_emitter(&stats, &spec.metrics, index);
             sink.send(completed, rows, dead);
             state.expire(&closed, &mut graph);
             let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
@@ -341,9 +349,7 @@ pub fn run_worker(
             for (d, dom) in spec.domains.iter().enumerate() {
                 metrics.observe_watermark(&dom.name, shared.clock.watermark(d));
             }
-            let (panes, live) = state.retained();
-            metrics.retained.with_label_values(&["panes"]).set(panes as i64);
-            metrics.retained.with_label_values(&["live_events"]).set(live as i64);
+            metrics.retained.with_label_values(&["live_events"]).set(state.live_events() as i64);
             for ((m, (admitted, all)), overflowed) in spec.metrics.iter().zip(state.open_groups()).zip(&state.overflowed) {
                 metrics.open_groups.with_label_values(&[&m.name, "admitted"]).set(admitted as i64);
                 metrics.open_groups.with_label_values(&[&m.name, "all"]).set(all as i64);

@@ -3,23 +3,26 @@
 //!
 //! - `plan`: the spec compiled into per-event work.
 //! - `state`: a worker's ingestion (pre-aggregation, retention, upserts, offsets).
-//! - `graph`: the differential dataflow and the emitter operator.
+//! - `graph`: the timely dataflow: pane changes exchanged by group to the emitter.
 //! - `emit`: where windows close and rows are made.
 //! - `watermark`: partition clocks and the job's watermarks.
 //! - `job`: the worker loop (Kafka or replay in, rows out, commits).
 //! - `output`: durable delivery of rows to ClickHouse and Kafka.
 
+pub mod distinct;
 pub mod emit;
 pub mod graph;
 pub mod job;
 pub mod kafka;
 pub mod lease;
 pub mod metrics;
+pub mod multiset;
 pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod replay;
 pub mod service;
 pub mod state;
+pub mod store;
 pub mod types;
 pub mod watermark;

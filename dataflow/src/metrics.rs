@@ -18,6 +18,8 @@ pub struct JobMetrics {
     pub ignored: IntGauge,
     pub open_windows: IntGauge,
     pub retained: IntGaugeVec,
+    pub state_bytes: IntGaugeVec,
+    pub open_events: IntGaugeVec,
     pub rows_written: IntCounterVec,
     pub lag: IntGaugeVec,
     /// Groups with an open window on this process's workers, per metric and kind (admitted, all).
@@ -68,7 +70,21 @@ impl JobMetrics {
             ),
             retained: register(
                 registry,
-                IntGaugeVec::new(m("pulse_dataflow_retained", "State kept for open windows: panes, live_events"), &["kind"]).expect("valid metric"),
+                IntGaugeVec::new(m("pulse_dataflow_retained", "State kept for open windows: live_events (latest versions of mutable domains)"), &["kind"])
+                    .expect("valid metric"),
+            ),
+            state_bytes: register(
+                registry,
+                IntGaugeVec::new(
+                    m("pulse_dataflow_state_bytes", "Bytes of window state (panes, distinct values, numbers) per metric and worker"),
+                    &["metric", "worker"],
+                )
+                .expect("valid metric"),
+            ),
+            open_events: register(
+                registry,
+                IntGaugeVec::new(m("pulse_dataflow_open_events", "Events held in open panes per metric and worker"), &["metric", "worker"])
+                    .expect("valid metric"),
             ),
             rows_written: register(
                 registry,
@@ -110,11 +126,16 @@ impl JobMetrics {
         }
     }
 
-    pub fn observe_emitter(&self, (finals, revisions, ignored, open): (u64, u64, u64, usize)) {
-        self.finals.set(finals as i64);
-        self.revisions.set(revisions as i64);
-        self.ignored.set(ignored as i64);
-        self.open_windows.set(open as i64);
+    pub fn observe_emitter(&self, stats: &crate::emit::EmitterStats, metrics: &[pulse_model::Metric], worker: usize) {
+        self.finals.set(stats.finals as i64);
+        self.revisions.set(stats.revisions as i64);
+        self.ignored.set(stats.ignored as i64);
+        self.open_windows.set(stats.open_windows as i64);
+        let worker = worker.to_string();
+        for (m, size) in metrics.iter().zip(&stats.state) {
+            self.state_bytes.with_label_values(&[&m.name, &worker]).set(size.bytes as i64);
+            self.open_events.with_label_values(&[&m.name, &worker]).set(size.events as i64);
+        }
     }
 
     pub fn observe_watermark(&self, domain: &str, wm: i64) {

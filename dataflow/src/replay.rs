@@ -206,6 +206,15 @@ pub struct ReplayResult {
     pub dead: Vec<DeadLetter>,
     pub workers: Vec<WorkerSummary>,
     pub revisions: u64,
+    pub peak_state: StateSize,
+}
+
+/// The size of the job's window state.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StateSize {
+    pub bytes: u64,
+    /// Events held in open panes, counted once per metric.
+    pub open_events: u64,
 }
 
 impl ReplayResult {
@@ -254,6 +263,8 @@ pub fn run(spec: Arc<Spec>, input: ReplayInput, workers: usize, epoch_records: u
     let mut result = ReplayResult::default();
     let collected = std::mem::take(&mut *out.lock().map_err(|_| "a worker panicked".to_string())?);
     for (summary, sink) in collected {
+        result.peak_state.bytes += summary.peak_state_bytes;
+        result.peak_state.open_events += summary.peak_open_events;
         result.workers.push(summary);
         result.rows.extend(sink.rows);
         result.dead.extend(sink.dead);

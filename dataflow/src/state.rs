@@ -1,12 +1,11 @@
-//! A worker's ingestion state: turns decoded events into differential updates.
+//! A worker's ingestion state: turns decoded events into pane changes.
 //!
-//! - Additive contributions are pre-aggregated per (metric, group, pane) within
-//!   an epoch and sent once per window of the pane when the epoch ends.
-//! - Every contribution is remembered per pane until the last window holding
-//!   the pane closes; then it is retracted, so differential's state (and this
-//!   one) stays bounded by the open windows.
+//! - An epoch's contributions are pre-aggregated per (metric, group, pane) and
+//!   sent once, as one [`PaneDelta`], when the epoch ends; the pane's owner
+//!   keeps them (see `store`) and forgets the pane when its windows close, so
+//!   nothing here is kept per pane.
 //! - Mutable domains keep each live event's latest version: an update or a
-//!   delete retracts the old version's contributions (differential retractions).
+//!   delete retracts the old version's contributions.
 //! - Per partition, the offset of the oldest event still in an open window is
 //!   tracked: that is what may be committed.
 //! - Immutable domains count an `event_id` once while any window holding it
@@ -26,17 +25,13 @@ use pulse_model::value::{FxBuildHasher, FxHashMap};
 use pulse_model::{Event, Op, Spec, Value};
 
 use crate::plan::{JobPlan, MetricPlan};
-use crate::types::{Acc, Bag, DomainWm, Fixed, NamedValue, OrdF64, WinKey};
+use crate::types::{Acc, DomainWm, Fixed, NamedValue, PaneDelta};
 use crate::watermark::LocalClocks;
-use differential_dataflow::difference::IsZero as _;
 
-/// Where ingestion sends its updates (the differential input sessions, or a test double).
+/// Where ingestion sends its changes (the dataflow's input, or a test double).
 pub trait Updates {
-    fn add(&mut self, key: WinKey, acc: Acc);
-    /// Changes of a window's distinct-value presence counts.
-    fn distinct(&mut self, key: WinKey, delta: Bag<u128>);
-    /// Changes of a window's multiset of numbers.
-    fn multiset(&mut self, key: WinKey, delta: Bag<OrdF64>);
+    /// One epoch's changes to one pane.
+    fn pane(&mut self, delta: PaneDelta);
     fn names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>);
     /// The group no longer has an open window on this worker.
     fn forget_names(&mut self, gid: u64, metric: u16, values: Vec<NamedValue>);
@@ -80,14 +75,6 @@ impl SeenIds {
     }
 }
 
-/// What one pane of one metric holds until it expires.
-#[derive(Default)]
-struct Pane {
-    add: FxHashMap<u64, Vec<Acc>>,
-    distinct: FxHashMap<(u64, u16, u128), isize>,
-    multiset: FxHashMap<(u64, u16, OrdF64), isize>,
-}
-
 /// The latest version of a live event of a mutable domain.
 struct Live {
     version: u64,
@@ -119,9 +106,6 @@ impl PartitionOffsets {
     }
 }
 
-/// (metric, group, pane, slot).
-type SlotKey = (u16, u64, i64, u16);
-
 /// Outcome of offering one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -137,11 +121,8 @@ pub enum Accepted {
 pub struct IngestState {
     spec: Arc<Spec>,
     plan: Arc<JobPlan>,
-    epoch_add: FxHashMap<(u16, u64, i64), Vec<Acc>>,
-    /// Per (metric, group, pane, slot): value changes of this epoch.
-    epoch_distinct: FxHashMap<SlotKey, Vec<(u128, i64)>>,
-    epoch_multiset: FxHashMap<SlotKey, Vec<(OrdF64, i64)>>,
-    panes: Vec<BTreeMap<i64, Pane>>,
+    /// This epoch's changes per (metric, group, pane).
+    epoch: FxHashMap<(u16, u64, i64), PaneDelta>,
     /// Per metric: groups with an open window, how many of them are admitted
     /// (not overflow), and whether the overflow group's names were sent.
     open_groups: Vec<FxHashMap<u64, OpenGroup>>,
@@ -159,6 +140,8 @@ pub struct IngestState {
     clocks: LocalClocks,
     /// Event-time watermark in use per domain (drops late data).
     pub used: Vec<i64>,
+    /// The job's closed watermark per domain, as of the last expiry.
+    closed: Vec<i64>,
     pub offsets: BTreeMap<(usize, i32), PartitionOffsets>,
     scratch: Vec<(i64, f64)>,
 }
@@ -167,10 +150,7 @@ impl IngestState {
     pub fn new(spec: Arc<Spec>, plan: Arc<JobPlan>, start: &[i64]) -> IngestState {
         let domains = spec.domains.len();
         IngestState {
-            epoch_add: FxHashMap::default(),
-            epoch_distinct: FxHashMap::default(),
-            epoch_multiset: FxHashMap::default(),
-            panes: (0..plan.metrics.len()).map(|_| BTreeMap::new()).collect(),
+            epoch: FxHashMap::default(),
             open_groups: (0..plan.metrics.len()).map(|_| FxHashMap::default()).collect(),
             admitted: vec![0; plan.metrics.len()],
             overflow_gids: vec![None; plan.metrics.len()],
@@ -182,6 +162,7 @@ impl IngestState {
             live: (0..domains).map(|_| HashMap::new()).collect(),
             clocks: LocalClocks::default(),
             used: (0..domains).map(|d| start.get(d).copied().unwrap_or(crate::types::WM_START)).collect(),
+            closed: (0..domains).map(|d| start.get(d).copied().unwrap_or(crate::types::WM_START)).collect(),
             offsets: BTreeMap::new(),
             scratch: Vec::new(),
             spec,
@@ -370,150 +351,60 @@ impl IngestState {
     }
 
     /// Adds (`sign` = 1) or retracts (-1) an event's contributions to every metric of its domain.
-    fn contribute(&mut self, domain: usize, ev: &Event, sign: isize, out: &mut impl Updates) {
-        let metrics = self.plan.by_domain[domain].clone();
-        for m in metrics {
-            let plan = Arc::clone(&self.plan);
+    fn contribute(&mut self, domain: usize, ev: &Event, sign: i32, out: &mut impl Updates) {
+        let plan = Arc::clone(&self.plan);
+        for &m in &plan.by_domain[domain] {
             let mp = &plan.metrics[m];
-            let pane = mp.windows.pane(ev.time);
-            if sign > 0 {
-                if mp.windows.is_late(ev.time, self.metric_closed(mp)) {
-                    continue;
-                }
-                // The pane exists from its first contribution until it expires.
-                self.panes[m].entry(pane).or_default();
-            } else if !self.panes[m].contains_key(&pane) {
-                // The pane already expired: its contributions were retracted with it.
+            // An event is added only to windows open at the watermark this worker
+            // drops late events by; a retraction reaches every window its addition
+            // did until the job closes them (the pane's owner decides: the job's
+            // closed watermark may lag this worker's).
+            let limit = if sign > 0 { self.metric_closed(mp) } else { self.closed[mp.domain].saturating_sub(mp.lateness) };
+            if mp.windows.is_late(ev.time, limit) {
                 continue;
             }
+            let pane = mp.windows.pane(ev.time);
             let release = mp.windows.last_end(ev.time) + mp.lateness;
             let gid = self.group_id(m, ev, release, out);
             mp.add_contrib(ev, &mut self.scratch);
+            let delta = self.epoch.entry((m as u16, gid, pane)).or_insert_with(|| PaneDelta { gid, metric: m as u16, pane, ..PaneDelta::default() });
+            delta.events += i64::from(sign);
             if self.scratch.iter().any(|c| c.0 != 0) {
-                let accs = self.epoch_add.entry((m as u16, gid, pane)).or_insert_with(|| vec![Acc::ZERO; mp.add.len()]);
-                for (acc, &(n, s)) in accs.iter_mut().zip(&self.scratch) {
-                    acc.n += n * sign as i64;
-                    acc.sum += Fixed::from_f64(s).times(sign as i64);
+                if delta.add.is_empty() {
+                    delta.add = vec![Acc::ZERO; mp.add.len()];
+                }
+                for (acc, &(n, s)) in delta.add.iter_mut().zip(&self.scratch) {
+                    acc.n += n * i64::from(sign);
+                    acc.sum += Fixed::from_f64(s).times(i64::from(sign));
                 }
             }
-            if mp.distinct.is_empty() && mp.multisets.is_empty() {
-                continue;
-            }
-            let pane_state = self.panes[m].entry(pane).or_default();
             for slot in 0..mp.distinct.len() {
                 if let Some(v) = mp.distinct_value(slot, ev) {
-                    // Only a value's presence in the pane matters to distinct counts: windows
-                    // hear of it when it appears in (or disappears from) this worker's pane.
-                    let count = pane_state.distinct.entry((gid, slot as u16, v)).or_insert(0);
-                    let before = *count;
-                    *count += sign;
-                    if (before == 0) != (*count == 0) {
-                        let diff = if *count > 0 { 1 } else { -1 };
-                        self.epoch_distinct.entry((m as u16, gid, pane, slot as u16)).or_default().push((v, diff));
-                    }
-                    if *count == 0 {
-                        pane_state.distinct.remove(&(gid, slot as u16, v));
-                    }
+                    delta.distinct.push((slot as u16, v, sign));
                 }
             }
             for slot in 0..mp.multisets.len() {
                 if let Some(x) = mp.multiset_value(slot, ev) {
-                    self.epoch_multiset.entry((m as u16, gid, pane, slot as u16)).or_default().push((OrdF64(x), sign as i64));
+                    delta.multiset.push((slot as u16, x, sign));
                 }
             }
         }
     }
 
-    /// Ends an epoch: sends the pre-aggregated additive and multiset contributions.
+    /// Ends an epoch: sends its changes, one per pane.
     pub fn flush_epoch(&mut self, out: &mut impl Updates) {
-        // One bag per window: every change of the epoch to that window's values.
-        for ((m, gid, pane, slot), changes) in self.epoch_distinct.drain() {
-            let bag = Bag::from_unsorted(changes);
-            if bag.0.is_empty() {
-                continue;
-            }
-            for win in self.plan.metrics[m as usize].windows.starts(pane) {
-                out.distinct(WinKey { gid, win, metric: m, slot }, bag.clone());
-            }
-        }
-        for ((m, gid, pane, slot), changes) in self.epoch_multiset.drain() {
-            let bag = Bag::from_unsorted(changes);
-            if bag.0.is_empty() {
-                continue;
-            }
-            let kept = self.panes[m as usize].entry(pane).or_default();
-            for (v, c) in &bag.0 {
-                bump(&mut kept.multiset, (gid, slot, *v), *c as isize);
-            }
-            for win in self.plan.metrics[m as usize].windows.starts(pane) {
-                out.multiset(WinKey { gid, win, metric: m, slot }, bag.clone());
-            }
-        }
-        for ((m, gid, pane), accs) in self.epoch_add.drain() {
-            let mp = &self.plan.metrics[m as usize];
-            for (slot, acc) in accs.iter().enumerate() {
-                if acc.is_zero() {
-                    continue;
-                }
-                for win in mp.windows.starts(pane) {
-                    out.add(WinKey { gid, win, metric: m, slot: slot as u16 }, *acc);
-                }
-            }
-            let kept = self.panes[m as usize].entry(pane).or_default().add.entry(gid).or_insert_with(|| vec![Acc::ZERO; accs.len()]);
-            for (k, a) in kept.iter_mut().zip(&accs) {
-                k.n += a.n;
-                k.sum += a.sum;
+        for (_, delta) in self.epoch.drain() {
+            if !delta.is_empty() {
+                out.pane(delta);
             }
         }
     }
 
-    /// Retracts every pane whose last window is closed at `closed[domain]`, and
-    /// forgets live events that no longer matter.
+    /// Forgets what no longer matters once `closed[domain]` is the closed
+    /// watermark: live events, seen ids, and groups whose windows all closed.
     pub fn expire(&mut self, closed: &[i64], out: &mut impl Updates) {
-        for m in 0..self.plan.metrics.len() {
-            let plan = Arc::clone(&self.plan);
-            let mp = &plan.metrics[m];
-            let limit = closed[mp.domain].saturating_sub(mp.lateness);
-            // Panes p with p + size <= limit: every window holding them is closed.
-            let first_open = limit.saturating_sub(mp.windows.size).saturating_add(1);
-            let keep = self.panes[m].split_off(&first_open);
-            let expired = std::mem::replace(&mut self.panes[m], keep);
-            for (pane, state) in expired {
-                for (gid, accs) in state.add {
-                    for (slot, acc) in accs.into_iter().enumerate() {
-                        if acc.is_zero() {
-                            continue;
-                        }
-                        for win in mp.windows.starts(pane) {
-                            out.add(WinKey { gid, win, metric: m as u16, slot: slot as u16 }, Acc { n: -acc.n, sum: -acc.sum });
-                        }
-                    }
-                }
-                let mut distinct: FxHashMap<(u64, u16), Vec<(u128, i64)>> = FxHashMap::default();
-                for ((gid, slot, v), count) in state.distinct {
-                    if count > 0 {
-                        distinct.entry((gid, slot)).or_default().push((v, -1));
-                    }
-                }
-                for ((gid, slot), values) in distinct {
-                    let bag = Bag::from_unsorted(values);
-                    for win in mp.windows.starts(pane) {
-                        out.distinct(WinKey { gid, win, metric: m as u16, slot }, bag.clone());
-                    }
-                }
-                let mut multiset: FxHashMap<(u64, u16), Vec<(OrdF64, i64)>> = FxHashMap::default();
-                for ((gid, slot, v), count) in state.multiset {
-                    if count != 0 {
-                        multiset.entry((gid, slot)).or_default().push((v, -(count as i64)));
-                    }
-                }
-                for ((gid, slot), values) in multiset {
-                    let bag = Bag::from_unsorted(values);
-                    for win in mp.windows.starts(pane) {
-                        out.multiset(WinKey { gid, win, metric: m as u16, slot }, bag.clone());
-                    }
-                }
-            }
+        for (c, &now) in self.closed.iter_mut().zip(closed) {
+            *c = (*c).max(now);
         }
         for (d, live) in self.live.iter_mut().enumerate() {
             let c = closed.get(d).copied().unwrap_or(i64::MIN);
@@ -562,17 +453,10 @@ impl IngestState {
         (0..self.spec.domains.len()).map(|d| self.clocks.domain_wm(d, self.used[d], now, idle)).collect()
     }
 
-    /// Number of retained panes and live events (for memory metrics).
-    pub fn retained(&self) -> (usize, usize) {
-        let panes = self.panes.iter().map(BTreeMap::len).sum();
-        let live = self.live.iter().map(HashMap::len).sum();
-        (panes, live)
+    /// Number of live events of mutable domains kept (for memory metrics).
+    pub fn live_events(&self) -> usize {
+        self.live.iter().map(HashMap::len).sum()
     }
-}
-
-fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, isize>, key: K, by: isize) {
-    let e = map.entry(key).or_insert(0);
-    *e += by;
 }
 
 #[cfg(test)]
@@ -581,21 +465,17 @@ mod tests {
     use crate::types::WM_START;
     use pulse_model::Decoder;
 
-    /// Records what ingestion sends: additive totals per key, live names.
+    /// Records what ingestion sends: events per (metric, group, pane), live names.
     #[derive(Default)]
     struct Recorder {
-        add: FxHashMap<WinKey, (i64, f64)>,
+        events: FxHashMap<(u16, u64, i64), i64>,
         names: FxHashMap<u64, (isize, Vec<NamedValue>)>,
     }
 
     impl Updates for Recorder {
-        fn add(&mut self, key: WinKey, acc: Acc) {
-            let e = self.add.entry(key).or_default();
-            e.0 += acc.n;
-            e.1 += acc.sum.to_f64();
+        fn pane(&mut self, delta: PaneDelta) {
+            *self.events.entry((delta.metric, delta.gid, delta.pane)).or_default() += delta.events;
         }
-        fn distinct(&mut self, _key: WinKey, _delta: Bag<u128>) {}
-        fn multiset(&mut self, _key: WinKey, _delta: Bag<OrdF64>) {}
         fn names(&mut self, gid: u64, _metric: u16, values: Vec<NamedValue>) {
             let e = self.names.entry(gid).or_insert((0, values));
             e.0 += 1;
@@ -611,22 +491,20 @@ mod tests {
     }
 
     impl Recorder {
-        /// Events counted per group name in metric 0's windows starting at `win`.
+        /// Events counted per group name in metric 0's 5-minute window starting at `win`.
         fn counted(&self, win: i64) -> Vec<(String, i64)> {
-            let mut out: Vec<(String, i64)> = self
-                .add
-                .iter()
-                .filter(|(k, v)| k.metric == 0 && k.slot == 0 && k.win == win && v.0 != 0)
-                .map(|(k, v)| {
-                    let name = match self.names.get(&k.gid).map(|n| &n.1[..]) {
-                        Some([NamedValue::Str(s)]) => s.clone(),
-                        other => format!("{other:?}"),
-                    };
-                    (name, v.0)
-                })
-                .collect();
-            out.sort();
-            out
+            let mut by_group: BTreeMap<String, i64> = BTreeMap::new();
+            for (&(m, gid, pane), &n) in &self.events {
+                if m != 0 || !(win..win + 5 * 60_000).contains(&pane) {
+                    continue;
+                }
+                let name = match self.names.get(&gid).map(|n| &n.1[..]) {
+                    Some([NamedValue::Str(s)]) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                *by_group.entry(name).or_default() += n;
+            }
+            by_group.into_iter().filter(|(_, n)| *n != 0).collect()
         }
     }
 

@@ -67,6 +67,13 @@ pub struct GenConfig {
     /// larger, the further behind in event time a change can arrive (a change
     /// arriving after a window of its event closed is late for that window).
     pub change_pool: usize,
+    /// Every ride event from an independent random user (production-shaped:
+    /// nearly every event is a new distinct value in its pane), instead of one
+    /// user per ride.
+    pub independent_users: bool,
+    /// Event times as RFC 3339 strings with milliseconds (`2026-12-02T06:12:47.123Z`)
+    /// instead of epoch milliseconds.
+    pub rfc3339: bool,
 }
 
 /// The default first event time: the start of the previous hour (UTC), fixed
@@ -102,6 +109,8 @@ impl Default for GenConfig {
             update_fraction: 0.02,
             delete_fraction: 0.01,
             change_pool: 1000,
+            independent_users: false,
+            rfc3339: false,
         }
     }
 }
@@ -200,6 +209,14 @@ impl Generator {
         if self.cfg.disorder_ms > 0 { now - self.rng.random_range(0..=self.cfg.disorder_ms) } else { now }
     }
 
+    /// An event time as the JSON value of a `timestamp` field.
+    fn ts_json(&self, ts: i64) -> String {
+        match chrono::DateTime::from_timestamp_millis(ts) {
+            Some(t) if self.cfg.rfc3339 => format!("\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            _ => ts.to_string(),
+        }
+    }
+
     fn cities(&self) -> usize {
         self.cfg.cities.clamp(1, CITIES.len())
     }
@@ -244,7 +261,11 @@ impl Generator {
             (2, _) => "started",
             _ => "completed",
         };
-        let ts = self.event_time();
+        let t = self.event_time();
+        let ts = self.ts_json(t);
+        if self.cfg.independent_users {
+            ride.user = self.rng.random_range(0..self.cfg.users.max(1));
+        }
         let driver = if ride.stage >= 1 && event_type != "cancelled" { format!(",\"driver_id\":\"d-{}\"", ride.driver) } else { String::new() };
         let pickup = if ride.stage == 0 {
             let (lat, lng) = self.coords(ride.city);
@@ -283,7 +304,8 @@ impl Generator {
             _ => "offline",
         };
         let (lat, lng) = self.coords(city);
-        let ts = self.event_time();
+        let t = self.event_time();
+        let ts = self.ts_json(t);
         let json = format!(
             "{{\"driver_id\":\"d-{driver}\",\"city\":\"{}\",\"lat\":{lat:.5},\"lng\":{lng:.5},\"status\":\"{status}\",\"timestamp\":{ts}}}",
             CITIES[city]
@@ -292,6 +314,7 @@ impl Generator {
     }
 
     fn app_json(&mut self, id: u64, ts: i64, name: usize, session: u64) -> String {
+        let ts = self.ts_json(ts);
         let latency = (self.rng.random_range(0.0f64..1.0).powi(3) * 900.0 + 5.0 + name as f64 * 3.0).round();
         let error = if self.rng.random_bool(0.03 + 0.02 * (name % 3) as f64) { ",\"error\":\"timeout\"" } else { "" };
         format!(

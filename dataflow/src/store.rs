@@ -1,0 +1,247 @@
+//! The window store: where a worker keeps the groups it owns, pane by pane.
+//!
+//! Every event's contribution is kept once, in its slide-sized pane (as
+//! Flink's sliced windows do): additive accumulators, the numbers of order
+//! statistics (see `multiset`) and distinct-value presence (see `distinct`).
+//! A window is the merge of its panes, computed when it changed, never copied:
+//!
+//! - a pane change marks the open windows holding the pane dirty (a list, so
+//!   a tick visits only what changed);
+//! - a dirty window is evaluated at the end of the epoch from its panes
+//!   (k additions, a selection per quantile) and emitted as a revision;
+//! - when the closed watermark passes a window's end it is evaluated one last
+//!   time and emitted as final (or withdrawn when its events were all
+//!   retracted); once the last window holding a pane closes, the pane goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pulse_model::value::FxHashMap;
+
+use crate::distinct::{PaneIdx, Presence, Transition};
+use crate::multiset::{self, PaneValues};
+use crate::plan::MetricPlan;
+use crate::types::{Acc, PaneDelta};
+
+/// One pane of one group.
+#[derive(Debug)]
+struct Pane {
+    events: i64,
+    add: Vec<Acc>,
+    values: Vec<PaneValues>,
+}
+
+impl Pane {
+    fn new(plan: &MetricPlan) -> Pane {
+        Pane { events: 0, add: vec![Acc::ZERO; plan.add.len()], values: vec![PaneValues::default(); plan.multisets.len()] }
+    }
+}
+
+/// What the store keeps of an open window beyond its panes.
+#[derive(Debug)]
+struct WindowMeta {
+    /// Distinct values per distinct slot (maintained on presence transitions).
+    distinct: Vec<i64>,
+    dirty: bool,
+    /// A revision of it was emitted (so an empty end withdraws it).
+    emitted: bool,
+}
+
+/// The groups of one metric a worker owns.
+#[derive(Debug, Default)]
+struct Group {
+    panes: BTreeMap<i64, Pane>,
+    distinct: Vec<Presence>,
+    windows: BTreeMap<i64, WindowMeta>,
+}
+
+/// A window's values, as the emitter turns them into a row.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WindowValues {
+    pub events: i64,
+    pub add: Vec<Acc>,
+    pub distinct: Vec<i64>,
+    /// Per multiset slot, per statistic.
+    pub stats: Vec<Vec<Option<f64>>>,
+}
+
+/// A window the store hands to the emitter.
+pub struct Evaluated {
+    pub window_start: i64,
+    pub gid: u64,
+    pub values: WindowValues,
+    /// Closing: `true` with `values.events == 0` means "withdraw".
+    pub is_final: bool,
+    /// A revision of it was emitted before.
+    pub emitted: bool,
+}
+
+/// The state of one metric's windows on this worker.
+pub struct MetricStore {
+    groups: FxHashMap<u64, Group>,
+    /// Open windows, by (start, group): what the closed watermark closes next.
+    open: BTreeSet<(i64, u64)>,
+    dirty: Vec<(i64, u64)>,
+    /// Windows that end at or before this are closed.
+    closed_below: i64,
+    /// Pane deltas that arrived for panes whose windows were all closed.
+    pub ignored: u64,
+    scratch: Vec<Option<f64>>,
+}
+
+impl MetricStore {
+    pub fn new(closed_below: i64) -> MetricStore {
+        MetricStore { groups: FxHashMap::default(), open: BTreeSet::new(), dirty: Vec::new(), closed_below, ignored: 0, scratch: Vec::new() }
+    }
+
+    fn pane_idx(plan: &MetricPlan, pane: i64) -> PaneIdx {
+        pane.div_euclid(plan.windows.slide) as PaneIdx
+    }
+
+    /// Applies one worker's changes of one epoch to one pane.
+    pub fn apply(&mut self, plan: &MetricPlan, d: &PaneDelta) {
+        let w = plan.windows;
+        if w.is_late(d.pane, self.closed_below) {
+            self.ignored += 1;
+            return;
+        }
+        let group =
+            self.groups.entry(d.gid).or_insert_with(|| Group { distinct: (0..plan.distinct.len()).map(|_| Presence::default()).collect(), ..Group::default() });
+        for s in w.open_starts(d.pane, self.closed_below) {
+            let meta = group.windows.entry(s).or_insert_with(|| {
+                self.open.insert((s, d.gid));
+                WindowMeta { distinct: vec![0; plan.distinct.len()], dirty: false, emitted: false }
+            });
+            if !meta.dirty {
+                meta.dirty = true;
+                self.dirty.push((s, d.gid));
+            }
+        }
+        let pane = group.panes.entry(d.pane).or_insert_with(|| Pane::new(plan));
+        pane.events += d.events;
+        for (a, b) in pane.add.iter_mut().zip(&d.add) {
+            a.plus(b);
+        }
+        for &(slot, v, c) in &d.multiset {
+            if let Some(values) = pane.values.get_mut(slot as usize) {
+                values.change(v, c);
+            }
+        }
+        if d.distinct.is_empty() {
+            return;
+        }
+        let p = Self::pane_idx(plan, d.pane);
+        let k = w.per_event() as i32;
+        for &(slot, v, c) in &d.distinct {
+            let Some(presence) = group.distinct.get_mut(slot as usize) else { continue };
+            let Some(t) = presence.change(v, p, c) else { continue };
+            let step = if t == Transition::Appeared { 1 } else { -1 };
+            // Each open window holding the pane counts the value once, whichever of its panes hold it.
+            for s in w.open_starts(d.pane, self.closed_below) {
+                if !presence.present_elsewhere(v, Self::pane_idx(plan, s), k, p)
+                    && let Some(meta) = group.windows.get_mut(&s)
+                    && let Some(n) = meta.distinct.get_mut(slot as usize)
+                {
+                    *n += step;
+                }
+            }
+        }
+    }
+
+    /// A window's values from its panes.
+    fn evaluate(plan: &MetricPlan, group: &mut Group, start: i64, distinct: &[i64], scratch: &mut Vec<Option<f64>>) -> WindowValues {
+        let end = plan.windows.end(start);
+        let mut v =
+            WindowValues { events: 0, add: vec![Acc::ZERO; plan.add.len()], distinct: distinct.to_vec(), stats: Vec::with_capacity(plan.multisets.len()) };
+        for pane in group.panes.range_mut(start..end).map(|(_, p)| p) {
+            v.events += pane.events;
+            for (a, b) in v.add.iter_mut().zip(&pane.add) {
+                a.plus(b);
+            }
+            pane.values.iter_mut().for_each(PaneValues::settle);
+        }
+        for (slot, ms) in plan.multisets.iter().enumerate() {
+            let sorted: Vec<&[f64]> = group.panes.range(start..end).filter_map(|(_, p)| p.values.get(slot)).map(PaneValues::sorted).collect();
+            let wanted: Vec<_> = ms.stats.iter().map(|(_, s)| *s).collect();
+            multiset::stats(&sorted, &wanted, scratch);
+            v.stats.push(scratch.clone());
+        }
+        v
+    }
+
+    /// Ends an epoch: closes the windows that end at or before `limit` (finals,
+    /// or withdrawals), then evaluates every other window that changed (revisions).
+    pub fn finish_epoch(&mut self, plan: &MetricPlan, limit: i64, out: &mut impl FnMut(Evaluated)) {
+        let size = plan.windows.size;
+        self.closed_below = self.closed_below.max(limit);
+        // Every window starting before `first_open` is closed; so is every pane before it.
+        let first_open = self.closed_below.saturating_sub(size).saturating_add(1);
+        let still_open = self.open.split_off(&(first_open, 0));
+        let closing = std::mem::replace(&mut self.open, still_open);
+        let mut touched: Vec<u64> = Vec::new();
+        for (start, gid) in closing {
+            let Some(group) = self.groups.get_mut(&gid) else { continue };
+            let Some(meta) = group.windows.remove(&start) else { continue };
+            let values = Self::evaluate(plan, group, start, &meta.distinct, &mut self.scratch);
+            out(Evaluated { window_start: start, gid, values, is_final: true, emitted: meta.emitted });
+            if touched.last() != Some(&gid) {
+                touched.push(gid);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        // The first pane kept: the first multiple of the slide at or after `first_open`.
+        let first_pane = Self::pane_idx(plan, first_open.saturating_add(plan.windows.slide - 1));
+        for gid in touched {
+            let Some(group) = self.groups.get_mut(&gid) else { continue };
+            let keep = group.panes.split_off(&first_open);
+            group.panes = keep;
+            for p in &mut group.distinct {
+                p.expire(first_pane);
+            }
+            if group.windows.is_empty() && group.panes.is_empty() {
+                self.groups.remove(&gid);
+            }
+        }
+        for (start, gid) in std::mem::take(&mut self.dirty) {
+            let Some(group) = self.groups.get_mut(&gid) else { continue };
+            let Some(meta) = group.windows.get_mut(&start) else { continue };
+            if !meta.dirty {
+                continue;
+            }
+            meta.dirty = false;
+            let emitted = std::mem::replace(&mut meta.emitted, true);
+            let distinct = meta.distinct.clone();
+            let values = Self::evaluate(plan, group, start, &distinct, &mut self.scratch);
+            out(Evaluated { window_start: start, gid, values, is_final: false, emitted });
+        }
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Bytes held, and the events they hold.
+    pub fn size(&self) -> StoreSize {
+        let mut s = StoreSize { bytes: self.open.len() * 24 + self.dirty.capacity() * 16, ..StoreSize::default() };
+        s.bytes += self.groups.capacity() * (std::mem::size_of::<(u64, Group)>() + 1);
+        for g in self.groups.values() {
+            for p in g.panes.values() {
+                s.events += p.events.max(0) as u64;
+                s.bytes += std::mem::size_of::<(i64, Pane)>()
+                    + p.add.capacity() * std::mem::size_of::<Acc>()
+                    + p.values.iter().map(|v| v.bytes() + std::mem::size_of::<PaneValues>()).sum::<usize>();
+            }
+            s.bytes += g.distinct.iter().map(Presence::bytes).sum::<usize>();
+            s.bytes += g.windows.len() * (std::mem::size_of::<(i64, WindowMeta)>() + g.distinct.len() * 8);
+        }
+        s
+    }
+}
+
+/// The size of a store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSize {
+    pub bytes: usize,
+    /// Events held in open panes.
+    pub events: u64,
+}

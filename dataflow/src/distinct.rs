@@ -74,11 +74,15 @@ pub struct Presence {
     one: KeyMap<(PaneIdx, i32)>,
     /// Values present in several panes.
     many: KeyMap<Vec<(PaneIdx, i32)>>,
+    /// Entries of `many`'s lists (kept up to date, so that sizing is O(1)).
+    many_entries: usize,
 }
 
 impl Presence {
-    /// Counts `diff` events of value `v` in pane `p`; reports a change of presence.
-    pub fn change(&mut self, v: u128, p: PaneIdx, diff: i32) -> Option<Transition> {
+    /// Counts `diff` events of value `v` in pane `p`; reports a change of
+    /// presence, and leaves in `others` the other panes `v` is present in.
+    pub fn change(&mut self, v: u128, p: PaneIdx, diff: i32, others: &mut Vec<PaneIdx>) -> Option<Transition> {
+        others.clear();
         if diff == 0 {
             return None;
         }
@@ -91,13 +95,19 @@ impl Presence {
             match pos {
                 Some(i) if after == 0 => {
                     list.swap_remove(i);
+                    self.many_entries -= 1;
                 }
                 Some(i) => list[i].1 = after,
-                None => list.push((p, after)),
+                None => {
+                    list.push((p, after));
+                    self.many_entries += 1;
+                }
             }
+            others.extend(list.iter().filter(|&&(q, c)| q != p && c > 0).map(|&(q, _)| q));
             if list.len() == 1 {
                 let only = list[0];
                 self.many.remove(&k);
+                self.many_entries -= 1;
                 self.one.insert(k, only);
             }
         } else {
@@ -120,8 +130,12 @@ impl Presence {
                     } else {
                         before = 0;
                         after = diff;
+                        if c > 0 {
+                            others.push(q);
+                        }
                         e.remove();
                         self.many.insert(k, vec![(q, c), (p, diff)]);
+                        self.many_entries += 2;
                     }
                 }
             }
@@ -148,14 +162,17 @@ impl Presence {
         let live = |q: PaneIdx| pane_diff(q, first) >= 0;
         self.one.retain(|_, (q, _)| live(*q));
         let mut demoted = Vec::new();
+        let mut entries = 0;
         self.many.retain(|k, list| {
             list.retain(|(q, _)| live(*q));
             if list.len() == 1 {
                 demoted.push((*k, list[0]));
                 return false;
             }
+            entries += list.len();
             !list.is_empty()
         });
+        self.many_entries = entries;
         self.one.extend(demoted);
         if self.one.capacity() > 64 && self.one.capacity() > 4 * self.one.len() {
             self.one.shrink_to_fit();
@@ -166,11 +183,10 @@ impl Presence {
         self.one.is_empty() && self.many.is_empty()
     }
 
-    /// Bytes held (tables at their capacity).
+    /// Bytes held (tables at their capacity; lists at their length).
     pub fn bytes(&self) -> usize {
         let one = self.one.capacity() * (std::mem::size_of::<(Key, (PaneIdx, i32))>() + 1);
-        let many = self.many.capacity() * (std::mem::size_of::<(Key, Vec<(PaneIdx, i32)>)>() + 1)
-            + self.many.values().map(|l| l.capacity() * std::mem::size_of::<(PaneIdx, i32)>()).sum::<usize>();
+        let many = self.many.capacity() * (std::mem::size_of::<(Key, Vec<(PaneIdx, i32)>)>() + 1) + self.many_entries * std::mem::size_of::<(PaneIdx, i32)>();
         one + many
     }
 }
@@ -198,7 +214,13 @@ mod tests {
                     (true, false) => Some(Transition::Disappeared),
                     _ => None,
                 };
-                prop_assert_eq!(p.change(v, pane, diff), want);
+                let mut others = Vec::new();
+                prop_assert_eq!(p.change(v, pane, diff, &mut others), want);
+                others.sort_unstable();
+                let mut brute_others: Vec<u32> = truth.iter().filter(|&(&(tv, tp), &c)| tv == v && tp != pane && c > 0).map(|(&(_, tp), _)| tp).collect();
+                brute_others.sort_unstable();
+                prop_assert_eq!(others, brute_others);
+                prop_assert_eq!(p.many_entries, p.many.values().map(Vec::len).sum::<usize>());
                 for first in 0..5u32 {
                     let first = base.wrapping_add(first);
                     let brute = truth.iter().any(|(&(tv, tp), &c)| tv == v && c > 0 && tp != pane && (0..3).contains(&pane_diff(tp, first)));
@@ -211,13 +233,15 @@ mod tests {
     #[test]
     fn expiry_forgets_old_panes_and_demotes() {
         let mut p = Presence::default();
-        p.change(7, u32::MAX, 1);
-        p.change(7, 0, 1); // the next pane, across the wrap
-        p.change(8, u32::MAX, 1);
+        let mut others = Vec::new();
+        p.change(7, u32::MAX, 1, &mut others);
+        p.change(7, 0, 1, &mut others); // the next pane, across the wrap
+        assert_eq!(others, [u32::MAX]);
+        p.change(8, u32::MAX, 1, &mut others);
         p.expire(0);
         assert!(p.present_elsewhere(7, 0, 1, 5));
         assert!(!p.present_elsewhere(8, u32::MAX, 2, 5));
-        assert_eq!(p.change(7, 0, -1), Some(Transition::Disappeared));
+        assert_eq!(p.change(7, 0, -1, &mut others), Some(Transition::Disappeared));
         assert!(p.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::value::FxHashMap;
 
-use crate::distinct::{PaneIdx, Presence, Transition};
+use crate::distinct::{PaneIdx, Presence, Transition, pane_diff};
 use crate::multiset::{self, PaneValues};
 use crate::plan::MetricPlan;
 use crate::types::{Acc, PaneDelta};
@@ -86,11 +86,20 @@ pub struct MetricStore {
     /// Pane deltas that arrived for panes whose windows were all closed.
     pub ignored: u64,
     scratch: Vec<Option<f64>>,
+    others: Vec<PaneIdx>,
 }
 
 impl MetricStore {
     pub fn new(closed_below: i64) -> MetricStore {
-        MetricStore { groups: FxHashMap::default(), open: BTreeSet::new(), dirty: Vec::new(), closed_below, ignored: 0, scratch: Vec::new() }
+        MetricStore {
+            groups: FxHashMap::default(),
+            open: BTreeSet::new(),
+            dirty: Vec::new(),
+            closed_below,
+            ignored: 0,
+            scratch: Vec::new(),
+            others: Vec::new(),
+        }
     }
 
     fn pane_idx(plan: &MetricPlan, pane: i64) -> PaneIdx {
@@ -131,13 +140,15 @@ impl MetricStore {
         }
         let p = Self::pane_idx(plan, d.pane);
         let k = w.per_event() as i32;
+        let others = &mut self.others;
         for &(slot, v, c) in &d.distinct {
             let Some(presence) = group.distinct.get_mut(slot as usize) else { continue };
-            let Some(t) = presence.change(v, p, c) else { continue };
+            let Some(t) = presence.change(v, p, c, others) else { continue };
             let step = if t == Transition::Appeared { 1 } else { -1 };
             // Each open window holding the pane counts the value once, whichever of its panes hold it.
             for s in w.open_starts(d.pane, self.closed_below) {
-                if !presence.present_elsewhere(v, Self::pane_idx(plan, s), k, p)
+                let first = Self::pane_idx(plan, s);
+                if !others.iter().any(|&q| (0..k).contains(&pane_diff(q, first)))
                     && let Some(meta) = group.windows.get_mut(&s)
                     && let Some(n) = meta.distinct.get_mut(slot as usize)
                 {

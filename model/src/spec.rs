@@ -183,7 +183,15 @@ pub struct Metric {
     /// Most groups with an open window at once; events of further groups are
     /// counted in the metric's overflow group (see `OVERFLOW_GROUP`).
     pub max_groups: usize,
+    /// How long the metric table keeps a window, counted from its start (the
+    /// table's TTL, on its ordering key's time column); default
+    /// [`DEFAULT_METRIC_RETENTION`].
+    pub retention: Millis,
 }
+
+/// Default `retention` of a metric: 30 days, longer than any default raw
+/// retention, so dashboards keep a month of windows after the raw events expire.
+pub const DEFAULT_METRIC_RETENTION: Millis = Millis(30 * 86_400_000);
 
 /// The value string group fields take in a metric's overflow group.
 pub const OVERFLOW_GROUP: &str = "__overflow__";
@@ -385,6 +393,7 @@ struct RawMetric {
     lateness: Option<S<String>>,
     aggregates: Vec<S<RawAggregate>>,
     max_groups: Option<S<i64>>,
+    retention: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -943,10 +952,20 @@ impl Validator {
                 DEFAULT_MAX_GROUPS
             }
         };
+        let retention = self.opt_duration(&raw.retention, &format!("metric `{name}`: retention"), DEFAULT_METRIC_RETENTION);
+        if let (Some(r), Some(w)) = (&raw.retention, window) {
+            // A window must close (window + lateness after its start) before the TTL may drop it.
+            let needed = w.ms().saturating_add(lateness.ms());
+            if retention.ms() < 1000 || retention.ms() <= needed {
+                self.err(r, format!("metric `{name}`: retention {retention} must be longer than window + lateness ({})", Millis(needed)));
+            } else if retention.ms() % 1000 != 0 {
+                self.err(r, format!("metric `{name}`: retention {retention} must be a whole number of seconds"));
+            }
+        }
         if self.errors.len() > before {
             return None;
         }
-        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups })
+        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups, retention })
     }
 
     fn filter(&mut self, raw: &S<RawFilter>, metric: &str, domain: &Domain) -> Option<Filter> {
@@ -1096,6 +1115,34 @@ fields = [
     #[test]
     fn valid_metric_passes() {
         assert_eq!(errors(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"1m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn metric_retention() {
+        let spec = Spec::parse(
+            Path::new("t.toml"),
+            &format!("{BASE}{METRIC_HEAD}window = \"5m\"\nretention = \"90d\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"),
+        )
+        .expect("valid");
+        assert_eq!(spec.metrics[0].retention, Millis(90 * 86_400_000));
+        let spec = Spec::parse(Path::new("t.toml"), &format!("{BASE}{METRIC_HEAD}window = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"))
+            .expect("valid");
+        assert_eq!(spec.metrics[0].retention, DEFAULT_METRIC_RETENTION);
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\nlateness = \"30s\"\nretention = \"5m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"),
+            21,
+            "longer than window + lateness (330s)",
+        );
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\nretention = \"soon\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"),
+            20,
+            "metric `m`: retention",
+        );
+        assert_error(
+            &format!("{METRIC_HEAD}window = \"5m\"\nretention = \"3601500ms\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n"),
+            20,
+            "whole number of seconds",
+        );
     }
 
     #[test]

@@ -424,6 +424,14 @@ pub fn metric_table(spec: &Spec, metric: &Metric) -> MetricTable {
     cols.push(Column::new("final", "Bool"));
     cols.push(Column::new("revision", "UInt64"));
     cols.push(Column::new("emitted_at", "DateTime64(3, 'UTC')"));
+    // Windows expire `retention` after they start: on window_start, the time column
+    // of the ordering key and of the partitioning, so whole days of parts drop at once.
+    let secs = (metric.retention.ms() / 1000).max(1);
+    let ttl = if secs % 86_400 == 0 {
+        format!("toDateTime(window_start) + INTERVAL {} DAY", secs / 86_400)
+    } else {
+        format!("toDateTime(window_start) + INTERVAL {secs} SECOND")
+    };
     MetricTable {
         table: Table {
             name: metric.name.clone(),
@@ -431,7 +439,7 @@ pub fn metric_table(spec: &Spec, metric: &Metric) -> MetricTable {
             engine: "ReplacingMergeTree(revision)".into(),
             partition_by: Some("toYYYYMMDD(window_start)".into()),
             order_by: order,
-            ttl: None,
+            ttl: Some(ttl),
             indexes: Vec::new(),
             comment: format!(
                 "Pulse metric {}: {} windows sliding {} per group; latest revision wins, final = window closed",
@@ -635,6 +643,11 @@ mod tests {
         assert!(sql.contains("`requests` UInt64") && sql.contains("`unique_riders` UInt64"), "{sql}");
         assert!(sql.contains("`avg_fare` Nullable(Float64)") && sql.contains("`cancellation_rate` Nullable(Float64)"), "{sql}");
         assert!(sql.contains("ReplacingMergeTree(revision)") && sql.contains("ORDER BY (`city`, `window_start`)"), "{sql}");
+        // The spec's per-metric retention (default 30 days) is the table's TTL, on the ordering key's time column.
+        assert!(sql.contains("TTL toDateTime(window_start) + INTERVAL 30 DAY"), "{sql}");
+        let mut m = m.clone();
+        m.retention = pulse_model::Millis(36 * 3_600_000);
+        assert!(metric_table(&spec, &m).table.create_sql("pulse").contains("TTL toDateTime(window_start) + INTERVAL 129600 SECOND"));
     }
 
     #[test]

@@ -25,3 +25,8 @@ if ((${#need_pkgs[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
 fi
 "$ROOT/scripts/stack" setup
+# schemathesis (tests only): tests/contract.rs runs it against both services' /openapi.json.
+if [[ "${1:-}" == "--for-tests" ]]; then
+  VENV="${PULSE_CACHE:-$HOME/.cache/pulse}/venv"
+  "$VENV/bin/python" -c 'import schemathesis' 2>/dev/null || "$VENV/bin/pip" install --quiet 'schemathesis==4.32.5'
+fi

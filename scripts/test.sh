@@ -28,6 +28,8 @@ scripts/stack up
 echo "== ClickHouse front-end self-test"
 scripts/stack python scripts/test_chdb_server.py
 
+# The OpenAPI contract test (tests/contract.rs) runs schemathesis from here; set, it must exist.
+export PULSE_SCHEMATHESIS="${PULSE_CACHE:-$HOME/.cache/pulse}/venv/bin/schemathesis"
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${PULSE_TEST_THREADS:-4}"
 

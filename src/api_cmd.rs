@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use pulse_api::auth::ApiKeys;
 use pulse_api::config::{StreamConfig, keys_from_env, parse_list};
 use pulse_api::{Api, ApiConfig};
 use pulse_kafka::KafkaConfig;
@@ -34,28 +35,51 @@ pub struct ApiArgs {
     /// Serve /v1/stream (SSE) from the aggregated topic; needs Kafka.
     #[arg(long, env = "PULSE_API_STREAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub stream: bool,
+    /// Serve without API keys (anyone may read; a warning is logged). Never in production.
+    #[arg(long, env = "PULSE_INSECURE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+    /// Requests per second per API key (token bucket; 429 beyond); 0 = unlimited.
+    #[arg(long, env = "PULSE_API_RATE_LIMIT", default_value_t = pulse_api::config::DEFAULT_RATE_LIMIT)]
+    pub rate_limit: f64,
+    /// Token bucket size in requests (default: two seconds' worth).
+    #[arg(long, env = "PULSE_API_RATE_BURST")]
+    pub rate_burst: Option<f64>,
+    /// Open SSE streams at most; the next ones get 503 with Retry-After.
+    #[arg(long, env = "PULSE_API_MAX_STREAMS", default_value_t = pulse_api::config::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
     /// Apply the schema (pulse migrate) before serving.
     #[arg(long, env = "PULSE_API_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub migrate: bool,
 }
 
-/// Settings for the API from the environment's keys (`PULSE_READ_API_KEYS`, else `PULSE_API_KEYS`).
-fn config(addr: SocketAddr, cors: &str, kafka: Option<KafkaConfig>) -> ApiConfig {
-    ApiConfig { addr, cors_origins: parse_list(cors), keys: keys_from_env(), stream: kafka.map(StreamConfig::new), ..ApiConfig::default() }
+/// Settings for the API with `keys` (whose scopes must name metrics or domains of `spec`).
+fn config(spec: &Spec, keys: ApiKeys, addr: SocketAddr, cors: &str, kafka: Option<KafkaConfig>) -> anyhow::Result<ApiConfig> {
+    let mut known: Vec<&str> = spec.metrics.iter().map(|m| m.name.as_str()).collect();
+    known.extend(spec.domains.iter().map(|d| d.name.as_str()));
+    keys.check_scopes(&known).context("PULSE_API_KEYS")?;
+    Ok(ApiConfig { addr, cors_origins: parse_list(cors), keys, stream: kafka.map(StreamConfig::new), ..ApiConfig::default() })
 }
 
 pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
     let spec = Arc::new(global.load_spec()?);
     let ch = args.clickhouse.config();
     let kafka = args.stream.then(|| args.kafka.config());
-    let cfg = ApiConfig { http: args.http.limits(), ..config(args.addr, &args.cors_origins, kafka) };
+    let keys = keys_from_env().context("PULSE_API_KEYS")?;
+    crate::services::require_keys("api", keys.len(), args.insecure, pulse_api::config::KEYS_ENV)?;
+    let cfg = ApiConfig {
+        http: args.http.limits(),
+        rate_limit: (args.rate_limit > 0.0).then_some(args.rate_limit),
+        rate_burst: args.rate_burst,
+        max_streams: args.max_streams.max(1),
+        ..config(&spec, keys, args.addr, &args.cors_origins, kafka)?
+    };
     crate::services::runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.on_signals();
         if args.migrate {
             pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
         }
-        tracing::info!(keys = cfg.keys.len(), cors = ?cfg.cors_origins, stream = cfg.stream.is_some(), clickhouse = %ch.url, database = %ch.database, "api starting");
+        tracing::info!(keys = cfg.keys.len(), scoped_keys = cfg.keys.scoped(), rate_limit = ?cfg.rate_limit, max_streams = cfg.max_streams, cors = ?cfg.cors_origins, stream = cfg.stream.is_some(), clickhouse = %ch.url, database = %ch.database, "api starting");
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
         let api = Api::new(spec, &ch, cfg, Registry::new(), Readiness::default(), shutdown.clone())?;
         pulse_api::serve(api, listener, shutdown).await.context("serving the API")?;
@@ -63,16 +87,20 @@ pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The API inside another command (`pulse demo`): binds `addr` and serves until `shutdown`.
+/// The API inside another command (`pulse demo`), reading with `keys`: binds `addr` and serves until `shutdown`.
 pub fn spawn_embedded(
     rt: &tokio::runtime::Runtime,
     spec: Arc<Spec>,
     ch: &ClickHouseConfig,
     kafka: &KafkaConfig,
+    keys: ApiKeys,
     addr: SocketAddr,
     shutdown: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let cfg = config(addr, &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(), Some(kafka.clone()));
+    let cfg = ApiConfig {
+        rate_limit: Some(pulse_api::config::DEFAULT_RATE_LIMIT),
+        ..config(&spec, keys, addr, &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(), Some(kafka.clone()))?
+    };
     let _guard = rt.enter();
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
     let api = Api::new(spec, ch, cfg, Registry::new(), Readiness::default(), shutdown.clone())?;
@@ -99,7 +127,7 @@ pub struct BenchApiArgs {
     #[arg(long, default_value = "1,4", value_delimiter = ',')]
     pub concurrency: Vec<usize>,
     /// Database to load into (default: a fresh pulse_bench_api_<time>, dropped afterwards unless --keep).
-    #[arg(long)]
+    #[arg(long = "database", id = "bench_database")]
     pub database: Option<String>,
     /// Keep the database (and reuse it on the next run with --database).
     #[arg(long)]

@@ -105,11 +105,20 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {} (is it up? `scripts/stack up clickhouse`)", ch.url))?;
 
+    // Keys of this run: one to write, one to read (secure by default, like `pulse ingest` and `pulse api`).
+    let write_key = pulse_ops::auth::generate_key().context("generating the demo's write key")?;
+    let read_key = pulse_ops::auth::generate_key().context("generating the demo's read key")?;
+
     // The services.
     let ingest = pulse_ingest::Ingest::new(
         Arc::clone(&spec),
         &kafka,
-        pulse_ingest::IngestConfig { addr: args.ingest_addr, ..Default::default() },
+        pulse_ingest::IngestConfig {
+            addr: args.ingest_addr,
+            keys: pulse_ingest::ApiKeys::new([&write_key]),
+            rate_limit: Some(pulse_ingest::config::DEFAULT_RATE_LIMIT),
+            ..Default::default()
+        },
         Registry::new(),
         Readiness::default(),
     )?;
@@ -128,7 +137,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
         })
     };
-    let api_task = crate::api_cmd::spawn_embedded(&rt, Arc::clone(&spec), &ch, &kafka, args.api_addr, shutdown.clone())?;
+    let api_task =
+        crate::api_cmd::spawn_embedded(&rt, Arc::clone(&spec), &ch, &kafka, pulse_api::auth::ApiKeys::new([&read_key]), args.api_addr, shutdown.clone())?;
 
     let load_task = (!args.no_load).then(|| {
         let generator = GenConfig {
@@ -141,21 +151,32 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         };
         let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration, rate: Some(args.rate), concurrency: 8, batch: 50, progress: false };
         let url = format!("http://{}", args.ingest_addr);
-        let shutdown = shutdown.clone();
+        let (shutdown, key) = (shutdown.clone(), write_key.clone());
         rt.spawn(async move {
-            let client = pulse_client::Client::new(&url, None, None)?;
+            let client = pulse_client::Client::new(&url, None, Some(&key))?;
             client.wait_until_ready(Duration::from_secs(30)).await?;
             pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
         })
     });
 
-    let freshness = args
-        .freshness
-        .then(|| crate::freshness::Freshness::start(&rt, &format!("http://{}", args.ingest_addr), &kafka, &spec.pipeline.aggregated_topic, &shutdown));
+    // The freshness probes send without a key: they get a loopback-only ingest of their own, on an ephemeral port.
+    let freshness = if args.freshness {
+        let probe_ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), Registry::new(), Readiness::default())?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the probes' ingest")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        rt.spawn(pulse_ingest::serve(probe_ingest, listener, shutdown.clone()));
+        Some(crate::freshness::Freshness::start(&rt, &url, &kafka, &spec.pipeline.aggregated_topic, &shutdown))
+    } else {
+        None
+    };
     println!(
         "Pulse demo: write API http://{}  read API + live page http://{}/  ClickHouse {} (database {})",
         args.ingest_addr, args.api_addr, ch.url, ch.database
     );
+    println!("Keys of this run (new at every start): write {write_key}  read {read_key}");
+    println!("  curl -H 'Authorization: Bearer {write_key}' -H 'Content-Type: application/json' http://{}/v1/events/rides -d @ride.json", args.ingest_addr);
+    println!("  curl -H 'Authorization: Bearer {read_key}' http://{}/v1/metrics/city_metrics/latest", args.api_addr);
+    println!("  live page: http://{}/ (paste the read key)", args.api_addr);
     println!("Ctrl-C stops everything.");
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal() && !args.quiet;
@@ -182,7 +203,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         if tty {
             print!("\x1b[2J\x1b[H");
             println!("Pulse demo: newest 5-minute window per city (live revisions, final when closed)   up {:.0}s", started.elapsed().as_secs_f64());
-            println!("write http://{}   read http://{}   live page http://{}/   Ctrl-C stops\n", args.ingest_addr, args.api_addr, args.api_addr);
+            println!("write http://{}   read http://{}   live page http://{}/   Ctrl-C stops", args.ingest_addr, args.api_addr, args.api_addr);
+            println!("write key {write_key}   read key {read_key}\n");
             println!(
                 "{:<11} {:>9} {:>11} {:>13} {:>10} {:>9} {:>8} {:>8}",
                 "city", "requests", "completions", "cancellations", "cancel %", "avg fare", "riders", "drivers"

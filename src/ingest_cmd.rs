@@ -27,11 +27,14 @@ pub struct IngestArgs {
     /// Address of the write API (also serves /health, /ready, /metrics).
     #[arg(long, env = "PULSE_INGEST_ADDR", default_value = pulse_ingest::config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
-    /// Write API keys, comma-separated (falls back to PULSE_API_KEYS); none = no authentication.
+    /// Write API keys, comma-separated: `KEY` (every domain) or `KEY:domain|domain`; required unless --insecure.
     #[arg(long = "api-keys", env = "PULSE_INGEST_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+    /// Serve without API keys (anyone may write; a warning is logged). Never in production.
+    #[arg(long, env = "PULSE_INSECURE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
     /// Events per second per API key (token bucket; 429 beyond); 0 = unlimited.
-    #[arg(long, env = "PULSE_INGEST_RATE_LIMIT", default_value_t = 0.0)]
+    #[arg(long, env = "PULSE_INGEST_RATE_LIMIT", default_value_t = pulse_ingest::config::DEFAULT_RATE_LIMIT)]
     pub rate_limit: f64,
     /// Token bucket size in events (default: one second's worth).
     #[arg(long, env = "PULSE_INGEST_RATE_BURST")]
@@ -63,12 +66,13 @@ pub struct IngestArgs {
 }
 
 impl IngestArgs {
-    pub fn config(&self) -> IngestConfig {
-        let keys = match self.api_keys.as_deref().filter(|k| !k.trim().is_empty()) {
-            Some(list) => ApiKeys::parse(list),
-            None => pulse_ingest::config::keys_from(None, std::env::var(pulse_ingest::config::SHARED_KEYS_ENV).ok()),
-        };
-        IngestConfig {
+    /// The settings; an error when keys are missing (without --insecure) or malformed.
+    pub fn config(&self, spec: &pulse_model::Spec) -> anyhow::Result<IngestConfig> {
+        let keys = ApiKeys::parse(self.api_keys.as_deref().unwrap_or_default()).context("PULSE_INGEST_API_KEYS")?;
+        let domains: Vec<&str> = spec.domains.iter().map(|d| d.name.as_str()).collect();
+        keys.check_scopes(&domains).context("PULSE_INGEST_API_KEYS")?;
+        crate::services::require_keys("ingest", keys.len(), self.insecure, pulse_ingest::config::INGEST_KEYS_ENV)?;
+        Ok(IngestConfig {
             addr: self.addr,
             max_body: self.max_body.max(1),
             max_batch: self.max_batch.max(1),
@@ -82,14 +86,14 @@ impl IngestArgs {
             retry_after_secs: self.retry_after.max(1),
             http: self.http.limits(),
             ..IngestConfig::default()
-        }
+        })
     }
 }
 
 pub fn ingest(global: &Global, args: &IngestArgs) -> anyhow::Result<ExitCode> {
     let spec = Arc::new(global.load_spec()?);
     let kafka = args.kafka.config();
-    let cfg = args.config();
+    let cfg = args.config(&spec)?;
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.on_signals();

@@ -17,6 +17,21 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The secure default of the HTTP services: no keys, no start, unless `--insecure`
+/// (then a warning). `variable` names where the keys go.
+pub fn require_keys(service: &str, keys: usize, insecure: bool, variable: &str) -> anyhow::Result<()> {
+    if keys > 0 {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        insecure,
+        "pulse {service} refuses to start without API keys: set {variable} (comma-separated; `KEY` or `KEY:name|name` to scope a key; \
+         generate one with `openssl rand -hex 32`), or pass --insecure (PULSE_INSECURE=1) to serve without authentication on a trusted network"
+    );
+    tracing::warn!("pulse {service}: --insecure and no API keys: every request is served without authentication; never do this in production");
+    Ok(())
+}
+
 pub fn topics(global: &Global, args: &TopicsArgs) -> anyhow::Result<ExitCode> {
     let spec = global.load_spec()?;
     let plans = pulse_kafka::plan_topics(&spec);

@@ -70,6 +70,13 @@ fn deployment_variables() -> BTreeSet<String> {
             }
         }
     }
+    // Files the compose file defines inline (`configs: {name: {content: ...}}`), e.g. a ClickHouse users.d file.
+    for (_, config) in compose()["configs"].as_mapping().into_iter().flatten() {
+        let text = config["content"].as_str().unwrap_or_default();
+        for (i, _) in text.match_indices("PULSE_") {
+            out.insert(text[i..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect());
+        }
+    }
     out
 }
 
@@ -257,4 +264,131 @@ fn readme_lists_every_environment_variable() {
     assert!(missing.is_empty(), "README lacks {missing:?}");
     let stale: Vec<&String> = documented.iter().filter(|v| !code.contains(*v) && !deployment_variables().contains(*v) && !v.ends_with("_*")).collect();
     assert!(stale.is_empty(), "README documents variables nothing reads: {stale:?}");
+}
+
+#[test]
+fn compose_requires_secrets_and_the_api_reads_as_a_read_only_user() {
+    let c = compose();
+    let services = c["services"].as_mapping().expect("services");
+    // Every key and password is required (`${VAR:?message}`): no defaults, no empty values.
+    let mut secrets = 0;
+    for (name, svc) in services {
+        for (k, v) in svc["environment"].as_mapping().into_iter().flatten() {
+            let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else { continue };
+            if k.contains("PASSWORD") || k.ends_with("API_KEYS") {
+                secrets += 1;
+                assert!(v.starts_with("${") && v.contains(":?") && v.ends_with('}'), "{name:?}: {k} must be required, not {v}");
+            }
+        }
+    }
+    assert!(secrets >= 8, "{secrets} secrets");
+    // Separate write and read keys.
+    let env = |s: &str, k: &str| c["services"][s]["environment"][k].as_str().map(String::from);
+    assert!(env("ingest", "PULSE_INGEST_API_KEYS").is_some_and(|v| v.starts_with("${PULSE_INGEST_API_KEYS:?")));
+    assert!(env("api", "PULSE_API_KEYS").is_some_and(|v| v.starts_with("${PULSE_API_KEYS:?")));
+    assert!(env("ingest", "PULSE_API_KEYS").is_none(), "read keys are not write keys");
+    // The API logs into ClickHouse as its own read-only user, defined by a users.d file mounted into the server.
+    let admin = env("clickhouse", "CLICKHOUSE_USER").expect("admin user");
+    let api_user = env("api", "PULSE_CLICKHOUSE_USER").expect("api user");
+    assert_ne!(api_user, admin, "the API is not the admin");
+    let api_password = env("api", "PULSE_CLICKHOUSE_PASSWORD").expect("api password");
+    let var = api_password.trim_start_matches("${").split(":?").next().expect("variable").to_string();
+    assert!(env("clickhouse", &var).is_some(), "the server gets {var} to read the API user's password from");
+    let mounts = c["services"]["clickhouse"]["configs"].as_sequence().expect("clickhouse configs");
+    let mount = mounts.iter().find(|m| m["target"].as_str().is_some_and(|t| t.starts_with("/etc/clickhouse-server/users.d/"))).expect("a users.d config");
+    let source = mount["source"].as_str().expect("source");
+    let users = c["configs"][source]["content"].as_str().expect("inline users file");
+    assert!(users.contains(&format!("<{api_user}>")) && users.contains(&format!("<password from_env=\"{var}\"/>")), "{users}");
+    assert!(users.contains("<readonly>") && users.contains("GRANT SELECT ON pulse.*") && !users.contains("GRANT ALL"), "SELECT only");
+    // Secrets stay out of the image.
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    assert!(ignore.lines().any(|l| l.trim() == ".env"), ".env is not excluded from the image");
+}
+
+/// Runs `pulse <args>` with the given variables (and no keys from the caller's environment)
+/// until it exits or prints `wait_for` on stderr; its exit status (None: still running, killed) and stderr.
+fn run_briefly(args: &[&str], env: &[(&str, &str)], wait_for: &str) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::BufRead as _;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    for var in ["PULSE_API_KEYS", "PULSE_READ_API_KEYS", "PULSE_INGEST_API_KEYS", "PULSE_INSECURE"] {
+        cmd.env_remove(var);
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let mut child = cmd
+        .args(args)
+        .env("PULSE_SPEC", root().join("pulse.toml"))
+        .env("PULSE_KAFKA_BROKERS", format!("127.0.0.1:{closed}"))
+        .env("PULSE_CLICKHOUSE_URL", format!("http://127.0.0.1:{closed}"))
+        .env("PULSE_API_STREAM", "false")
+        .env("PULSE_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pulse");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut out = String::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+                if line.contains(wait_for) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            out.extend(rx.try_iter().map(|l| l + "\n"));
+            return (Some(status), out);
+        }
+        assert!(std::time::Instant::now() < deadline, "pulse {args:?} neither exited nor printed {wait_for:?}:\n{out}");
+    }
+    // Printed and exiting, or printed and running on: give it a moment to tell.
+    let settle = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < settle {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (Some(status), out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, out)
+}
+
+#[test]
+fn services_refuse_to_start_without_keys_unless_insecure() {
+    let ingest_addr = ("PULSE_INGEST_ADDR", "127.0.0.1:0");
+    let api_addr = ("PULSE_API_ADDR", "127.0.0.1:0");
+    for (sub, addr, var) in [("ingest", ingest_addr, "PULSE_INGEST_API_KEYS"), ("api", api_addr, "PULSE_API_KEYS")] {
+        let (status, err) = run_briefly(&[sub], &[addr], "refuses to start");
+        assert!(status.is_some_and(|s| !s.success()), "pulse {sub} without keys: {status:?}\n{err}");
+        assert!(err.contains("refuses to start without API keys") && err.contains(var) && err.contains("--insecure"), "{err}");
+        // Malformed or weak keys are refused too.
+        let (status, err) = run_briefly(&[sub], &[addr, (var, "short")], "must have");
+        assert!(status.is_some_and(|s| !s.success()) && err.contains("16"), "pulse {sub} with a short key: {err}");
+        // Scopes must name the spec's domains (ingest) or metrics and domains (api).
+        let (status, err) = run_briefly(&[sub], &[addr, (var, "0123456789abcdef0123:nosuchthing")], "nosuchthing");
+        assert!(status.is_some_and(|s| !s.success()), "pulse {sub} with an unknown scope: {err}");
+        // --insecure starts, with a warning.
+        let (status, err) = run_briefly(&[sub, "--insecure"], &[addr], "without authentication");
+        assert!(status.is_none(), "pulse {sub} --insecure should keep running: {err}");
+        let (status, _) = run_briefly(&[sub], &[addr, ("PULSE_INSECURE", "1")], "without authentication");
+        assert!(status.is_none(), "PULSE_INSECURE=1");
+    }
+    // Read keys are not write keys: PULSE_API_KEYS alone does not open ingest.
+    let (status, err) = run_briefly(&["ingest"], &[ingest_addr, ("PULSE_API_KEYS", "0123456789abcdef0123")], "refuses to start");
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
 }

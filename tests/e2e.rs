@@ -19,7 +19,7 @@ use pulse_sink::verify::recompute_sql;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Deployment, accepted, http_get, push_tails, rows, wait_ready};
+use support::procs::{Deployment, READ_KEY, accepted, http_get, http_get_with, push_tails, rows, wait_ready};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -178,13 +178,13 @@ fn loadgen_to_api_through_separate_processes() {
     }
 
     // 4. The surged city crosses 30% in the API.
-    let (code, body) = http_get(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Paris&limit=1000")).expect("api");
+    let (code, body) = http_get_with(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Paris&limit=1000"), Some(READ_KEY)).expect("api");
     assert_eq!(code, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
     let list = answer.as_array().cloned().or_else(|| answer.as_object().and_then(|o| o.values().find_map(|v| v.as_array().cloned()))).unwrap_or_default();
     let max_rate = list.iter().filter_map(|r| r["cancellation_rate"].as_f64()).fold(0.0f64, f64::max);
     assert!(max_rate > 0.3, "Paris peaks at {max_rate}: {body}");
-    let others = http_get(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Lima&final=true&limit=1000")).expect("api").1;
+    let others = http_get_with(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Lima&final=true&limit=1000"), Some(READ_KEY)).expect("api").1;
     assert!(others.contains("Lima"), "{others}");
 
     drop((sink, dataflow, api, ingest));

@@ -1,96 +1,76 @@
-//! Read API keys: bearer tokens (or `?api_key=` on the SSE endpoints, since
-//! EventSource cannot send headers), compared in constant time. The keys' text
-//! is never logged or printed.
+//! Read API keys ([`pulse_ops::auth`]): bearer tokens compared in constant
+//! time, scoped by metric or domain, rate limited per key. The SSE endpoint
+//! also takes a short-lived token signed with the caller's key
+//! (`POST /v1/stream/{metric}/token`, then `GET /v1/stream/{metric}?token=`),
+//! since EventSource cannot send headers and a long-lived key must not sit in
+//! a URL. Key text is never logged or printed.
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+pub use pulse_ops::auth::{ApiKeys, AuthError, Caller, KeyError, RateLimiter};
 
 use crate::Api;
 use crate::error::ApiError;
 
-#[derive(Clone, Default)]
-pub struct ApiKeys(Vec<Vec<u8>>);
-
-impl std::fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.0.len())
+/// What a `/v1` path reads, for scoped keys: a metric, a domain, or (`None`) several.
+pub fn scope_of(path: &str) -> Option<(&'static str, &str)> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["v1", "metrics", m, ..] | ["v1", "stream", m, ..] => Some(("metric", m)),
+        ["v1", "events", d, ..] => Some(("domain", d)),
+        ["v1", "analytics", "cities"] => Some(("domain", "rides")),
+        ["v1", "analytics", ..] => Some(("domain", "app_events")),
+        _ => None,
     }
 }
 
-impl ApiKeys {
-    /// Comma-separated keys; surrounding blanks and empty entries are ignored.
-    pub fn parse(list: &str) -> ApiKeys {
-        ApiKeys(list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()).collect())
-    }
+/// The `token` query parameter, percent-decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    crate::params::parse_query(query?).ok()?.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether `token` is one of the keys. Every key is compared, each in time
-    /// independent of where the bytes differ.
-    pub fn matches(&self, token: &[u8]) -> bool {
-        let mut hit = false;
-        for key in &self.0 {
-            hit |= constant_time_eq(token, key);
+/// Middleware of the `/v1` routes: 401 without a valid key (or stream token),
+/// 403 outside the key's scope, 429 beyond its rate. The caller goes into the
+/// request's extensions.
+pub async fn require_key(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    match check(&api, &req) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
         }
-        hit
-    }
-
-    /// Checks an `Authorization: Bearer <key>` header value.
-    pub fn check_bearer(&self, authorization: Option<&[u8]>) -> bool {
-        authorization.and_then(bearer).is_some_and(|t| self.matches(t))
+        Err(e) => e.into_response(),
     }
 }
 
-/// The token of `Bearer <token>` (scheme case-insensitive).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = value[7..].trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= u64::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
-}
-
-/// The `api_key` query parameter, percent-decoded (SSE only).
-fn query_key(query: Option<&str>) -> Option<Vec<u8>> {
-    let query = query?;
-    crate::params::parse_query(query).ok()?.into_iter().find(|(k, _)| k == "api_key").map(|(_, v)| v.into_bytes())
-}
-
-/// Middleware of the `/v1` routes: 401 without a valid key when keys are configured.
-pub async fn require_key(State(api): State<Api>, req: Request, next: Next) -> Response {
+fn check(api: &Api, req: &Request) -> Result<Caller, ApiError> {
     let keys = &api.inner.cfg.keys;
-    if keys.is_empty() {
-        return next.run(req).await;
+    let path = req.uri().path();
+    let scope = scope_of(path);
+    let token = (req.method() == Method::GET && path.starts_with("/v1/stream/")).then(|| query_token(req.uri().query())).flatten();
+    let caller = match (token, scope) {
+        (Some(t), Some((_, metric))) => keys.verify_token(&t, metric, pulse_model::now_ms()),
+        _ => keys.authenticate(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())),
     }
-    let header_ok = keys.check_bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()));
-    let query_ok = !header_ok && req.uri().path().starts_with("/v1/stream/") && query_key(req.uri().query()).is_some_and(|k| keys.matches(&k));
-    if header_ok || query_ok {
-        return next.run(req).await;
+    .map_err(|e| match e {
+        AuthError::Forbidden(what) => ApiError::Forbidden(what),
+        e => ApiError::Unauthorized(e),
+    })?;
+    let allowed = match scope {
+        Some((_, name)) => keys.allows(caller, name),
+        None => keys.unrestricted(caller),
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(scope.map_or("resource", |(what, _)| what)));
     }
-    let mut resp = ApiError::Unauthorized.into_response();
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    resp
+    if let Some(limiter) = &api.inner.limiter
+        && let Err(wait) = limiter.take(caller, 1)
+    {
+        return Err(ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil() as u64 });
+    }
+    Ok(caller)
 }
 
 #[cfg(test)]
@@ -98,31 +78,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_tokens() {
-        let keys = ApiKeys::parse("alpha, beta,,");
-        assert_eq!(keys.len(), 2);
-        assert!(keys.check_bearer(Some(b"Bearer beta")));
-        assert!(keys.check_bearer(Some(b"bearer   alpha ")));
-        assert!(!keys.check_bearer(Some(b"Bearer alph")));
-        assert!(!keys.check_bearer(Some(b"Bearer alphaa")));
-        assert!(!keys.check_bearer(Some(b"Basic alpha")));
-        assert!(!keys.check_bearer(Some(b"Bearer ")));
-        assert!(!keys.check_bearer(None));
-        assert_eq!(format!("{keys:?}"), "ApiKeys(2 configured)");
+    fn scopes_of_paths() {
+        assert_eq!(scope_of("/v1/metrics/city_metrics/latest"), Some(("metric", "city_metrics")));
+        assert_eq!(scope_of("/v1/stream/city_supply/token"), Some(("metric", "city_supply")));
+        assert_eq!(scope_of("/v1/events/rides/r-1"), Some(("domain", "rides")));
+        assert_eq!(scope_of("/v1/analytics/sessions/top-errors"), Some(("domain", "app_events")));
+        assert_eq!(scope_of("/v1/analytics/cities"), Some(("domain", "rides")));
+        assert_eq!(scope_of("/v1/other"), None);
     }
 
     #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abc\0"));
-        assert!(constant_time_eq(b"", b""));
-    }
-
-    #[test]
-    fn query_keys() {
-        assert_eq!(query_key(Some("city=Lima&api_key=a%20b")), Some(b"a b".to_vec()));
-        assert_eq!(query_key(Some("city=Lima")), None);
-        assert_eq!(query_key(None), None);
+    fn query_tokens() {
+        assert_eq!(query_token(Some("city=Lima&token=pt1%21x")).as_deref(), Some("pt1!x"));
+        assert_eq!(query_token(Some("city=Lima")), None);
+        assert_eq!(query_token(None), None);
     }
 }

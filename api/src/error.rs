@@ -15,8 +15,15 @@ pub enum ApiError {
     /// Unknown domain, metric, event or route: 404.
     #[error("{message}")]
     NotFound { parameter: Option<String>, message: String },
-    #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
-    Unauthorized,
+    /// No valid key or token: 401.
+    #[error("{0}: send `Authorization: Bearer <key>` with a read API key")]
+    Unauthorized(pulse_ops::auth::AuthError),
+    /// A valid key outside its scope: 403.
+    #[error("this API key may not read this {0}")]
+    Forbidden(&'static str),
+    /// The key's rate limit: 429 with Retry-After.
+    #[error("rate limit exceeded; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// ClickHouse (or Kafka) unreachable or too slow: 503 with Retry-After.
     #[error("{message}")]
     Unavailable { message: String, retry_after: u64 },
@@ -48,7 +55,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,10 +73,14 @@ impl IntoResponse for ApiError {
         };
         let status = self.status();
         let mut resp = (status, Json(ErrorBody { error: self.to_string(), parameter })).into_response();
-        if let ApiError::Unavailable { retry_after, .. } = self
-            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        match self {
+            ApiError::Unavailable { retry_after, .. } | ApiError::RateLimited { retry_after } => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         resp
     }

@@ -54,6 +54,10 @@ pub(crate) struct Inner {
     pub ready: Readiness,
     pub hub: Option<StreamHub>,
     pub shutdown: Shutdown,
+    /// Per-key request rate (None: unlimited).
+    pub limiter: Option<auth::RateLimiter>,
+    /// Open SSE streams (capped at `cfg.max_streams`).
+    pub streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Api {
@@ -75,7 +79,9 @@ impl Api {
             Some(s) => Some(StreamHub::start(Arc::clone(&spec), &catalog, s, metrics.clone(), shutdown.clone())?),
             None => None,
         };
-        let api = Api { inner: Arc::new(Inner { spec, catalog, db, cfg, metrics, registry, ready, hub, shutdown }) };
+        let limiter = cfg.rate_limit.filter(|r| *r > 0.0).map(|r| auth::RateLimiter::new(r, Some(cfg.rate_burst.unwrap_or(2.0 * r)), cfg.keys.len()));
+        let streams = Arc::default();
+        let api = Api { inner: Arc::new(Inner { spec, catalog, db, cfg, metrics, registry, ready, hub, shutdown, limiter, streams }) };
         api.spawn_readiness();
         Ok(api)
     }

@@ -6,8 +6,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::error::ApiError;
 
-/// Longest accepted text parameter (ids, keys, group values), in bytes.
-pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest accepted text parameter (ids, keys, group values), in characters
+/// (what JSON Schema's `maxLength` counts).
+pub const MAX_TEXT_CHARS: usize = 1024;
 /// Latest accepted time: 9999-12-31T23:59:59.999Z.
 const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
@@ -72,7 +73,7 @@ impl Params {
         self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    /// A text value: at most `MAX_TEXT_BYTES`, no control characters.
+    /// A text value: at most `MAX_TEXT_CHARS`, no control characters.
     pub fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
         self.get(name).map(|v| text(name, v)).transpose()
     }
@@ -114,8 +115,8 @@ impl Params {
     pub fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
         self.get(name)
             .map(|v| match v {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
+                "true" => Ok(true),
+                "false" => Ok(false),
                 _ => Err(ApiError::bad(name, format!("`{name}` must be true or false"))),
             })
             .transpose()
@@ -127,8 +128,8 @@ pub fn text(name: &str, v: &str) -> Result<String, ApiError> {
     if v.is_empty() {
         return Err(ApiError::bad(name, format!("`{name}` must not be empty")));
     }
-    if v.len() > MAX_TEXT_BYTES {
-        return Err(ApiError::bad(name, format!("`{name}` is longer than {MAX_TEXT_BYTES} bytes")));
+    if v.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::bad(name, format!("`{name}` is longer than {MAX_TEXT_CHARS} characters")));
     }
     if v.chars().any(char::is_control) {
         return Err(ApiError::bad(name, format!("`{name}` contains control characters")));
@@ -151,15 +152,14 @@ fn positive(name: &str, v: &str) -> Result<u64, ApiError> {
 /// Parses a time parameter: RFC 3339 or epoch milliseconds, year 1970 to 9999.
 pub fn time(name: &str, v: &str) -> Result<i64, ApiError> {
     let bad = || ApiError::bad(name, format!("`{name}` must be an RFC 3339 time (2026-11-24T00:05:00Z) or epoch milliseconds"));
+    // Digits only: a parse error is an overflow, beyond every time.
     let ms = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        v.parse::<i64>().map_err(|_| bad())?
+        v.parse::<i64>().unwrap_or(i64::MAX)
     } else {
         DateTime::parse_from_rfc3339(v).map_err(|_| bad())?.timestamp_millis()
     };
-    if !(0..=MAX_TIME_MS).contains(&ms) {
-        return Err(ApiError::bad(name, format!("`{name}` is outside 1970-01-01 to 9999-12-31")));
-    }
-    Ok(ms)
+    // Times outside what ClickHouse stores mean "from the beginning" / "to the end".
+    Ok(ms.clamp(0, MAX_TIME_MS))
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds.
@@ -175,7 +175,7 @@ pub fn encode_cursor(time_ms: i64, event_id: &str) -> String {
 
 pub fn decode_cursor(v: &str) -> Result<(i64, String), ApiError> {
     let bad = || ApiError::bad("cursor", "`cursor` is not a cursor this API returned");
-    if !v.len().is_multiple_of(2) || v.len() > 2 * (MAX_TEXT_BYTES + 24) {
+    if !v.len().is_multiple_of(2) || v.len() > 2 * (MAX_TEXT_CHARS + 24) {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> =
@@ -215,7 +215,8 @@ mod tests {
         assert_eq!(time("from", "1795478700000").expect("ms"), 1_795_478_700_000);
         assert!(time("from", "yesterday").is_err());
         assert!(time("from", "-5").is_err());
-        assert!(time("from", "99999999999999999999").is_err());
+        assert_eq!(time("from", "99999999999999999999").expect("clamped"), MAX_TIME_MS);
+        assert_eq!(time("from", "1900-01-01T00:00:00Z").expect("clamped"), 0);
         assert_eq!(rfc3339(1_795_478_700_123).as_deref(), Some("2026-11-24T00:05:00.123Z"));
     }
 

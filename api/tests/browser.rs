@@ -230,7 +230,10 @@ fn live_page_fills_and_updates_from_the_stream() {
     });
 
     let stream = StreamConfig { keep_alive: Duration::from_secs(1), ..StreamConfig::new(kafka.clone()) };
-    let server = rt.block_on(Server::start(Arc::clone(&spec), &ch, ApiConfig { stream: Some(stream), ..ApiConfig::default() }));
+    // With a read key: the page sends it in headers only, and streams with short-lived tokens.
+    const KEY: &str = "page-key-0123456789abcdef";
+    let cfg = ApiConfig { stream: Some(stream), keys: pulse_api::auth::ApiKeys::new([KEY]), ..ApiConfig::default() };
+    let server = rt.block_on(Server::start(Arc::clone(&spec), &ch, cfg));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server.api.stream_ready() {
         assert!(Instant::now() < deadline, "stream consumer not assigned");
@@ -238,7 +241,7 @@ fn live_page_fills_and_updates_from_the_stream() {
     }
 
     let page_url = format!("{}/", server.url);
-    let (_browser, port) = launch(&bin, &page_url);
+    let (_browser, port) = launch(&bin, &format!("{page_url}#key={KEY}"));
     let (ws, _) = tungstenite::connect(page_socket(port, &page_url)).expect("devtools websocket");
     let mut cdp = Cdp { ws, next: 0 };
     let cell = |city: &str, col: &str| format!("(document.querySelector('tr[data-city=\"{city}\"] td[data-col=\"{col}\"]') || {{}}).textContent");

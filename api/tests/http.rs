@@ -523,7 +523,8 @@ fn injection_attempts_are_rejected_or_harmless() {
                     let j = &resp.json;
                     let empty =
                         ["events", "rows", "per_day", "sessions", "cities"].iter().all(|k| j.get(*k).is_none_or(|v| v.as_array().is_some_and(Vec::is_empty)));
-                    let numeric_ok = t.contains("limit=") || t.contains("days=") || t.contains("min_events=") || t.contains("since=");
+                    // Numbers are bounded or capped; times outside 1970..9999 are clamped ("to the end").
+                    let numeric_ok = t.contains("limit=") || t.contains("days=") || t.contains("min_events=") || t.contains("since=") || t.contains("to=");
                     assert!(empty || numeric_ok, "{path} answered rows: {}", resp.text);
                 }
                 s => panic!("{path}: unexpected status {s}: {}", resp.text),
@@ -589,29 +590,66 @@ fn clickhouse_unreachable_is_503() {
     });
 }
 
+async fn post_with(client: &common::Client, url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = hyper::Request::post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(http_body_util::Empty::new()).expect("request")).await.expect("response");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    Resp { status, headers, json: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+}
+
+const READ_ALL: &str = "s3cret-two-0123456789";
+const READ_CITY: &str = "s3cret-one-0123456789";
+
 #[test]
-fn keys_are_required_when_configured() {
+fn keys_are_required_and_scoped() {
     let rt = rt();
     rt.block_on(async {
-        let cfg = ApiConfig { keys: ApiKeys::parse("s3cret-one,s3cret-two"), ..ApiConfig::default() };
+        let keys = ApiKeys::parse(&format!("{READ_CITY}:city_metrics|rides, {READ_ALL}")).expect("keys");
+        let cfg = ApiConfig { keys, ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
         let c = client();
         let url = |p: &str| format!("{}{p}", server.url);
+        let all = format!("Bearer {READ_ALL}");
+        let city = format!("Bearer {READ_CITY}");
         for path in ["/v1/events/rides/abc", "/v1/metrics/city_metrics", "/v1/analytics/cities", "/v1/stream/city_metrics", "/v1/metrics/nope"] {
             let resp = get(&c, &url(path)).await;
             assert_eq!(resp.status, 401, "{path}");
             assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("API key")));
             assert_eq!(resp.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
-            let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-on")]).await;
+            let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-two-012345678")]).await;
             assert_eq!(resp.status, 401, "{path} with a wrong key");
             // With a key the request gets past authentication (ClickHouse is down: 503; unknown metric: 404).
-            let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-two")]).await;
+            let resp = get_with(&c, &url(path), &[("authorization", &all)]).await;
             assert!(resp.status == 503 || resp.status == 404, "{path}: {}", resp.status);
         }
-        // EventSource cannot send headers: the stream takes ?api_key=, other routes do not.
-        assert_eq!(get(&c, &url("/v1/stream/city_metrics?api_key=s3cret-one")).await.status, 503);
-        assert_eq!(get(&c, &url("/v1/stream/city_metrics?api_key=wrong")).await.status, 401);
-        assert_eq!(get(&c, &url("/v1/metrics/city_metrics?api_key=s3cret-one")).await.status, 401);
+        // A scoped key: its metric and domain pass, others are 403.
+        for path in ["/v1/metrics/city_metrics/latest", "/v1/events/rides/abc", "/v1/analytics/cities"] {
+            assert_eq!(get_with(&c, &url(path), &[("authorization", &city)]).await.status, 503, "{path}");
+        }
+        for path in ["/v1/metrics/city_supply", "/v1/events/app_events/abc", "/v1/analytics/errors", "/v1/stream/event_metrics", "/v1/metrics/nope"] {
+            let resp = get_with(&c, &url(path), &[("authorization", &city)]).await;
+            assert_eq!(resp.status, 403, "{path}: {}", resp.text);
+            assert!(resp.json["error"].is_string());
+        }
+        // Keys never go in URLs: the stream takes a short-lived token signed with the caller's key.
+        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?api_key={READ_ALL}"))).await.status, 401);
+        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?token={READ_ALL}"))).await.status, 401);
+        assert_eq!(post_with(&c, &url("/v1/stream/city_metrics/token"), &[]).await.status, 401);
+        assert_eq!(post_with(&c, &url("/v1/stream/city_supply/token"), &[("authorization", &city)]).await.status, 403);
+        let t = post_with(&c, &url("/v1/stream/city_metrics/token"), &[("authorization", &city)]).await;
+        assert_eq!(t.status, 200, "{}", t.text);
+        let token = t.json["token"].as_str().expect("token").to_string();
+        assert!(!token.contains(READ_CITY));
+        assert_eq!(t.json["expires_in"], 60);
+        // Streams are not configured here (503), which means the token got past authentication.
+        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?city=Lima&token={}", enc(&token)))).await.status, 503);
+        assert_eq!(get(&c, &url(&format!("/v1/stream/city_supply?token={}", enc(&token)))).await.status, 401, "a token is for one metric");
+        assert_eq!(get(&c, &url(&format!("/v1/metrics/city_metrics?token={}", enc(&token)))).await.status, 401, "only streams take tokens");
         for path in ["/health", "/metrics", "/openapi.json", "/"] {
             assert_eq!(get(&c, &url(path)).await.status, 200, "{path} stays open");
         }
@@ -621,32 +659,106 @@ fn keys_are_required_when_configured() {
 }
 
 #[test]
+fn per_key_rate_limits() {
+    let rt = rt();
+    rt.block_on(async {
+        let keys = ApiKeys::parse(&format!("{READ_CITY}, {READ_ALL}")).expect("keys");
+        let cfg = ApiConfig { keys, rate_limit: Some(2.0), rate_burst: Some(3.0), ..ApiConfig::default() };
+        let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
+        let c = client();
+        let url = format!("{}/v1/metrics/nope", server.url);
+        let one = format!("Bearer {READ_CITY}");
+        for _ in 0..3 {
+            assert_eq!(get_with(&c, &url, &[("authorization", &one)]).await.status, 404);
+        }
+        let resp = get_with(&c, &url, &[("authorization", &one)]).await;
+        assert_eq!(resp.status, 429, "{}", resp.text);
+        assert!(resp.headers.get("retry-after").is_some());
+        // Another key has its own bucket.
+        assert_eq!(get_with(&c, &url, &[("authorization", &format!("Bearer {READ_ALL}"))]).await.status, 404);
+        server.shutdown.trigger();
+    });
+}
+
+#[test]
+fn stream_subscribers_are_capped() {
+    use rdkafka::mocking::MockCluster;
+    let rt = rt();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let spec = spec();
+    pulse_kafka::topics::create_on_mock(&mock, &pulse_kafka::plan_topics(&spec)).expect("topics");
+    let kafka = pulse_kafka::KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
+    rt.block_on(async {
+        let cfg = ApiConfig { stream: Some(pulse_api::config::StreamConfig::new(kafka)), max_streams: 2, ..ApiConfig::default() };
+        let server = Server::start(spec, &unreachable_clickhouse(), cfg).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !server.api.stream_ready() {
+            assert!(std::time::Instant::now() < deadline, "stream consumer not assigned");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let subscribed: Vec<Arc<std::sync::atomic::AtomicBool>> = (0..2).map(|_| Arc::default()).collect();
+        let readers: Vec<_> =
+            subscribed.iter().map(|s| common::spawn_sse(format!("{}/v1/stream/city_metrics", server.url), Vec::new(), Arc::default(), Arc::clone(s))).collect();
+        while !subscribed.iter().all(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            assert!(std::time::Instant::now() < deadline, "SSE clients did not subscribe");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = client();
+        let resp = get(&c, &format!("{}/v1/stream/city_supply", server.url)).await;
+        assert_eq!(resp.status, 503, "{}", resp.text);
+        assert!(resp.headers.get("retry-after").is_some());
+        assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("open streams")), "{}", resp.text);
+        // A closed stream frees its place.
+        readers[0].abort();
+        let free = format!("{}/v1/stream/city_supply", server.url);
+        let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut third = None;
+        while !again.load(std::sync::atomic::Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < deadline + Duration::from_secs(10), "the freed place was not reused");
+            if third.as_ref().is_none_or(|t: &tokio::task::JoinHandle<()>| t.is_finished()) {
+                third = Some(common::spawn_sse(free.clone(), Vec::new(), Arc::default(), Arc::clone(&again)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.shutdown.trigger();
+    });
+}
+
+#[test]
 fn openapi_document_matches_the_routes() {
     let rt = rt();
     rt.block_on(async {
-        let server = Server::start(spec(), &unreachable_clickhouse(), ApiConfig::default()).await;
+        let spec = spec();
+        let catalog = pulse_api::catalog::Catalog::new(&spec, "pulse");
+        let server = Server::start(Arc::clone(&spec), &unreachable_clickhouse(), ApiConfig::default()).await;
         let c = client();
         let doc = get(&c, &format!("{}/openapi.json", server.url)).await;
         assert_eq!(doc.status, 200);
         let doc = doc.json;
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
         let paths = doc["paths"].as_object().expect("paths");
-        let documented: BTreeSet<(String, String)> =
-            paths.iter().flat_map(|(p, item)| item.as_object().expect("item").keys().map(move |m| (m.to_uppercase(), p.clone()))).collect();
+        let documented: BTreeSet<(String, String)> = paths
+            .iter()
+            .flat_map(|(p, item)| item.as_object().expect("item").keys().map(|m| (m.to_uppercase(), pulse_api::openapi::route_of(p, &catalog))))
+            .collect();
         let routed: BTreeSet<(String, String)> = pulse_api::routes::ROUTES.iter().map(|(m, p, _)| ((*m).to_string(), (*p).to_string())).collect();
         assert_eq!(documented, routed, "document and router");
         // Every documented route is served (not the router's fallback), and its path
         // parameters are documented; every $ref resolves.
         let text = serde_json::to_string(&doc).expect("json");
         for (p, item) in paths {
-            let op = &item["get"];
+            let (method, op) = item.as_object().and_then(|o| o.iter().next()).expect("one operation");
             assert!(op["responses"]["200"].is_object(), "{p}: 200 documented");
             let params: Vec<&str> =
                 op["parameters"].as_array().map(|a| a.iter().filter(|x| x["in"] == "path").filter_map(|x| x["name"].as_str()).collect()).unwrap_or_default();
             let in_path: Vec<&str> = p.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
             assert_eq!(params, in_path, "{p}: path parameters");
             let concrete = p.replace("{domain}", "rides").replace("{id}", "x").replace("{metric}", "city_metrics");
-            let resp = get(&c, &format!("{}{concrete}", server.url)).await;
+            let resp = if method == "post" {
+                post_with(&c, &format!("{}{concrete}", server.url), &[]).await
+            } else {
+                get(&c, &format!("{}{concrete}", server.url)).await
+            };
             assert!(!resp.text.contains("no such route"), "{p} is not routed: {}", resp.text);
             for s in op["responses"].as_object().expect("responses").keys() {
                 assert!(s.parse::<u16>().is_ok(), "{p}: status {s}");

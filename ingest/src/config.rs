@@ -10,9 +10,10 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:8081";
 pub const DEFAULT_MAX_BODY: usize = 5 * 1024 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
 
-/// Variables holding the write API keys, in order of precedence.
+/// The variable holding the write API keys (`KEY` or `KEY:domain|domain`, comma-separated).
 pub const INGEST_KEYS_ENV: &str = "PULSE_INGEST_API_KEYS";
-pub const SHARED_KEYS_ENV: &str = "PULSE_API_KEYS";
+/// Default per-key rate limit of `pulse ingest`, events per second.
+pub const DEFAULT_RATE_LIMIT: f64 = 20_000.0;
 
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
@@ -24,9 +25,11 @@ pub struct IngestConfig {
     /// Largest encoded event Kafka takes (librdkafka's `message.max.bytes`); a
     /// bigger event is rejected as invalid before anything is produced.
     pub max_event_bytes: usize,
-    /// API keys; empty = no authentication.
+    /// Write API keys, optionally scoped by domain; empty = no authentication
+    /// (`pulse ingest` refuses to start so unless `--insecure`).
     pub keys: ApiKeys,
-    /// Events per second per API key (token bucket); `None` = unlimited.
+    /// Events per second per API key (token bucket); `None` = unlimited
+    /// (`pulse ingest` defaults to [`DEFAULT_RATE_LIMIT`]).
     pub rate_limit: Option<f64>,
     /// Bucket size in events (defaults to one second's worth).
     pub rate_burst: Option<f64>,
@@ -63,29 +66,5 @@ impl Default for IngestConfig {
             ready_interval: Duration::from_secs(2),
             http: pulse_ops::http::HttpLimits::default(),
         }
-    }
-}
-
-/// The write API keys from the environment: `PULSE_INGEST_API_KEYS`, else
-/// `PULSE_API_KEYS` (comma-separated; blanks ignored).
-pub fn keys_from_env() -> ApiKeys {
-    keys_from(std::env::var(INGEST_KEYS_ENV).ok(), std::env::var(SHARED_KEYS_ENV).ok())
-}
-
-pub fn keys_from(ingest: Option<String>, shared: Option<String>) -> ApiKeys {
-    let list = ingest.filter(|s| !s.trim().is_empty()).or(shared).unwrap_or_default();
-    ApiKeys::parse(&list)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ingest_keys_take_precedence() {
-        assert_eq!(keys_from(Some("a, b".into()), Some("c".into())).len(), 2);
-        assert_eq!(keys_from(None, Some("c".into())).len(), 1);
-        assert_eq!(keys_from(Some(" ".into()), Some("c,d,,".into())).len(), 2);
-        assert!(keys_from(None, None).is_empty());
     }
 }

@@ -10,12 +10,13 @@ pub mod body;
 pub mod config;
 pub mod loadgen;
 pub mod metrics;
+pub mod openapi;
 pub mod prepare;
 pub mod producer;
 pub mod service;
 pub mod stats;
 
-pub use auth::{ApiKeys, RateLimiter};
+pub use auth::{ApiKeys, Caller, RateLimiter};
 pub use config::IngestConfig;
 pub use prepare::{Batch, DomainWriter, Stamp, VersionClock};
 pub use producer::{ProduceError, Producer, ProducerConfig};

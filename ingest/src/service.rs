@@ -30,7 +30,7 @@ use pulse_ops::{Readiness, Shutdown, prometheus};
 use rdkafka::producer::Producer as _;
 use tokio::net::TcpListener;
 
-use crate::auth::{ApiKeys, Caller, RateLimiter};
+use crate::auth::{ApiKeys, AuthError, Caller, RateLimiter};
 use crate::body::{Format, Item, SplitError, format_of, split};
 use crate::config::IngestConfig;
 use crate::metrics::{DomainCounters, IngestMetrics};
@@ -117,16 +117,17 @@ impl Ingest {
     /// The write API routes only (`/v1/...`), for embedding next to other services.
     pub fn api_router(&self) -> Router {
         Router::new()
-            .route("/v1/events/{domain}", post(post_events))
-            .route("/v1/events/{domain}/{id}", delete(delete_event).put(put_event))
-            .method_not_allowed_fallback(method_not_allowed)
+            .route("/v1/events/{domain}", post(post_events).fallback(|m: Method| async move { method_not_allowed(m, "POST") }))
+            .route("/v1/events/{domain}/{id}", delete(delete_event).put(put_event).fallback(|m: Method| async move { method_not_allowed(m, "PUT, DELETE") }))
             .fallback(not_found)
             .with_state(self.clone())
     }
 
     /// The write API plus `/health`, `/ready` and `/metrics`.
     pub fn router(&self) -> Router {
-        self.api_router().merge(pulse_ops::ops_router("ingest", self.inner.registry.clone(), self.inner.ready.clone()))
+        let doc = crate::openapi::document(&self.inner.spec, &self.inner.cfg).to_string();
+        let openapi = axum::routing::get(move || async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], doc.clone()) });
+        self.api_router().merge(pulse_ops::ops_router("ingest", self.inner.registry.clone(), self.inner.ready.clone())).route("/openapi.json", openapi)
     }
 
     /// Checks that the broker answers and every domain topic exists; sets readiness.
@@ -205,8 +206,18 @@ impl Ingest {
 
     // ------------------------------------------------------------ handlers
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        self.inner.keys.authenticate(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)).ok_or(ApiError::Unauthorized)
+    /// The caller of a request to `domain` (the raw path segment): 401 without a
+    /// valid key, 403 when the key is scoped to other domains.
+    fn authenticate(&self, headers: &HeaderMap, domain: Result<&str, &PathRejection>) -> Result<Caller, ApiError> {
+        let caller = self.inner.keys.authenticate(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)).map_err(ApiError::Unauthorized)?;
+        let allowed = match domain {
+            Ok(name) => self.inner.keys.allows(caller, name),
+            Err(_) => self.inner.keys.unrestricted(caller),
+        };
+        if !allowed {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(caller)
     }
 
     fn domain(&self, path: Result<&str, &PathRejection>) -> Result<&DomainState, ApiError> {
@@ -261,7 +272,7 @@ impl Ingest {
     }
 
     async fn post(&self, path: Result<Path<String>, PathRejection>, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-        let caller = self.authenticate(headers)?;
+        let caller = self.authenticate(headers, path.as_ref().map(|p| p.0.as_str()))?;
         let d = self.domain(path.as_ref().map(|p| p.0.as_str()))?;
         let format = format_of(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)).map_err(ApiError::UnsupportedMediaType)?;
         let body = read_body(body, headers, self.inner.cfg.max_body).await?;
@@ -283,11 +294,11 @@ impl Ingest {
     }
 
     async fn put(&self, path: Result<Path<(String, String)>, PathRejection>, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-        let caller = self.authenticate(headers)?;
         let (name, id) = match &path {
             Ok(Path((name, id))) => (Ok(name.as_str()), id.as_str()),
             Err(e) => (Err(e), ""),
         };
+        let caller = self.authenticate(headers, name)?;
         let d = self.domain(name)?;
         self.require_mutable(d)?;
         match format_of(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
@@ -307,11 +318,11 @@ impl Ingest {
     }
 
     async fn delete(&self, path: Result<Path<(String, String)>, PathRejection>, headers: &HeaderMap) -> Result<Vec<u8>, ApiError> {
-        let caller = self.authenticate(headers)?;
         let (name, id) = match &path {
             Ok(Path((name, id))) => (Ok(name.as_str()), id.as_str()),
             Err(e) => (Err(e), ""),
         };
+        let caller = self.authenticate(headers, name)?;
         let d = self.domain(name)?;
         self.require_mutable(d)?;
         self.rate_limit(caller, 1, d)?;
@@ -359,15 +370,19 @@ async fn delete_event(State(s): State<Ingest>, path: Result<Path<(String, String
 }
 
 async fn not_found() -> Response {
-    json_error(StatusCode::NOT_FOUND, "no such endpoint: POST /v1/events/{domain}, PUT|DELETE /v1/events/{domain}/{id}, GET /health, /ready, /metrics")
+    json_error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: POST /v1/events/{domain}, PUT|DELETE /v1/events/{domain}/{id}, GET /health, /ready, /metrics, /openapi.json",
+    )
 }
 
-async fn method_not_allowed(method: Method) -> Response {
+/// 405 naming the methods of this path (`allow`).
+fn method_not_allowed(method: Method, allow: &'static str) -> Response {
     let mut r = json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("{method} is not allowed here: POST /v1/events/{{domain}}, PUT|DELETE /v1/events/{{domain}}/{{id}}"),
     );
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, PUT, DELETE"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -411,7 +426,8 @@ async fn read_body(mut body: Body, headers: &HeaderMap, max: usize) -> Result<By
 /// A failed request, as answered.
 #[derive(Debug)]
 enum ApiError {
-    Unauthorized,
+    Unauthorized(AuthError),
+    Forbidden,
     NotFound(String),
     MethodNotAllowed(String),
     UnsupportedMediaType(String),
@@ -426,7 +442,8 @@ enum ApiError {
 impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -442,11 +459,12 @@ impl ApiError {
     fn into_response_with(self, retry_after_secs: u64) -> Response {
         let retry = |secs: u64| HeaderValue::from(secs.max(1));
         let (status, body, extra): (StatusCode, serde_json::Value, Option<(header::HeaderName, HeaderValue)>) = match self {
-            ApiError::Unauthorized => (
+            ApiError::Unauthorized(e) => (
                 StatusCode::UNAUTHORIZED,
-                serde_json::json!({ "error": "missing or invalid API key: send `Authorization: Bearer <key>`" }),
+                serde_json::json!({ "error": format!("{e}: send `Authorization: Bearer <key>` with a write API key") }),
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
             ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, serde_json::json!({ "error": "this API key may not write to this domain" }), None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, serde_json::json!({ "error": m }), None),
             ApiError::MethodNotAllowed(m) => {
                 (StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({ "error": m }), Some((header::ALLOW, HeaderValue::from_static("POST"))))
@@ -485,7 +503,7 @@ pub async fn serve(ingest: Ingest, listener: TcpListener, shutdown: Shutdown) ->
     let addr = listener.local_addr()?;
     ingest.refresh_readiness().await;
     let monitor = ingest.spawn_monitor(shutdown.clone());
-    tracing::info!(%addr, domains = ingest.inner.domains.len(), auth = !ingest.inner.keys.is_empty(), rate_limit = ?ingest.inner.cfg.rate_limit, "ingest: write API listening");
+    tracing::info!(%addr, domains = ingest.inner.domains.len(), keys = ingest.inner.keys.len(), scoped_keys = ingest.inner.keys.scoped(), rate_limit = ?ingest.inner.cfg.rate_limit, "ingest: write API listening");
     pulse_ops::http::serve(listener, ingest.router(), ingest.inner.cfg.http, shutdown.clone()).await?;
     shutdown.trigger();
     let _ = monitor.await;
@@ -512,7 +530,7 @@ mod tests {
         assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("2"));
         let r = ApiError::NotReady("down".into()).into_response_with(3);
         assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("3"));
-        let r = ApiError::Unauthorized.into_response_with(1);
+        let r = ApiError::Unauthorized(AuthError::Missing).into_response_with(1);
         assert_eq!(r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()), Some("Bearer"));
     }
 }

@@ -150,6 +150,37 @@ async fn an_invalid_batch_produces_nothing_and_lists_every_bad_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_write_keys_and_the_openapi_document() {
+    let spec = unique_spec();
+    let mock = mock_with_topics(&spec);
+    let brokers = mock.bootstrap_servers();
+    let keys = ApiKeys::parse("rides-only-0123456789:rides, apps-and-rides-0123456789:app_events|rides").expect("keys");
+    let server = Server::start(&brokers, spec.clone(), IngestConfig { keys, ..test_config() }).await;
+    let rides_only = Http::new(&server.url).with_key("rides-only-0123456789");
+    let both = Http::new(&server.url).with_key("apps-and-rides-0123456789");
+    assert_eq!(rides_only.post_json("rides", ride("r-1", "requested")).await.status, 202);
+    // A key outside its scope: 403, whether the domain exists or not, for every method.
+    let a = rides_only.post_json("app_events", app_event(Some("e-1"), "checkout")).await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("domain")));
+    assert_eq!(rides_only.post_json("trucks", "{}").await.status, 403);
+    assert_eq!(rides_only.send("DELETE", "/v1/events/app_events/e-1", None, "").await.status, 403);
+    assert_eq!(rides_only.send("PUT", "/v1/events/app_events/e-1", Some("application/json"), app_event(Some("e-1"), "checkout")).await.status, 403);
+    assert_eq!(both.post_json("app_events", app_event(Some("e-1"), "checkout")).await.status, 202);
+    assert_eq!(both.send("DELETE", "/v1/events/app_events/e-1", None, "").await.status, 202);
+    assert_eq!(both.post_json("driver_locations", driver("d-1")).await.status, 403);
+    // The OpenAPI document is open, and lists one path per domain.
+    let doc = Http::new(&server.url).get("/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    for d in ["rides", "driver_locations", "app_events"] {
+        assert!(doc["paths"][format!("/v1/events/{d}")]["post"].is_object(), "{d}");
+    }
+    assert!(doc["paths"]["/v1/events/app_events/{id}"]["put"].is_object());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_error_statuses() {
     let spec = unique_spec();
     let mock = mock_with_topics(&spec);

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 pub use prometheus;
 
+pub mod auth;
 pub mod http;
 
 /// Why a service that is running is not alive (e.g. its work has stalled).

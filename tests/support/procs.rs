@@ -55,8 +55,23 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// The deployment's write key (ingest) and read key (api): services refuse to start without keys.
+pub const WRITE_KEY: &str = "test-write-key-0123456789abcdef";
+pub const READ_KEY: &str = "test-read-key-0123456789abcdef";
+
 pub fn http_get(url: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl").args(["-s", "-o", "-", "-w", "\n%{http_code}", url]).output().ok()?;
+    http_get_with(url, None)
+}
+
+/// GETs `url` with curl, with `key` as a bearer token when given.
+pub fn http_get_with(url: &str, key: Option<&str>) -> Option<(u16, String)> {
+    let auth = key.map(|k| format!("authorization: Bearer {k}"));
+    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    args.push(url);
+    let out = Command::new("curl").args(&args).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n')?;
     Some((code.trim().parse().ok()?, body.to_string()))
@@ -108,10 +123,25 @@ pub fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> V
     })
 }
 
-/// POSTs `body` with curl; the status and the answer.
+/// POSTs `body` with curl (with the deployment's write key); the status and the answer.
 pub fn http_post(url: &str, content_type: &str, body: &str) -> Option<(u16, String)> {
     let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "-H", &format!("content-type: {content_type}"), "--data-binary", "@-", url])
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            &format!("content-type: {content_type}"),
+            "-H",
+            &format!("authorization: Bearer {WRITE_KEY}"),
+            "--data-binary",
+            "@-",
+            url,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -170,6 +200,10 @@ impl Deployment {
             ("PULSE_SINK_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
             ("PULSE_DATAFLOW_METRICS_ADDR", format!("127.0.0.1:{dataflow_metrics_port}")),
             ("PULSE_SINK_BATCH_MS", "300".into()),
+            ("PULSE_INGEST_API_KEYS", WRITE_KEY.into()),
+            ("PULSE_API_KEYS", READ_KEY.into()),
+            // `pulse loadgen` sends this one.
+            ("PULSE_API_KEY", WRITE_KEY.into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

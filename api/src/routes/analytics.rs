@@ -1,6 +1,13 @@
 //! The analytics of the Go event API Pulse replaces (over `app_events`) and the
 //! per-city ride figures of the ride pipeline (over `rides`). They need those
 //! domains and fields in the spec (the default spec has them); otherwise 404.
+//!
+//! Every query reads its raw table with `FINAL`: raw tables are
+//! ReplacingMergeTrees keyed by event id (see `pulse_sink::schema::raw_table`),
+//! and a sink replay inserts the same rows again, which only merges (or
+//! `FINAL`) collapse; without it counts double until ClickHouse merges. Every
+//! query is bounded in event time: `days` (errors), `since` (cities), or
+//! `from`/`to` (latency and sessions; the last 24 hours by default, at most 31 days).
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -22,6 +29,10 @@ use crate::sql::{Param, Sql};
 const DAY_MS: i64 = 86_400_000;
 /// Longest `since` of the city figures.
 const MAX_SINCE_MS: i64 = 31 * DAY_MS;
+/// Period of the session analytics when `from` and `to` are absent.
+pub const DEFAULT_RANGE_MS: i64 = DAY_MS;
+/// Longest `from`..`to` of the session analytics.
+pub const MAX_RANGE_MS: i64 = 31 * DAY_MS;
 
 use pulse_model::now_ms;
 
@@ -33,9 +44,37 @@ fn fields<'a>(api: &'a Api, domain: &str, names: &[&str], what: &str) -> Result<
     Ok((d, idx.ok_or_else(unavailable)?))
 }
 
+/// The raw table read exactly: `FINAL` collapses replayed rows (every raw table
+/// is a ReplacingMergeTree keyed by event id) and, for mutable domains, keeps
+/// each event's latest version and hides deleted ones.
 fn from_clause(api: &Api, d: &Domain) -> String {
-    let table = format!("{}.{}", ident(&api.inner.catalog.database), ident(&d.name));
-    if d.mutable { format!("{table} FINAL") } else { table }
+    format!("{}.{} FINAL", ident(&api.inner.catalog.database), ident(&d.name))
+}
+
+/// The `[from, to)` period of a query: `to` defaults to now, `from` to `to`
+/// minus [`DEFAULT_RANGE_MS`]; `from` must be before `to`, at most
+/// [`MAX_RANGE_MS`] apart (a 400 naming the parameter otherwise).
+pub fn time_range(p: &Params, now: i64) -> Result<(i64, i64), ApiError> {
+    let to = p.time("to")?.unwrap_or(now);
+    let from = match p.time("from")? {
+        Some(f) => f,
+        None => to.saturating_sub(DEFAULT_RANGE_MS).max(0),
+    };
+    if from >= to {
+        return Err(ApiError::bad("from", "`from` must be before `to`"));
+    }
+    if to - from > MAX_RANGE_MS {
+        return Err(ApiError::bad("from", format!("`from` to `to` spans more than {} days (the most one query may cover)", MAX_RANGE_MS / DAY_MS)));
+    }
+    Ok((from, to))
+}
+
+/// Binds `[from, to)` on the domain's time field: ` AND time >= from AND time < to`.
+fn push_range(sql: &mut Sql, d: &Domain, (from, to): (i64, i64)) {
+    let time = ident(&d.time_field().name);
+    let f = sql.bind("Int64", Param::I64(from));
+    let t = sql.bind("Int64", Param::I64(to));
+    sql.push(&format!(" AND {time} >= fromUnixTimestamp64Milli({f}, 'UTC') AND {time} < fromUnixTimestamp64Milli({t}, 'UTC')"));
 }
 
 fn plain(names: &[&str]) -> Vec<OutCol> {
@@ -98,6 +137,9 @@ pub async fn errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Result
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LatencyRows {
+    /// The period covered (RFC 3339): events with `from` <= time < `to`.
+    pub from: String,
+    pub to: String,
     /// (session_id, event_name) pairs with the highest p95 latency first: events, p95_latency_ms (exact quantile).
     #[schema(value_type = Vec<Object>)]
     pub rows: Vec<Map<String, Value>>,
@@ -111,6 +153,8 @@ pub struct LatencyRows {
     params(
         ("limit" = Option<u64>, Query, description = "Most rows, default 100, capped at 1000"),
         ("event_name" = Option<String>, Query, description = "Only events of this name"),
+        ("from" = Option<String>, Query, description = "Start of the period (RFC 3339 or epoch ms), default `to` minus 24 hours"),
+        ("to" = Option<String>, Query, description = "End of the period, exclusive (RFC 3339 or epoch ms), default now; at most 31 days after `from`"),
     ),
     responses(
         (status = 200, description = "Rows ordered by p95_latency_ms descending, then session_id, event_name", body = LatencyRows),
@@ -122,11 +166,13 @@ pub struct LatencyRows {
     security(("bearer" = []))
 )]
 pub async fn latency(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<LatencyRows>, ApiError> {
-    let p = Params::parse(query.as_deref(), &["limit", "event_name"])?;
+    let p = Params::parse(query.as_deref(), &["limit", "event_name", "from", "to"])?;
     let (d, _) = fields(&api, "app_events", &["session_id", "event_name", "latency_ms"], "latency per session")?;
     let limit = p.limit("limit", 100, MAX_ANALYTICS_LIMIT)?;
+    let range = time_range(&p, now_ms())?;
     let (s, n, l) = (ident("session_id"), ident("event_name"), ident("latency_ms"));
     let mut sql = Sql::new(format!("SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {} WHERE 1 = 1", from_clause(&api, d)));
+    push_range(&mut sql, d, range);
     if let Some(name) = p.text("event_name")? {
         let ph = sql.bind("String", Param::Str(name));
         sql.push(&format!(" AND {n} = {ph}"));
@@ -135,11 +181,18 @@ pub async fn latency(State(api): State<Api>, RawQuery(query): RawQuery) -> Resul
     sql.push(&format!(" GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"));
     let rows = api.inner.db.rows("analytics_latency", sql).await?;
     let cols = plain(&["session_id", "event_name", "events", "p95_latency_ms"]);
-    Ok(Json(LatencyRows { rows: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
+    Ok(Json(LatencyRows {
+        from: rfc3339(range.0).unwrap_or_default(),
+        to: rfc3339(range.1).unwrap_or_default(),
+        rows: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TopErrorSessions {
+    /// The period covered (RFC 3339): events with `from` <= time < `to`.
+    pub from: String,
+    pub to: String,
     /// Sessions with at least one error, highest error rate first: session_id, events, errors, error_rate.
     #[schema(value_type = Vec<Object>)]
     pub sessions: Vec<Map<String, Value>>,
@@ -153,6 +206,8 @@ pub struct TopErrorSessions {
     params(
         ("limit" = Option<u64>, Query, description = "Most sessions, default 10, capped at 1000"),
         ("min_events" = Option<u64>, Query, description = "Only sessions with at least this many events (default 1)"),
+        ("from" = Option<String>, Query, description = "Start of the period (RFC 3339 or epoch ms), default `to` minus 24 hours"),
+        ("to" = Option<String>, Query, description = "End of the period, exclusive (RFC 3339 or epoch ms), default now; at most 31 days after `from`"),
     ),
     responses(
         (status = 200, description = "Ordered by error_rate descending, then errors descending, then session_id", body = TopErrorSessions),
@@ -164,22 +219,27 @@ pub struct TopErrorSessions {
     security(("bearer" = []))
 )]
 pub async fn top_errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<TopErrorSessions>, ApiError> {
-    let p = Params::parse(query.as_deref(), &["limit", "min_events"])?;
+    let p = Params::parse(query.as_deref(), &["limit", "min_events", "from", "to"])?;
     let (d, f) = fields(&api, "app_events", &["session_id", "error"], "sessions by error rate")?;
     let limit = p.limit("limit", 10, MAX_ANALYTICS_LIMIT)?;
     let min_events = p.limit("min_events", 1, u64::MAX)?;
+    let range = time_range(&p, now_ms())?;
     let s = ident("session_id");
     let err = filter_sql(d, &Filter::NonEmpty(f[1]));
-    let mut sql = Sql::new(format!(
-        "SELECT {s}, count() AS events, countIf({err}) AS errors, errors / events AS error_rate FROM {} GROUP BY {s} HAVING errors > 0 AND events >= ",
-        from_clause(&api, d)
-    ));
+    let mut sql =
+        Sql::new(format!("SELECT {s}, count() AS events, countIf({err}) AS errors, errors / events AS error_rate FROM {} WHERE 1 = 1", from_clause(&api, d)));
+    push_range(&mut sql, d, range);
+    sql.push(&format!(" GROUP BY {s} HAVING errors > 0 AND events >= "));
     let ph = sql.bind("UInt64", Param::U64(min_events));
     let lim = sql.bind("UInt64", Param::U64(limit));
     sql.push(&format!("{ph} ORDER BY error_rate DESC, errors DESC, {s} LIMIT {lim}"));
     let rows = api.inner.db.rows("analytics_top_errors", sql).await?;
     let cols = plain(&["session_id", "events", "errors", "error_rate"]);
-    Ok(Json(TopErrorSessions { sessions: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
+    Ok(Json(TopErrorSessions {
+        from: rfc3339(range.0).unwrap_or_default(),
+        to: rfc3339(range.1).unwrap_or_default(),
+        sessions: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -239,4 +299,163 @@ pub async fn cities(State(api): State<Api>, RawQuery(query): RawQuery) -> Result
     let rows = api.inner.db.rows("analytics_cities", sql).await?;
     let cols = plain(&["city", "requests", "completions", "cancellations", "completion_rate", "avg_fare"]);
     Ok(Json(CityFigures { since, from: rfc3339(from).unwrap_or_default(), cities: rows.into_iter().map(|r| render_row(&cols, r)).collect() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use pulse_model::{Decoder, Spec};
+    use pulse_ops::prometheus::Registry;
+    use pulse_ops::{Readiness, Shutdown};
+    use pulse_sink::schema::{Provenance, raw_table};
+    use pulse_sink::{Writer, WriterMetrics};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::params::Params;
+
+    fn params(q: &str) -> Params {
+        Params::parse(Some(q), &["from", "to"]).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn time_ranges_default_to_a_day_and_are_capped() {
+        let now = 100 * DAY_MS;
+        assert_eq!(time_range(&params(""), now).ok(), Some((now - DAY_MS, now)));
+        assert_eq!(time_range(&params("to=1000000"), now).ok(), Some((0, 1_000_000)));
+        assert_eq!(time_range(&params(&format!("from={}", now - 3 * DAY_MS)), now).ok(), Some((now - 3 * DAY_MS, now)));
+        let bad = |q: &str| match time_range(&params(q), now) {
+            Err(ApiError::BadRequest { parameter, message }) => format!("{parameter}: {message}"),
+            other => panic!("{q}: {other:?}"),
+        };
+        assert!(bad(&format!("from={now}&to={now}")).starts_with("from: `from` must be before `to`"));
+        assert!(bad(&format!("from=0&to={now}")).contains("spans more than 31 days"));
+        assert!(bad("from=yesterday").starts_with("from:"));
+        assert!(time_range(&params(&format!("from={}&to={now}", now - MAX_RANGE_MS)), now).is_ok());
+    }
+
+    fn spec() -> Arc<Spec> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        Arc::new(Spec::load(&path).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// The rows of `events` (JSON) of one domain as the sink writes them, in RowBinary.
+    fn encode(spec: &Spec, domain: &str, events: &[String]) -> Bytes {
+        let d = spec.domain(domain).expect("domain");
+        let (table, decoder) = (raw_table(d), Decoder::new(d));
+        let mut buf = BytesMut::new();
+        for (i, json) in events.iter().enumerate() {
+            let ev = decoder.decode(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let at = Provenance { topic: &d.topic, partition: 0, offset: i as i64, timestamp_ms: now_ms() };
+            table.encode(&ev, &at, &mut buf);
+        }
+        buf.freeze()
+    }
+
+    /// A sink replay (a crash after the insert, before the offset commit) inserts
+    /// the same rows again; until ClickHouse merges the parts, both copies are in
+    /// the table. The analytics count each event once.
+    #[test]
+    fn analytics_count_replayed_rows_once() {
+        let Some(ch) = pulse_sink::testing::stack_clickhouse("pulse_api_replay") else { return };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let spec = spec();
+        let db = ident(&ch.database);
+        let now = now_ms();
+        let time = |ago_s: i64| rfc3339(now - ago_s * 1000).expect("time");
+        let rides: Vec<String> = (0..30)
+            .map(|i| {
+                let kind = ["requested", "completed", "cancelled"][i % 3];
+                format!(
+                    r#"{{"event_type":"{kind}","ride_id":"r{i}","city":"{}","estimated_fare":{}.5,"user_id":"u{i}","timestamp":"{}"}}"#,
+                    ["Lima", "Oslo"][i % 2],
+                    10 + i,
+                    time(60 + i as i64)
+                )
+            })
+            .collect();
+        let apps: Vec<String> = (0..20)
+            .map(|i| {
+                let error = if i % 4 == 0 { r#","error":"timeout""# } else { "" };
+                format!(
+                    r#"{{"event_id":"e{i}","session_id":"s{}","event_name":"checkout","latency_ms":{},"timestamp":"{}"{error}}}"#,
+                    i % 3,
+                    100 + i,
+                    time(120 + i as i64)
+                )
+            })
+            .collect();
+        rt.block_on(async {
+            pulse_sink::migrate(&ch, &spec).await.expect("migrate");
+            let client = ch.client();
+            for t in ["rides", "app_events"] {
+                // Keep both copies apart, as they are until a merge happens.
+                client.query(&format!("SYSTEM STOP MERGES {db}.{}", ident(t))).execute().await.expect("stop merges");
+            }
+            let writer = Writer::new(&ch, WriterMetrics::new(&Registry::new()));
+            for (domain, events) in [("rides", &rides), ("app_events", &apps)] {
+                let body = encode(&spec, domain, events);
+                let sql = raw_table(spec.domain(domain).expect("domain")).table.insert_sql(&ch.database);
+                // Once by the sink, once more by its replay (another insert: no dedup token matches).
+                writer.insert_once(&sql, body.clone()).await.expect("insert");
+                writer.insert_once(&sql, body).await.expect("replayed insert");
+            }
+            let stored: u64 = client.query(&format!("SELECT count() FROM {db}.rides")).fetch_one().await.expect("count");
+            assert_eq!(stored, 60, "both copies are stored (unmerged)");
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let base = format!("http://{}", listener.local_addr().expect("addr"));
+            let shutdown = Shutdown::new();
+            let api = Api::new(Arc::clone(&spec), &ch, crate::ApiConfig::default(), Registry::new(), Readiness::default(), shutdown.clone()).expect("api");
+            let server = tokio::spawn(crate::serve(api, listener, shutdown.clone()));
+            let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let get = |path: &str| {
+                let (http, url) = (http.clone(), format!("{base}{path}"));
+                async move {
+                    let resp = tokio::time::timeout(Duration::from_secs(30), http.get(url.parse().expect("url"))).await.expect("in time").expect("response");
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().collect().await.expect("body").to_bytes();
+                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    assert_eq!(status, 200, "{url}: {json}");
+                    json
+                }
+            };
+            let cities = get("/v1/analytics/cities?since=1h").await;
+            let total: i64 = cities["cities"].as_array().expect("cities").iter().map(|c| c["requests"].as_i64().unwrap_or(0)).sum();
+            assert_eq!(total, 10, "{cities}");
+            let errors = get("/v1/analytics/errors?days=2").await;
+            let day = &errors["per_day"]
+                .as_array()
+                .expect("days")
+                .iter()
+                .map(|d| (d["total"].as_i64(), d["errors"].as_i64()))
+                .fold((0, 0), |a, b| (a.0 + b.0.unwrap_or(0), a.1 + b.1.unwrap_or(0)));
+            assert_eq!(*day, (20, 5), "{errors}");
+            let latency = get("/v1/analytics/latency?limit=10").await;
+            let events: i64 = latency["rows"].as_array().expect("rows").iter().map(|r| r["events"].as_i64().unwrap_or(0)).sum();
+            assert_eq!(events, 20, "{latency}");
+            let sessions = get("/v1/analytics/sessions/top-errors?limit=10").await;
+            let (events, errors): (i64, i64) = sessions["sessions"]
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .map(|s| (s["events"].as_i64().unwrap_or(0), s["errors"].as_i64().unwrap_or(0)))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            // e0, e4, e8, e12, e16 have errors: sessions s0, s1, s2 each have one or two.
+            assert_eq!(errors, 5, "{sessions}");
+            assert_eq!(events, 20, "{sessions}");
+            // A period that holds none of the events.
+            let old = get(&format!("/v1/analytics/latency?to={}", now - 3_600_000)).await;
+            assert_eq!(old["rows"], serde_json::json!([]), "{old}");
+            shutdown.trigger();
+            let _ = server.await;
+            client.query(&format!("DROP DATABASE IF EXISTS {db}")).execute().await.expect("drop");
+        });
+    }
 }

@@ -31,8 +31,8 @@ pub(crate) fn bind_value(sql: &mut Sql, ty: FilterType, param: &str, v: &str) ->
         }
         FilterType::Bool => {
             let b = match v {
-                "true" | "1" => true,
-                "false" | "0" => false,
+                "true" => true,
+                "false" => false,
                 _ => {
                     return Err(ApiError::bad(param, format!("`{param}` must be true or false")));
                 }

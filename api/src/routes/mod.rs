@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/analytics/sessions/top-errors", Access::Key),
     ("GET", "/v1/analytics/cities", Access::Key),
     ("GET", "/v1/stream/{metric}", Access::Key),
+    ("POST", "/v1/stream/{metric}/token", Access::Key),
     ("GET", "/health", Access::Open),
     ("GET", "/ready", Access::Open),
     ("GET", "/metrics", Access::Open),
@@ -53,6 +54,7 @@ fn handler(path: &str) -> Option<MethodRouter<Api>> {
         "/v1/analytics/sessions/top-errors" => get(analytics::top_errors),
         "/v1/analytics/cities" => get(analytics::cities),
         "/v1/stream/{metric}" => get(stream::stream),
+        "/v1/stream/{metric}/token" => axum::routing::post(stream::token),
         "/health" => get(ops::health),
         "/ready" => get(ops::ready),
         "/metrics" => get(ops::metrics),
@@ -109,7 +111,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
@@ -129,7 +131,7 @@ async fn method_not_allowed() -> axum::response::Response {
     use axum::response::IntoResponse;
     (
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        axum::Json(crate::error::ErrorBody { error: "method not allowed: the read API only answers GET".into(), parameter: None }),
+        axum::Json(crate::error::ErrorBody { error: "method not allowed: the read API answers GET (and POST for stream tokens)".into(), parameter: None }),
     )
         .into_response()
 }

@@ -33,6 +33,9 @@ class PulseClient:
     waiting for the server's ``Retry-After`` (or an exponential backoff with
     jitter); connection failures are retried the same way. Every other error
     raises a typed :class:`~pulse_client.errors.PulseError` at once.
+
+    Keys: ``write_key`` goes to the write API, ``read_key`` to the read API
+    (both as ``Authorization: Bearer``); ``api_key`` is the default of both.
     """
 
     def __init__(
@@ -44,10 +47,14 @@ class PulseClient:
         max_retries: int = 3,
         backoff: float = 0.2,
         max_backoff: float = 10.0,
+        write_key: Optional[str] = None,
+        read_key: Optional[str] = None,
     ) -> None:
         self.ingest_url = ingest_url.rstrip("/")
         self.api_url = api_url.rstrip("/")
         self.api_key = api_key
+        self.write_key = write_key or api_key
+        self.read_key = read_key or api_key
         self.timeout = timeout
         self.max_retries = max(0, max_retries)
         self.backoff = backoff
@@ -55,13 +62,16 @@ class PulseClient:
 
     # ------------------------------------------------------------------ transport
 
-    def _headers(self, content_type: Optional[str] = None) -> Dict[str, str]:
+    def _headers(self, content_type: Optional[str] = None, key: Optional[str] = None) -> Dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "pulse-client-python/0.1"}
         if content_type:
             headers["Content-Type"] = content_type
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _key_for(self, url: str) -> Optional[str]:
+        return self.write_key if url.startswith(self.ingest_url + "/") else self.read_key
 
     def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
         if retry_after is not None:
@@ -79,7 +89,7 @@ class PulseClient:
     ) -> Any:
         attempt = 0
         while True:
-            req = urllib.request.Request(url, data=body, method=method, headers=self._headers(content_type))
+            req = urllib.request.Request(url, data=body, method=method, headers=self._headers(content_type, self._key_for(url)))
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     raw = resp.read()
@@ -239,11 +249,10 @@ class PulseClient:
         Iterates until the connection closes; the caller stops by breaking out.
         """
         params = {k: _param(v) for k, v in filters.items() if v is not None}
-        if self.api_key:
-            params["api_key"] = self.api_key
         query = "?" + urllib.parse.urlencode(params) if params else ""
         url = f"{self.api_url}/v1/stream/{urllib.parse.quote(metric, safe='')}{query}"
-        headers = self._headers()
+        # The key goes in a header, never in the URL.
+        headers = self._headers(None, self.read_key)
         headers["Accept"] = "text/event-stream"
         req = urllib.request.Request(url, headers=headers)
         try:

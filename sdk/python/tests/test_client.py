@@ -39,6 +39,9 @@ from pulse_client import (  # noqa: E402
 BIN = os.environ.get("PULSE_BIN", str(ROOT / "target" / "debug" / "pulse"))
 BROKERS = os.environ.get("PULSE_KAFKA_BROKERS", "127.0.0.1:9092")
 CLICKHOUSE = os.environ.get("PULSE_CLICKHOUSE_URL", "http://127.0.0.1:8123")
+WRITE_KEY = "sdk-write-key-0123456789abcdef"
+READ_KEY = "sdk-read-key-0123456789abcdef"
+LIMITED_KEY = "sdk-limited-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -75,6 +78,8 @@ class Services:
             PULSE_CLICKHOUSE_URL=CLICKHOUSE,
             PULSE_CLICKHOUSE_DATABASE=self.database,
             PULSE_LOG="warn",
+            PULSE_INGEST_API_KEYS=WRITE_KEY,
+            PULSE_API_KEYS=READ_KEY,
         )
         self.procs: List[subprocess.Popen] = []
         self.ingest_port = free_port()
@@ -121,7 +126,9 @@ def services() -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def client(services: Services) -> PulseClient:
-    c = PulseClient(f"http://127.0.0.1:{services.ingest_port}", f"http://127.0.0.1:{services.api_port}", timeout=10)
+    c = PulseClient(
+        f"http://127.0.0.1:{services.ingest_port}", f"http://127.0.0.1:{services.api_port}", timeout=10, write_key=WRITE_KEY, read_key=READ_KEY
+    )
     c.wait_until_ready(timeout=90)
     return c
 
@@ -269,16 +276,16 @@ def test_rate_limit_answers_429_and_the_client_retries(services: Services) -> No
     services.start(
         "ingest-limited",
         "ingest",
-        env={"PULSE_INGEST_ADDR": f"127.0.0.1:{port}", "PULSE_INGEST_RATE_LIMIT": "2", "PULSE_INGEST_API_KEYS": "k1"},
+        env={"PULSE_INGEST_ADDR": f"127.0.0.1:{port}", "PULSE_INGEST_RATE_LIMIT": "2", "PULSE_INGEST_API_KEYS": LIMITED_KEY},
     )
-    c = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", api_key="k1", max_retries=0, timeout=5)
+    c = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", api_key=LIMITED_KEY, max_retries=0, timeout=5)
     eventually(lambda: c.health()["ingest"])
     with pytest.raises(OverloadError) as e:
         for i in range(20):
             c.track("rides", ride(f"r-rl-{i}"))
     assert e.value.status == 429 and e.value.retry_after is not None
     # With retries, the client waits for Retry-After and gets through.
-    patient = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", api_key="k1", max_retries=5, timeout=5)
+    patient = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", api_key=LIMITED_KEY, max_retries=5, timeout=5)
     for i in range(4):
         assert patient.track("rides", ride(f"r-rl2-{i}"))
     with pytest.raises(AuthError):
@@ -293,7 +300,7 @@ def test_broker_outage_answers_503_and_the_client_gives_up_typed(services: Servi
         "ingest",
         env={"PULSE_INGEST_ADDR": f"127.0.0.1:{port}", "PULSE_KAFKA_BROKERS": f"127.0.0.1:{closed}", "PULSE_INGEST_PRODUCE_TIMEOUT_MS": "1000"},
     )
-    c = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", max_retries=2, backoff=0.05, timeout=10)
+    c = PulseClient(f"http://127.0.0.1:{port}", "http://127.0.0.1:1", api_key=WRITE_KEY, max_retries=2, backoff=0.05, timeout=10)
     eventually(lambda: _alive(port))
     started = time.monotonic()
     with pytest.raises(OverloadError) as e:

@@ -40,10 +40,12 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// `closed` is the closed watermark per domain the job starts from (after a restart).
-    pub fn new(plan: Arc<JobPlan>, closed: &[i64]) -> Emitter {
+    /// `closed` is the closed watermark per domain the job starts from (after a
+    /// restart); revisions continue above `revision_floor`, the highest one
+    /// already written, so they grow across restarts whatever the wall clock does.
+    pub fn new(plan: Arc<JobPlan>, closed: &[i64], revision_floor: u64) -> Emitter {
         let stores = plan.metrics.iter().map(|m| MetricStore::new(closed.get(m.domain).copied().unwrap_or(WM_START).saturating_sub(m.lateness))).collect();
-        Emitter { stores, names: FxHashMap::default(), last_revision: 0, stats: EmitterStats::default(), plan }
+        Emitter { stores, names: FxHashMap::default(), last_revision: revision_floor, stats: EmitterStats::default(), plan }
     }
 
     /// Applies the changes of one epoch.
@@ -68,6 +70,8 @@ impl Emitter {
         }
     }
 
+    /// A revision above every earlier one: the wall clock in µs when it is
+    /// ahead (revisions then say when), else the next number.
     fn next_revision(&mut self, now_us: u64) -> u64 {
         self.last_revision = (self.last_revision + 1).max(now_us);
         self.last_revision
@@ -155,5 +159,42 @@ impl Emitter {
             emitted_at: now_ms,
             deleted: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Acc, Fixed, NamedValue, PaneDelta};
+
+    #[test]
+    fn revisions_continue_above_the_floor_whatever_the_clock() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let spec = pulse_model::Spec::parse(&path, &std::fs::read_to_string(&path).expect("spec")).expect("spec");
+        let plan = Arc::new(JobPlan::new(&spec));
+        // A floor far above the wall clock (an earlier run on a clock that was ahead).
+        let floor = 1u64 << 60;
+        let mut emitter = Emitter::new(Arc::clone(&plan), &[], floor);
+        let slots = plan.metrics[0].add.len();
+        emitter.apply(vec![
+            Delta::Names { gid: 7, metric: 0, values: vec![NamedValue::Str("Lima".into())], diff: 1 },
+            Delta::Pane(PaneDelta {
+                gid: 7,
+                metric: 0,
+                pane: 60_000,
+                events: 1,
+                add: vec![Acc { n: 1, sum: Fixed::from_f64(2.0) }; slots],
+                ..PaneDelta::default()
+            }),
+        ]);
+        let mut rows = Vec::new();
+        emitter.finish_epoch(&[WM_START, WM_START, WM_START], 1_000, &mut rows);
+        assert!(!rows.is_empty());
+        assert!(rows.iter().all(|r| r.revision > floor && r.revision & FINAL_BIT == 0), "{:?}", rows.iter().map(|r| r.revision).collect::<Vec<_>>());
+        // Closing them: finals carry the final bit over a revision still above the floor.
+        let revisions: Vec<u64> = rows.iter().map(|r| r.revision).collect();
+        rows.clear();
+        emitter.finish_epoch(&[i64::MAX / 4; 3], 2_000, &mut rows);
+        assert!(rows.iter().all(|r| r.is_final && (r.revision & !FINAL_BIT) > revisions.iter().copied().max().unwrap_or(0)));
     }
 }

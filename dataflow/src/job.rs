@@ -98,6 +98,8 @@ pub struct WorkerConfig {
     pub replay_epoch_records: Option<usize>,
     /// Closed watermark per domain to resume from (from committed offsets).
     pub start: Vec<i64>,
+    /// Revisions continue above this (the highest one already written).
+    pub revision_floor: u64,
     pub max_poll: usize,
 }
 
@@ -110,6 +112,7 @@ impl WorkerConfig {
             max_pending_epochs: 50,
             replay_epoch_records: None,
             start: Vec::new(),
+            revision_floor: 0,
             max_poll: 5_000,
         }
     }
@@ -156,7 +159,7 @@ pub fn run_worker(
 ) -> WorkerSummary {
     let plan = Arc::new(JobPlan::new(&spec));
     let domains = spec.domains.len();
-    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start);
+    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start, cfg.revision_floor);
     let mut state = IngestState::new(Arc::clone(&spec), Arc::clone(&plan), &cfg.start);
     let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
     let bounds: Vec<TimeBounds> = spec.domains.iter().map(TimeBounds::of).collect();

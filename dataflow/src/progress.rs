@@ -20,6 +20,18 @@ pub async fn load(client: &clickhouse::Client, database: &str, group: &str, spec
     Ok(spec.domains.iter().map(|d| rows.iter().find(|(name, _)| *name == d.name).map(|(_, c)| *c)).collect())
 }
 
+/// The highest revision (final bit aside) any row of the spec's metric tables
+/// carries. Revisions continue above it after a restart, so that a re-emitted
+/// window always replaces what an earlier run wrote, whatever the clocks say.
+pub async fn revision_floor(client: &clickhouse::Client, database: &str, spec: &Spec) -> Result<u64, clickhouse::error::Error> {
+    let mut floor = 0u64;
+    for m in &spec.metrics {
+        let sql = format!("SELECT max(bitAnd(revision, {})) FROM `{database}`.`{}`", crate::emit::FINAL_BIT - 1, m.name);
+        floor = floor.max(client.query(&sql).fetch_one::<u64>().await?);
+    }
+    Ok(floor)
+}
+
 /// Decides when a progress row is due and encodes it.
 pub struct Progress {
     group: String,

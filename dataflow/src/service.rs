@@ -181,6 +181,9 @@ pub fn run(
     for (d, p) in spec.domains.iter().zip(&progress) {
         tracing::info!(domain = %d.name, group = %cfg.group, closed = ?p, "recorded progress");
     }
+    let revision_floor = rt
+        .block_on(progress::revision_floor(writer.client(), &clickhouse.database, &spec))
+        .map_err(|source| DataflowError::Progress { table: "metric tables", source })?;
     // The workers poll this flag; the shutdown signal sets it.
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -230,6 +233,7 @@ pub fn run(
         let mut sink = output.spawn(&rt2);
         let mut wcfg = WorkerConfig::live(&spec);
         wcfg.start = start;
+        wcfg.revision_floor = revision_floor;
         if let Some(e) = emit_interval {
             wcfg.emit_interval = e;
         }

@@ -52,7 +52,7 @@ pub async fn plan(cfg: &ClickHouseConfig, spec: &Spec) -> Result<(Vec<String>, M
         let before = statements.len();
         diff(&table, &existing, db, &mut statements, &mut refused);
         let key: Vec<SortingKey> = client
-            .query("SELECT sorting_key FROM system.tables WHERE database = ? AND name = ?")
+            .query("SELECT sorting_key, engine_full FROM system.tables WHERE database = ? AND name = ?")
             .bind(db.as_str())
             .bind(table.name.as_str())
             .fetch_all()
@@ -63,6 +63,12 @@ pub async fn plan(cfg: &ClickHouseConfig, spec: &Spec) -> Result<(Vec<String>, M
             && normalize(&k.sorting_key) != normalize(&want)
         {
             refused.push(format!("{}: ORDER BY is ({}), the spec needs ({want}); recreate the table", table.name, k.sorting_key));
+        }
+        // A changed retention changes the table's TTL in place (ClickHouse applies it at the next merges).
+        if let (Some(k), Some(ttl)) = (key.first(), &table.ttl)
+            && normalize_ttl(ttl_clause(&k.engine_full).unwrap_or_default()) != normalize_ttl(ttl)
+        {
+            statements.push(format!("ALTER TABLE {}.{} MODIFY TTL {ttl}", ident(db), ident(&table.name)));
         }
         if statements.len() == before {
             report.up_to_date.push(table.name.clone());
@@ -77,6 +83,40 @@ pub async fn plan(cfg: &ClickHouseConfig, spec: &Spec) -> Result<(Vec<String>, M
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct SortingKey {
     sorting_key: String,
+    engine_full: String,
+}
+
+/// The TTL expression of a table, as `system.tables.engine_full` shows it.
+fn ttl_clause(engine_full: &str) -> Option<&str> {
+    let start = engine_full.find(" TTL ")? + " TTL ".len();
+    let rest = &engine_full[start..];
+    Some(rest.find(" SETTINGS ").map_or(rest, |end| &rest[..end]))
+}
+
+/// A TTL expression in one spelling: ClickHouse shows `INTERVAL 30 DAY` as
+/// `toIntervalDay(30)` and drops quotes and spaces.
+fn normalize_ttl(expr: &str) -> String {
+    let flat: String = expr.chars().filter(|c| !c.is_whitespace() && *c != '`').collect::<String>().to_lowercase();
+    let mut out = String::with_capacity(flat.len());
+    let mut rest = flat.as_str();
+    while let Some(i) = rest.find("interval") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "interval".len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        let unit = ["second", "minute", "hour", "day", "week", "month", "year"].into_iter().find(|u| after[digits..].starts_with(u));
+        match unit {
+            Some(u) if digits > 0 => {
+                out.push_str(&format!("tointerval{u}({})", &after[..digits]));
+                rest = &after[digits + u.len()..];
+            }
+            _ => {
+                out.push_str("interval");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn diff(table: &Table, existing: &[ColumnInfo], db: &str, statements: &mut Vec<String>, refused: &mut Vec<String>) {
@@ -137,4 +177,19 @@ pub async fn migrate(cfg: &ClickHouseConfig, spec: &Spec) -> Result<MigrationRep
     }
     report.applied = applied;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_spellings_compare_equal() {
+        let shown = "ReplacingMergeTree(revision) PARTITION BY toYYYYMM(window_start) ORDER BY (city, window_start) TTL toDateTime(window_start) + toIntervalDay(30) SETTINGS index_granularity = 8192";
+        let clause = ttl_clause(shown).unwrap_or_default();
+        assert_eq!(normalize_ttl(clause), normalize_ttl("toDateTime(`window_start`) + INTERVAL 30 DAY"));
+        assert_ne!(normalize_ttl(clause), normalize_ttl("toDateTime(`window_start`) + INTERVAL 7 DAY"));
+        assert_eq!(normalize_ttl("toDateTime(ts) + INTERVAL 129600 SECOND"), "todatetime(ts)+tointervalsecond(129600)");
+        assert_eq!(ttl_clause("MergeTree ORDER BY x SETTINGS index_granularity = 8192"), None);
+    }
 }

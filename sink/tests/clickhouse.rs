@@ -168,6 +168,23 @@ async fn migrations_are_idempotent_additive_and_refuse_destruction() {
     let recorded: u64 = cfg.client().query("SELECT count() FROM pulse_migrations").fetch_one().await.expect("recorded");
     assert_eq!(recorded as usize, first.applied.len() + third.applied.len());
 
+    // A changed retention changes the metric table's TTL in place; then nothing to do.
+    let mut kept_longer = grown.clone();
+    kept_longer.metrics[0].retention = pulse_model::Millis(90 * 86_400_000);
+    let retained = migrate(&cfg, &kept_longer).await.expect("retention migrate");
+    let name = &kept_longer.metrics[0].name;
+    assert!(retained.applied.iter().any(|s| s.contains("MODIFY TTL") && s.contains(&format!("`{name}`")) && s.contains("90 DAY")), "{retained:?}");
+    assert_eq!(retained.applied.len(), 1, "{retained:?}");
+    let engine: String = cfg
+        .client()
+        .query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(name.as_str())
+        .fetch_one()
+        .await
+        .expect("engine");
+    assert!(engine.contains("toIntervalDay(90)"), "{engine}");
+    assert!(migrate(&cfg, &kept_longer).await.expect("again").applied.is_empty());
+
     // Destructive: the base spec no longer has `promo`; refused, nothing applied.
     let shrunk = base.replace("{ name = \"estimated_fare\", type = \"float\", min = 0, max = 1000000 },", "{ name = \"estimated_fare\", type = \"int\" },");
     let shrunk = Spec::parse(Path::new("shrunk.toml"), &shrunk).expect("shrunk spec");

@@ -81,6 +81,8 @@ def main() -> int:
     ingest_port, sink_m, df_m = free_port(), free_port(), free_port()
     env = dict(os.environ, PULSE_SPEC=spec_path, PULSE_KAFKA_BROKERS=brokers, PULSE_CLICKHOUSE_URL=ch_url,
                PULSE_CLICKHOUSE_DATABASE=database, PULSE_LOG="warn",
+               # Loopback only, a throwaway database: no keys (and no rate limit) for the benchmark.
+               PULSE_INSECURE="1", PULSE_INGEST_RATE_LIMIT="0",
                PULSE_INGEST_ADDR=f"127.0.0.1:{ingest_port}",
                PULSE_SINK_METRICS_ADDR=f"127.0.0.1:{sink_m}", PULSE_DATAFLOW_METRICS_ADDR=f"127.0.0.1:{df_m}")
     for cmd in (["topics"], ["migrate"]):

@@ -47,6 +47,10 @@ pub struct DataflowArgs {
     /// second instance waits until the holder stops or has not renewed it for this long.
     #[arg(long, env = "PULSE_DATAFLOW_LEASE_TTL", value_parser = crate::ingest_cmd::parse_duration, default_value = "10s")]
     pub lease_ttl: std::time::Duration,
+    /// How often topic metadata is read again: partitions added while the job runs are
+    /// picked up (read from their first offset) within this long.
+    #[arg(long, env = "PULSE_DATAFLOW_METADATA_INTERVAL", value_parser = crate::ingest_cmd::parse_duration, default_value = "10s")]
+    pub metadata_interval: std::time::Duration,
     /// Apply the schema (pulse migrate) before starting.
     #[arg(long, env = "PULSE_DATAFLOW_MIGRATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -86,6 +90,7 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
         instance: format!("{}-{}", crate::services::hostname(), args.process),
         stall_timeout: args.stall_timeout,
         lease_ttl: args.lease_ttl,
+        metadata_interval: args.metadata_interval,
         ..Default::default()
     };
     let summaries =

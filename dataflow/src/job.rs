@@ -17,6 +17,7 @@ use crate::metrics::JobMetrics;
 use crate::plan::JobPlan;
 use crate::state::{Accepted, IngestState};
 use crate::types::{WM_END, WmReport};
+use crate::watermark::{WallClock, follow_wall_clock};
 
 /// Next offset to commit per (domain, partition).
 type Offsets = Vec<((usize, i32), i64)>;
@@ -301,7 +302,19 @@ pub fn run_worker(
             state.flush_epoch(&mut graph);
             // A worker whose input ended has no active partition left.
             let idle = if ended { Some(Duration::ZERO) } else { cfg.idle_timeout };
-            graph.reports.send(WmReport { worker: index, epoch, domains: state.report(now, idle) });
+            let mut report = state.report(now, idle);
+            // Live: a quiet domain's watermark follows the wall clock (see `watermark`).
+            if let (Some(idle), false, false) = (cfg.idle_timeout, replay, ended) {
+                let wall = pulse_model::now_ms();
+                let shared = graph.shared.borrow();
+                for (d, wm) in report.iter_mut().enumerate() {
+                    let lateness = plan.by_domain[d].iter().map(|&m| plan.metrics[m].lateness).max().unwrap_or(0);
+                    let current_within = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX).saturating_add(lateness);
+                    let clock = WallClock { now_ms: wall, cap: bounds[d].watermark_cap(wall), job_watermark: shared.clock.watermark(d), current_within };
+                    *wm = follow_wall_clock(*wm, clock);
+                }
+            }
+            graph.reports.send(WmReport { worker: index, epoch, domains: report });
             dead_by_epoch.push_back((epoch, std::mem::take(&mut dead_now)));
             if (ended || stopping) && final_epoch.is_none() {
                 final_epoch = Some(epoch);

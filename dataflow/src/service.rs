@@ -64,6 +64,8 @@ pub struct DataflowConfig {
     pub stall_timeout: Duration,
     /// The consumer group's lease expires when not renewed for this long (see `lease`).
     pub lease_ttl: Duration,
+    /// Topic metadata is read again this often: partitions added while the job runs are picked up.
+    pub metadata_interval: Duration,
 }
 
 impl Default for DataflowConfig {
@@ -78,6 +80,7 @@ impl Default for DataflowConfig {
             idle_timeout: None,
             stall_timeout: Duration::from_secs(60),
             lease_ttl: Duration::from_secs(10),
+            metadata_interval: crate::kafka::METADATA_INTERVAL,
         }
     }
 }
@@ -202,6 +205,7 @@ pub fn run(
     let fence = Arc::clone(&output.fence);
     let emit_interval = cfg.emit_interval;
     let idle_timeout = cfg.idle_timeout;
+    let metadata_interval = cfg.metadata_interval;
     if matches!(cfg.cluster, Cluster::Cluster { .. }) {
         end_process_when_a_peer_is_lost();
     }
@@ -219,7 +223,7 @@ pub fn run(
         let (mut source, start): (Box<dyn RecordSource>, Vec<i64>) =
             match KafkaSource::new(&kafka, &group, &spec, index, peers, Some(output.metrics.lag.clone())) {
                 Ok((s, resume)) => match resume_from(&spec, &group, &resume, &progress) {
-                    Ok(start) => (Box::new(s.with_fence(Arc::clone(&fence))), start),
+                    Ok(start) => (Box::new(s.with_fence(Arc::clone(&fence)).with_metadata_interval(metadata_interval)), start),
                     Err(e) => {
                         fail(e.to_string());
                         (Box::new(NoSource), Vec::new())

@@ -140,19 +140,27 @@ impl MetricStore {
         }
         let p = Self::pane_idx(plan, d.pane);
         let k = w.per_event() as i32;
+        // The open windows holding the pane (their first panes), and what their
+        // distinct counts gain, applied once for the whole delta.
+        let windows: Vec<(i64, PaneIdx)> = w.open_starts(d.pane, self.closed_below).map(|s| (s, Self::pane_idx(plan, s))).collect();
+        let slots = plan.distinct.len();
+        let mut gained = vec![0i64; windows.len() * slots];
         let others = &mut self.others;
         for &(slot, v, c) in &d.distinct {
             let Some(presence) = group.distinct.get_mut(slot as usize) else { continue };
             let Some(t) = presence.change(v, p, c, others) else { continue };
             let step = if t == Transition::Appeared { 1 } else { -1 };
             // Each open window holding the pane counts the value once, whichever of its panes hold it.
-            for s in w.open_starts(d.pane, self.closed_below) {
-                let first = Self::pane_idx(plan, s);
-                if !others.iter().any(|&q| (0..k).contains(&pane_diff(q, first)))
-                    && let Some(meta) = group.windows.get_mut(&s)
-                    && let Some(n) = meta.distinct.get_mut(slot as usize)
-                {
-                    *n += step;
+            for (j, &(_, first)) in windows.iter().enumerate() {
+                if others.is_empty() || !others.iter().any(|&q| (0..k).contains(&pane_diff(q, first))) {
+                    gained[j * slots + slot as usize] += step;
+                }
+            }
+        }
+        for (j, (s, _)) in windows.iter().enumerate() {
+            if let Some(meta) = group.windows.get_mut(s) {
+                for (n, g) in meta.distinct.iter_mut().zip(&gained[j * slots..(j + 1) * slots]) {
+                    *n += g;
                 }
             }
         }

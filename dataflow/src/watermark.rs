@@ -4,6 +4,13 @@
 //! watermark it used to drop late data. The job's watermark of a domain is the
 //! minimum over all workers' active partitions; windows close at the minimum
 //! watermark any worker used, so no worker can still add to a closed window.
+//!
+//! A quiet domain (every partition, on every worker, read to its end and
+//! silent for `idle_timeout`) follows the wall clock: each worker whose own
+//! partitions of the domain are all idle offers the wall clock as the furthest
+//! time seen (see [`follow_wall_clock`]), and the job's watermark of a domain
+//! with no active partition is the furthest any worker offers. So its windows
+//! close, and their finals appear, even when nothing arrives (at night).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -67,6 +74,41 @@ impl LocalClocks {
         }
         DomainWm { min_active, max_seen, used }
     }
+}
+
+/// What a worker needs to let a quiet domain's watermark follow the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallClock {
+    /// The wall clock now (ms since the Unix epoch).
+    pub now_ms: i64,
+    /// The furthest a watermark of the domain may reach now (`TimeBounds::watermark_cap`).
+    pub cap: i64,
+    /// The job's watermark of the domain, as last agreed.
+    pub job_watermark: i64,
+    /// A domain counts as current when its newest event time read (or the job's
+    /// watermark) is at most this far behind the wall clock: `idle_timeout`
+    /// plus the largest lateness of its metrics.
+    pub current_within: i64,
+}
+
+/// This worker's report for a domain once the wall clock is taken into
+/// account: when all of its partitions of the domain are idle (or it has none)
+/// and the domain's data is current, it offers the wall clock (never past the
+/// trust boundary's cap) as the furthest time seen. The job's watermark takes
+/// it only when no worker has an active partition of the domain, i.e. when the
+/// whole domain is quiet. A backlog replayed from the past (its newest event
+/// older than `current_within`) keeps the watermark at its newest event, so a
+/// replay in parts does not find its next part late.
+pub fn follow_wall_clock(wm: DomainWm, clock: WallClock) -> DomainWm {
+    if wm.min_active.is_some() {
+        return wm;
+    }
+    let newest = wm.max_seen.unwrap_or(WM_START).max(clock.job_watermark);
+    if newest < clock.now_ms.saturating_sub(clock.current_within) {
+        return wm;
+    }
+    let follow = clock.now_ms.min(clock.cap);
+    DomainWm { max_seen: Some(wm.max_seen.map_or(follow, |m| m.max(follow))), ..wm }
 }
 
 /// Every worker's latest report; derives the job's watermarks.
@@ -191,6 +233,35 @@ mod tests {
         c.set_caught_up(0, 1, true, later);
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).min_active, Some(6000));
         assert_eq!(c.domain_wm(0, 7, later, Some(Duration::from_secs(10))).max_seen, Some(6000));
+    }
+
+    #[test]
+    fn a_quiet_domain_follows_the_wall_clock_once_every_partition_is_idle() {
+        let now = 1_795_515_300_000;
+        let clock = WallClock { now_ms: now, cap: now + 300_000, job_watermark: now - 20_000, current_within: 40_000 };
+        // A worker with an active partition offers nothing more.
+        let active = DomainWm { min_active: Some(now - 5_000), max_seen: Some(now - 5_000), used: 0 };
+        assert_eq!(follow_wall_clock(active, clock), active);
+        // All of its partitions idle (or none at all): the wall clock.
+        let idle = DomainWm { min_active: None, max_seen: Some(now - 12_000), used: 0 };
+        assert_eq!(follow_wall_clock(idle, clock).max_seen, Some(now));
+        let none = DomainWm { min_active: None, max_seen: None, used: 0 };
+        assert_eq!(follow_wall_clock(none, clock).max_seen, Some(now));
+        // Never past the cap, never below what it saw (events within max_future).
+        assert_eq!(follow_wall_clock(idle, WallClock { cap: now - 1_000, ..clock }).max_seen, Some(now - 1_000));
+        let ahead = DomainWm { min_active: None, max_seen: Some(now + 60_000), used: 0 };
+        assert_eq!(follow_wall_clock(ahead, clock).max_seen, Some(now + 60_000));
+        // A backlog from an hour ago stays where its events are.
+        let old = DomainWm { min_active: None, max_seen: Some(now - 3_600_000), used: 0 };
+        assert_eq!(follow_wall_clock(old, WallClock { job_watermark: now - 3_600_000, ..clock }), old);
+
+        // The job follows only when no worker has an active partition of the domain.
+        let mut g = GlobalClock::new(2, 1, &[]);
+        let r = |worker, epoch, wm: DomainWm| WmReport { worker, epoch, domains: vec![wm] };
+        g.complete_epoch(1, [r(0, 1, follow_wall_clock(idle, clock)), r(1, 1, follow_wall_clock(active, clock))]);
+        assert_eq!(g.watermark(0), now - 5_000);
+        g.complete_epoch(2, [r(1, 2, follow_wall_clock(DomainWm { min_active: None, ..active }, clock))]);
+        assert_eq!(g.watermark(0), now);
     }
 
     #[test]

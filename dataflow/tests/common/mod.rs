@@ -209,3 +209,106 @@ pub fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, s
     }
     rows
 }
+
+/// `produce_and_store`, each record sent to the partition `partition_of(i)`
+/// says (its key's partition when `None`).
+pub async fn produce_and_store_to(
+    spec: &Spec,
+    kafka: &KafkaConfig,
+    ch: &ClickHouseConfig,
+    recs: &[(GenDomain, String, String)],
+    partition_of: &(dyn Fn(usize) -> Option<i32> + Sync),
+) {
+    let producer: FutureProducer = kafka.reliable_producer().create().expect("producer");
+    let writer = Writer::new(ch, WriterMetrics::new(&Registry::new()));
+    let mut bodies: HashMap<usize, (BytesMut, usize)> = HashMap::new();
+    let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
+    let sends: Vec<_> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, (gd, key, json))| {
+            let d = spec.domain_index(gd.name()).expect("domain");
+            let topic = spec.domains[d].topic.clone();
+            let producer = producer.clone();
+            let partition = partition_of(i);
+            async move {
+                let mut record = FutureRecord::to(&topic).key(key).payload(json);
+                if let Some(p) = partition {
+                    record = record.partition(p);
+                }
+                let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
+                (d, delivery.partition, delivery.offset)
+            }
+        })
+        .collect();
+    let acks = futures::future::join_all(sends).await;
+    for ((_, _, json), (d, partition, offset)) in recs.iter().zip(acks) {
+        let ev = decoders[d].decode(json.as_bytes()).expect("valid event");
+        let domain = &spec.domains[d];
+        let at = Provenance { topic: &domain.topic, partition, offset, timestamp_ms: ev.time };
+        let (buf, n) = bodies.entry(d).or_insert_with(|| (BytesMut::new(), 0));
+        raw_table(domain).encode(&ev, &at, buf);
+        *n += 1;
+    }
+    for (d, (body, n)) in bodies {
+        let t = raw_table(&spec.domains[d]).table;
+        writer.insert(&t.name, &t.insert_sql(&ch.database), body.freeze(), n, &Shutdown::new()).await.expect("raw insert");
+    }
+}
+
+/// The default spec with unique topics and short windows (20 s sliding every
+/// 10 s, 5 s of lateness), so that windows close within seconds.
+pub fn short_windows_spec() -> Arc<Spec> {
+    let text = pulse_kafka::testing::unique_spec_text()
+        .replace("window = \"5m\"", "window = \"20s\"")
+        .replace("slide = \"1m\"", "slide = \"10s\"")
+        .replace("lateness = \"30s\"", "lateness = \"5s\"");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+    Arc::new(Spec::parse(&path, &text).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// A runtime, `spec`'s topics on the local broker (Tansu) but those of
+/// `later` (created by the test), a migrated database and a consumer group of
+/// its own; `None` without the local stack.
+pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(tokio::runtime::Runtime, KafkaConfig, ClickHouseConfig, String)> {
+    let brokers = pulse_kafka::testing::stack_brokers()?;
+    let ch = pulse_sink::testing::stack_clickhouse(&format!("pulse_{name}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let kafka = KafkaConfig { brokers, properties: Vec::new() };
+    rt.block_on(async {
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = kafka.client().create().expect("admin");
+        let plans: Vec<_> = pulse_kafka::plan_topics(spec).into_iter().filter(|p| !later.contains(&p.name.as_str())).collect();
+        pulse_kafka::ensure_topics(&admin, &plans).await.expect("topics");
+    });
+    rt.block_on(pulse_sink::migrate(&ch, spec)).expect("migrate");
+    let group = pulse_kafka::testing::unique_name(&name.replace('_', "-"));
+    Some((rt, kafka, ch, group))
+}
+
+/// Tansu hands a partition's last batch to consumers only once more data
+/// follows: one record every consumer dead-letters follows on each of the
+/// given partitions (`(topic, partitions)`).
+pub fn push_tails_to(kafka: &KafkaConfig, topics: &[(String, i32)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            producer.send(BaseRecord::to(topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush tails");
+}
+
+/// The job as a service with the given configuration (its group, workers, timings).
+pub fn start_job_with(
+    spec: Arc<Spec>,
+    kafka: KafkaConfig,
+    ch: ClickHouseConfig,
+    rt: tokio::runtime::Handle,
+    cfg: DataflowConfig,
+) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>) {
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
+    let handle = std::thread::spawn(move || run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), s, &rt).expect("dataflow runs"));
+    (shutdown, handle)
+}

@@ -121,7 +121,10 @@ fn clickhouse_down_for_a_minute_under_load() {
             saw_503 = true;
         }
         assert_ne!(code, 200, "the API cannot answer from a ClickHouse that is down");
-        assert_eq!(get(&format!("{base}/ready")).0, 503, "not ready while ClickHouse is down");
+        // Readiness is ClickHouse's ping every 2 s: it follows within one interval.
+        if down.elapsed() > Duration::from_secs(3) {
+            assert_eq!(get(&format!("{base}/ready")).0, 503, "not ready while ClickHouse is down");
+        }
         assert!(!sink.is_finished() && !dataflow.is_finished(), "services keep running");
         std::thread::sleep(Duration::from_secs(2));
     }

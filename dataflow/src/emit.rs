@@ -41,10 +41,20 @@ pub struct Emitter {
 
 impl Emitter {
     /// `closed` is the closed watermark per domain the job starts from (after a
-    /// restart); revisions continue above `revision_floor`, the highest one
-    /// already written, so they grow across restarts whatever the wall clock does.
-    pub fn new(plan: Arc<JobPlan>, closed: &[i64], revision_floor: u64) -> Emitter {
-        let stores = plan.metrics.iter().map(|m| MetricStore::new(closed.get(m.domain).copied().unwrap_or(WM_START).saturating_sub(m.lateness))).collect();
+    /// restart), `metric_floor` (per metric, may be empty) the window end below
+    /// which each metric's windows are already final; revisions continue above
+    /// `revision_floor`, the highest one already written, so they grow across
+    /// restarts whatever the wall clock does.
+    pub fn new(plan: Arc<JobPlan>, closed: &[i64], metric_floor: &[i64], revision_floor: u64) -> Emitter {
+        let stores = plan
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let from_domain = closed.get(m.domain).copied().unwrap_or(WM_START).saturating_sub(m.lateness);
+                MetricStore::new(from_domain.max(metric_floor.get(i).copied().unwrap_or(WM_START)))
+            })
+            .collect();
         Emitter { stores, names: FxHashMap::default(), last_revision: revision_floor, stats: EmitterStats::default(), plan }
     }
 
@@ -174,7 +184,7 @@ mod tests {
         let plan = Arc::new(JobPlan::new(&spec));
         // A floor far above the wall clock (an earlier run on a clock that was ahead).
         let floor = 1u64 << 60;
-        let mut emitter = Emitter::new(Arc::clone(&plan), &[], floor);
+        let mut emitter = Emitter::new(Arc::clone(&plan), &[], &[], floor);
         let slots = plan.metrics[0].add.len();
         emitter.apply(vec![
             Delta::Names { gid: 7, metric: 0, values: vec![NamedValue::Str("Lima".into())], diff: 1 },

@@ -84,9 +84,10 @@ impl Updates for Graph {
 }
 
 /// Builds the dataflow on a worker. `start` is the closed watermark per domain
-/// the job resumes from; `domains` the number of domains; revisions continue
-/// above `revision_floor`.
-pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i64], revision_floor: u64) -> Graph {
+/// the job resumes from, `metric_floor` the window end below which each
+/// metric's windows are final; `domains` the number of domains; revisions
+/// continue above `revision_floor`.
+pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i64], metric_floor: &[i64], revision_floor: u64) -> Graph {
     let peers = worker.peers();
     let shared = Rc::new(RefCell::new(Shared {
         rows: Vec::new(),
@@ -97,7 +98,7 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
     let probe = ProbeHandle::new();
     let durable_probe = ProbeHandle::new();
     let emitter_shared = Rc::clone(&shared);
-    let emitter = Emitter::new(Arc::clone(&plan), start, revision_floor);
+    let emitter = Emitter::new(Arc::clone(&plan), start, metric_floor, revision_floor);
 
     let (deltas, reports, durable) = worker.dataflow::<u64, _, _>(|scope| {
         let (deltas_in, deltas) = scope.new_input::<Vec<Delta>>();

@@ -101,6 +101,8 @@ pub struct WorkerConfig {
     pub start: Vec<i64>,
     /// Revisions continue above this (the highest one already written).
     pub revision_floor: u64,
+    /// Per metric (or empty): windows ending at or below this are already final.
+    pub metric_floor: Vec<i64>,
     pub max_poll: usize,
 }
 
@@ -114,6 +116,7 @@ impl WorkerConfig {
             replay_epoch_records: None,
             start: Vec::new(),
             revision_floor: 0,
+            metric_floor: Vec::new(),
             max_poll: 5_000,
         }
     }
@@ -160,7 +163,7 @@ pub fn run_worker(
 ) -> WorkerSummary {
     let plan = Arc::new(JobPlan::new(&spec));
     let domains = spec.domains.len();
-    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start, cfg.revision_floor);
+    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start, &cfg.metric_floor, cfg.revision_floor);
     let mut state = IngestState::new(Arc::clone(&spec), Arc::clone(&plan), &cfg.start);
     let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
     let bounds: Vec<TimeBounds> = spec.domains.iter().map(TimeBounds::of).collect();

@@ -9,6 +9,7 @@
 //! - `job`: the worker loop (Kafka or replay in, rows out, commits).
 //! - `output`: durable delivery of rows to ClickHouse and Kafka.
 
+pub mod backfill;
 pub mod distinct;
 pub mod emit;
 pub mod graph;

@@ -8,16 +8,72 @@
 //!
 //! A row is written only when the set of closed windows changes (a metric's
 //! closing frontier crosses a window end), not every epoch.
+//!
+//! Each metric also gets a row (`domain` = `metric/NAME/FINGERPRINT`) with the
+//! window end below which its windows are final, under that definition. At
+//! start a metric resumes from its own row (so a raised lateness never
+//! reopens a final window); a metric without one, new or changed, is rebuilt
+//! from the raw tables up to where its domain got (see [`metric_starts`]).
 
 use bytes::BytesMut;
 use pulse_model::Spec;
 use pulse_sink::schema::{PROGRESS_TABLE, encode_progress};
 
+/// Every progress row of `group`: (domain or `metric/NAME/FINGERPRINT`, closed).
+async fn rows(client: &clickhouse::Client, database: &str, group: &str) -> Result<Vec<(String, i64)>, clickhouse::error::Error> {
+    let sql = format!("SELECT domain, max(closed) FROM `{database}`.`{PROGRESS_TABLE}` WHERE consumer_group = ? GROUP BY domain");
+    client.query(&sql).bind(group).fetch_all().await
+}
+
 /// Reads the recorded progress of `group`: the closed watermark per spec domain, if any.
 pub async fn load(client: &clickhouse::Client, database: &str, group: &str, spec: &Spec) -> Result<Vec<Option<i64>>, clickhouse::error::Error> {
-    let sql = format!("SELECT domain, max(closed) FROM `{database}`.`{PROGRESS_TABLE}` WHERE consumer_group = ? GROUP BY domain");
-    let rows: Vec<(String, i64)> = client.query(&sql).bind(group).fetch_all().await?;
+    let rows = rows(client, database, group).await?;
     Ok(spec.domains.iter().map(|d| rows.iter().find(|(name, _)| *name == d.name).map(|(_, c)| *c)).collect())
+}
+
+/// What a metric's definition is, for its progress: everything that decides
+/// its windows' values (not its lateness, retention or group cap).
+pub fn fingerprint(spec: &Spec, m: &pulse_model::Metric) -> String {
+    let canonical = format!("{}|{:?}|{}|{}|{:?}", spec.metric_domain(m).name, m.group_by, m.window.ms(), m.slide.ms(), m.aggregates);
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()))
+}
+
+fn metric_key(spec: &Spec, m: &pulse_model::Metric) -> String {
+    format!("metric/{}/{}", m.name, fingerprint(spec, m))
+}
+
+/// How a metric starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricStart {
+    /// Nothing recorded for the group: the job starts from scratch.
+    Fresh,
+    /// Its windows ending at or below this are final (under this definition).
+    Resume(i64),
+    /// New, or its definition changed: its windows ending at or below this
+    /// are recomputed from the raw tables before the job starts.
+    Rebuild(i64),
+}
+
+/// How each metric of `spec` starts for `group`, given the domains' recorded
+/// progress. Progress recorded before metrics had rows of their own resumes
+/// every metric from its domain.
+pub async fn metric_starts(client: &clickhouse::Client, database: &str, group: &str, spec: &Spec) -> Result<Vec<MetricStart>, clickhouse::error::Error> {
+    let rows = rows(client, database, group).await?;
+    let any_metric_row = rows.iter().any(|(k, _)| k.starts_with("metric/"));
+    Ok(spec
+        .metrics
+        .iter()
+        .map(|m| {
+            let domain = rows.iter().find(|(k, _)| *k == spec.metric_domain(m).name).map(|(_, c)| c.saturating_sub(m.lateness.ms()));
+            let own = rows.iter().find(|(k, _)| *k == metric_key(spec, m)).map(|(_, c)| *c);
+            match (domain, own) {
+                (None, _) => MetricStart::Fresh,
+                (Some(d), Some(o)) => MetricStart::Resume(o.max(d)),
+                (Some(d), None) if !any_metric_row => MetricStart::Resume(d),
+                (Some(d), None) => MetricStart::Rebuild(d),
+            }
+        })
+        .collect())
 }
 
 /// The highest revision (final bit aside) any row of the spec's metric tables
@@ -35,6 +91,8 @@ pub async fn revision_floor(client: &clickhouse::Client, database: &str, spec: &
 /// Decides when a progress row is due and encodes it.
 pub struct Progress {
     group: String,
+    /// Per domain: (progress key, lateness) of each of its metrics.
+    metric_keys: Vec<Vec<(String, i64)>>,
     /// Per domain: (lateness, window size, slide) of each of its metrics.
     shapes: Vec<Vec<(i64, i64, i64)>>,
     names: Vec<String>,
@@ -47,7 +105,15 @@ impl Progress {
         let shapes = (0..spec.domains.len())
             .map(|d| spec.metrics.iter().filter(|m| m.domain == d).map(|m| (m.lateness.ms(), m.window.ms(), m.slide.ms().max(1))).collect())
             .collect();
-        Progress { group: group.to_string(), shapes, names: spec.domains.iter().map(|d| d.name.clone()).collect(), written: vec![None; spec.domains.len()] }
+        let metric_keys =
+            (0..spec.domains.len()).map(|d| spec.metrics.iter().filter(|m| m.domain == d).map(|m| (metric_key(spec, m), m.lateness.ms())).collect()).collect();
+        Progress {
+            group: group.to_string(),
+            metric_keys,
+            shapes,
+            names: spec.domains.iter().map(|d| d.name.clone()).collect(),
+            written: vec![None; spec.domains.len()],
+        }
     }
 
     /// For each metric of `domain`, the number of window starts closed at `closed`
@@ -60,13 +126,17 @@ impl Progress {
     /// `closed` (none when no domain's set of closed windows changed). Hand it
     /// back to [`Progress::written`] once it is durable.
     pub fn due(&self, closed: &[i64], now_ms: i64) -> Option<Due> {
-        let mut due = Due { body: BytesMut::new(), marks: Vec::new() };
+        let mut due = Due { body: BytesMut::new(), marks: Vec::new(), rows: 0 };
         for (d, &c) in closed.iter().enumerate().take(self.names.len()) {
             // Recorded from the first commit on, even before any window closed:
             // committed offsets always come with known progress.
             let f = self.frontier(d, c);
             if self.written[d].as_ref() != Some(&f) {
                 encode_progress(&self.group, &self.names[d], c, now_ms, &mut due.body);
+                for (key, lateness) in &self.metric_keys[d] {
+                    encode_progress(&self.group, key, c.saturating_sub(*lateness), now_ms, &mut due.body);
+                }
+                due.rows += 1 + self.metric_keys[d].len();
                 due.marks.push((d, f));
             }
         }
@@ -85,10 +155,17 @@ impl Progress {
 pub struct Due {
     pub body: BytesMut,
     marks: Vec<(usize, Vec<i64>)>,
+    rows: usize,
 }
 
 impl Due {
+    /// Rows in `body`.
     pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Domains whose progress it records.
+    pub fn domains(&self) -> usize {
         self.marks.len()
     }
 }
@@ -107,7 +184,8 @@ mod tests {
         // city_metrics: 5 min windows sliding 1 min, 30 s lateness.
         let t = 1_795_515_300_000 / minute * minute;
         let due = p.due(&[t + 30_000, WM_START, WM_START], t).expect("first row");
-        assert_eq!(due.rows(), 3, "every domain, with or without a watermark yet");
+        assert_eq!(due.domains(), 3, "every domain, with or without a watermark yet");
+        assert_eq!(due.rows(), 3 + spec.metrics.len(), "and every metric");
         p.written(due);
         assert!(p.due(&[t + 89_999, WM_START, WM_START], t).is_none(), "no window end crossed");
         assert!(p.due(&[t + 90_000, WM_START, WM_START], t).is_some(), "the window ending at t + 60 s closes at t + 90 s");

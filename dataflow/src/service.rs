@@ -102,6 +102,8 @@ pub enum DataflowError {
     UnknownProgress { domain: String, group: String, table: &'static str },
     #[error(transparent)]
     Lease(#[from] crate::lease::LeaseError),
+    #[error("rebuilding a new or changed metric from the raw tables: {0}")]
+    Rebuild(crate::backfill::BackfillError),
     #[error("another instance took consumer group `{0}` over; this one stopped committing and ended")]
     Fenced(String),
 }
@@ -187,6 +189,46 @@ pub fn run(
     let revision_floor = rt
         .block_on(progress::revision_floor(writer.client(), &clickhouse.database, &spec))
         .map_err(|source| DataflowError::Progress { table: "metric tables", source })?;
+    // Each metric resumes from its own progress; one that is new or whose
+    // definition changed is first rebuilt from the raw tables up to where its
+    // domain got (in cluster mode, process 0 does it for the job).
+    let starts = rt
+        .block_on(progress::metric_starts(writer.client(), &clickhouse.database, &cfg.group, &spec))
+        .map_err(|source| DataflowError::Progress { table: PROGRESS_TABLE, source })?;
+    let mut metric_floor = Vec::with_capacity(spec.metrics.len());
+    let rebuilds_here = lease.is_some();
+    for (m, (metric, start)) in spec.metrics.iter().zip(&starts).enumerate() {
+        let floor = match *start {
+            progress::MetricStart::Fresh => {
+                tracing::info!(metric = %metric.name, "no recorded progress: starting from the committed offsets");
+                crate::types::WM_START
+            }
+            progress::MetricStart::Resume(closed) => {
+                tracing::info!(metric = %metric.name, final_below = closed, "resuming (definition unchanged)");
+                closed
+            }
+            progress::MetricStart::Rebuild(closed) => {
+                // Windows [s, s + size) with s + size <= closed, within the metric's retention.
+                let (from, to) = (closed.saturating_sub(metric.retention.ms()), closed.saturating_sub(metric.window.ms()).saturating_add(1));
+                if rebuilds_here {
+                    let written = rt
+                        .block_on(crate::backfill::backfill(
+                            &spec,
+                            m,
+                            clickhouse,
+                            &writer,
+                            Some(&output.producer),
+                            (from, to),
+                            revision_floor.saturating_add(1),
+                        ))
+                        .map_err(DataflowError::Rebuild)?;
+                    tracing::info!(metric = %metric.name, windows = written, from, to, "new or changed definition: closed windows rebuilt from the raw tables");
+                }
+                closed
+            }
+        };
+        metric_floor.push(floor);
+    }
     // The workers poll this flag; the shutdown signal sets it.
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -238,6 +280,7 @@ pub fn run(
         let mut wcfg = WorkerConfig::live(&spec);
         wcfg.start = start;
         wcfg.revision_floor = revision_floor;
+        wcfg.metric_floor = metric_floor.clone();
         if let Some(e) = emit_interval {
             wcfg.emit_interval = e;
         }

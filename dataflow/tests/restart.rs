@@ -176,3 +176,74 @@ fn a_released_lease_stays_released_after_a_merge() {
     });
     rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
 }
+
+/// The spec changes between two runs on the same group: a copy of
+/// `city_metrics` is added under a new name and `city_metrics`' lateness is
+/// raised. The new metric gets every closed window of history, rebuilt from
+/// the raw tables and equal to SQL; no final of any metric is replaced by a
+/// partial one.
+#[test]
+fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() {
+    let Some((rt, spec, kafka, ch, group)) = on_the_local_broker("df_evolve") else { return };
+
+    let start_ms = pulse_model::now_ms() - 7 * 60_000;
+    let first = records(16_000, 41, start_ms, 0);
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
+    push_tails(&kafka, &spec);
+    let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
+    let before = settled(&rt, &spec, &ch, Duration::from_secs(6), Duration::from_secs(120));
+    stop.trigger();
+    job.join().expect("job thread");
+
+    // The new spec: city_metrics waits 60 s instead of 30 s, and `city_copy` is city_metrics under another name.
+    let mut next = (*spec).clone();
+    let city = next.metrics.iter().position(|m| m.name == "city_metrics").expect("city_metrics");
+    let mut copy = next.metrics[city].clone();
+    copy.name = "city_copy".into();
+    next.metrics[city].lateness = pulse_model::Millis(60_000);
+    next.metrics.push(copy);
+    let next = Arc::new(next);
+    rt.block_on(migrate(&ch, &next)).expect("migrate the new metric's table");
+    // The stream went on while the job was down (written before it starts again:
+    // a pause longer than idle_timeout would let the quiet domain's clock close windows).
+    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
+    let second: Vec<_> = records(1_200, 42, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect();
+    rt.block_on(produce_and_store(&next, &kafka, &ch, &second));
+    push_tails(&kafka, &next);
+    let (stop, job) = start_job(Arc::clone(&next), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
+    std::thread::sleep(Duration::from_secs(10));
+    stop.trigger();
+    job.join().expect("job thread");
+    let after = rt.block_on(clickhouse_finals(&next, &ch));
+
+    let replaced: Vec<String> =
+        before.iter().filter(|(k, v)| !after.get(*k).is_some_and(|now| close(now, v))).map(|(k, v)| format!("{k:?}: {v:?} -> {:?}", after.get(k))).collect();
+    assert!(replaced.is_empty(), "{} of {} finals changed by the new spec:\n{}", replaced.len(), before.len(), replaced.join("\n"));
+    // Every closed city_metrics window of the first run has its city_copy twin, equal to SQL.
+    let copy = next.metric("city_copy").expect("city_copy");
+    let mut missing = Vec::new();
+    for ((metric, g, ws), values) in &before {
+        if metric != "city_metrics" {
+            continue;
+        }
+        match after.get(&("city_copy".to_string(), g.clone(), *ws)) {
+            Some(v) if close(v, values) => {}
+            other => missing.push(format!("{g}/{ws}: city_metrics {values:?}, city_copy {other:?}")),
+        }
+    }
+    assert!(missing.is_empty(), "{} city_copy windows missing or different:\n{}", missing.len(), missing.join("\n"));
+    for ((metric, g, ws), values) in &after {
+        if metric == "city_copy" {
+            let expected = rt.block_on(recomputed(&next, &ch, copy, *ws, g)).unwrap_or_default();
+            if !close(values, &expected) {
+                let progress: Vec<(String, i64)> =
+                    rt.block_on(ch.client().query("SELECT domain, closed FROM pulse_progress ORDER BY written_at").fetch_all()).unwrap_or_default();
+                let revs: Vec<(u64, bool, i64)> = rt
+                    .block_on(ch.client().query("SELECT revision, final, toUnixTimestamp64Milli(emitted_at) FROM city_copy WHERE city = ? AND toUnixTimestamp64Milli(window_start) = ?").bind(g.as_str()).bind(*ws).fetch_all())
+                    .unwrap_or_default();
+                panic!("city_copy/{g}/{ws}: {values:?} != SQL {expected:?}\nprogress {progress:?}\nrows {revs:?}");
+            }
+        }
+    }
+    rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
+}

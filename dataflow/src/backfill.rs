@@ -1,0 +1,117 @@
+//! Recomputing a metric's closed windows over the raw tables (the same
+//! definition, ClickHouse's exact aggregates) and writing them as finals:
+//! `pulse backfill`, and the job itself when it starts with a metric that is
+//! new or whose definition changed (see `progress::metric_starts`).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pulse_model::metric_row::{AggValue, GroupValue, MetricRow, RowShape};
+use pulse_model::{FieldType, Spec};
+use pulse_ops::Shutdown;
+use pulse_sink::schema::{is_count, metric_table};
+use pulse_sink::verify::recompute_sql_exact;
+use pulse_sink::{ClickHouseConfig, Writer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::emit::FINAL_BIT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("recomputing in ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("writing the recomputed windows: {0}")]
+    Write(#[from] pulse_sink::WriteError),
+    #[error("producing to the aggregated topic: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("a recomputed row: {0}")]
+    Row(String),
+}
+
+/// The windows of metric `m` starting in `[from, to)`, recomputed by ClickHouse
+/// as final rows with `revision` (final bit added).
+pub async fn recompute(spec: &Spec, m: usize, ch: &ClickHouseConfig, from: i64, to: i64, revision: u64) -> Result<Vec<MetricRow>, BackfillError> {
+    let metric = &spec.metrics[m];
+    let domain = spec.metric_domain(metric);
+    let sql = format!("SELECT * FROM ({}) FORMAT JSONEachRow", recompute_sql_exact(spec, metric, &ch.database));
+    let mut cursor = ch
+        .client()
+        .query_raw(&sql)
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .param("from", from)
+        .param("to", to)
+        .fetch_bytes("JSONEachRow")?;
+    let bytes = cursor.collect().await?;
+    let now_ms = pulse_model::now_ms();
+    let mut rows = Vec::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| BackfillError::Row(e.to_string()))?;
+        let group = metric
+            .group_by
+            .iter()
+            .map(|&g| {
+                let f = &domain.fields[g];
+                let x = &v[&f.name];
+                match f.ty {
+                    FieldType::Int => x.as_i64().map_or(GroupValue::Null, GroupValue::Int),
+                    FieldType::Bool => x.as_bool().map_or(GroupValue::Null, GroupValue::Bool),
+                    _ => x.as_str().map_or(GroupValue::Null, |s| GroupValue::Str(s.into())),
+                }
+            })
+            .collect();
+        let window_start = v["window_start"].as_i64().ok_or_else(|| BackfillError::Row(format!("no window_start in {v}")))?;
+        let values = metric
+            .aggregates
+            .iter()
+            .map(|a| {
+                let x = &v[&a.name];
+                if is_count(&a.kind) { AggValue::Count(x.as_u64().unwrap_or(0)) } else { AggValue::Float(x.as_f64()) }
+            })
+            .collect();
+        rows.push(MetricRow {
+            metric: m,
+            group,
+            window_start,
+            window_end: window_start + metric.window.ms(),
+            values,
+            is_final: true,
+            revision: FINAL_BIT | revision,
+            emitted_at: now_ms,
+            deleted: false,
+        });
+    }
+    Ok(rows)
+}
+
+/// Recomputes the windows of metric `m` starting in `[from, to)` and writes
+/// them to its table and, with a producer, to the aggregated topic. Returns
+/// how many windows were written.
+pub async fn backfill(
+    spec: &Spec,
+    m: usize,
+    ch: &ClickHouseConfig,
+    writer: &Writer,
+    producer: Option<&FutureProducer>,
+    (from, to): (i64, i64),
+    revision: u64,
+) -> Result<usize, BackfillError> {
+    let metric = &spec.metrics[m];
+    let rows = recompute(spec, m, ch, from, to, revision).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let table = metric_table(spec, metric);
+    let mut body = BytesMut::new();
+    for r in &rows {
+        table.encode(r, &mut body);
+    }
+    writer.insert(&table.table.name, &table.table.insert_sql(&ch.database), body.freeze(), rows.len(), &Shutdown::new()).await?;
+    if let Some(producer) = producer {
+        let shape = RowShape::new(spec, metric);
+        for r in &rows {
+            let (key, json) = (r.key(&shape), r.to_json(&shape));
+            producer.send(FutureRecord::to(&spec.pipeline.aggregated_topic).key(&key).payload(&json), Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(rows.len())
+}

@@ -64,9 +64,7 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-pub fn now_ms() -> i64 {
-    (now_us() / 1000) as i64
-}
+pub use pulse_model::now_ms;
 
 /// What ingest stamps on every event of one request.
 #[derive(Debug, Clone, Copy)]

@@ -170,7 +170,8 @@ impl Shutdown {
     }
 }
 
-/// Registers a metric, panicking only on a programming error (duplicate name).
+/// Registers a metric; a registration that fails (a duplicate name, a
+/// programming error) is logged, and the metric still works unregistered.
 pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     if let Err(e) = registry.register(Box::new(metric.clone())) {
         tracing::error!("metric registration failed: {e}");

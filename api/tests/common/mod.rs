@@ -170,9 +170,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use pulse_model::now_ms;
 
 /// The shared fixture: data stored by the real sink and dataflow, an API over it,
 /// and the rows SSE clients received while the dataflow ran.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
 use pulse_model::value::FxHashMap;
 
-use crate::plan::{JobPlan, Output};
+use crate::plan::{JobPlan, Readout};
 use crate::store::{Evaluated, MetricStore, StoreSize, WindowValues};
 use crate::types::{Delta, WM_START};
 
@@ -133,21 +133,21 @@ impl Emitter {
         let mp = &self.plan.metrics[m];
         let w: &WindowValues = &e.values;
         let count = |slot: usize| w.add.get(slot).map_or(0, |a| a.n.max(0) as u64);
-        let plain = |o: &Output| -> AggValue {
+        let plain = |o: &Readout| -> AggValue {
             match *o {
-                Output::Count(s) => AggValue::Count(count(s)),
-                Output::Sum(s) => AggValue::Float(Some(w.add.get(s).map_or(0.0, |a| a.sum.to_f64()))),
-                Output::Avg(s) => AggValue::Float(w.add.get(s).and_then(|a| (a.n > 0).then(|| a.sum.to_f64() / a.n as f64))),
-                Output::Distinct(s) => AggValue::Count(w.distinct.get(s).map_or(0, |&n| n.max(0) as u64)),
-                Output::Stat(s, p) => AggValue::Float(w.stats.get(s).and_then(|v| v.get(p)).copied().flatten()),
-                Output::Ratio(..) => AggValue::Float(None),
+                Readout::Count(s) => AggValue::Count(count(s)),
+                Readout::Sum(s) => AggValue::Float(Some(w.add.get(s).map_or(0.0, |a| a.sum.to_f64()))),
+                Readout::Avg(s) => AggValue::Float(w.add.get(s).and_then(|a| (a.n > 0).then(|| a.sum.to_f64() / a.n as f64))),
+                Readout::Distinct(s) => AggValue::Count(w.distinct.get(s).map_or(0, |&n| n.max(0) as u64)),
+                Readout::Stat(s, p) => AggValue::Float(w.stats.get(s).and_then(|v| v.get(p)).copied().flatten()),
+                Readout::Ratio(..) => AggValue::Float(None),
             }
         };
         let values = mp
             .outputs
             .iter()
             .map(|o| match *o {
-                Output::Ratio(n, d) => {
+                Readout::Ratio(n, d) => {
                     let num = mp.outputs.get(n).map(&plain).and_then(AggValue::as_f64);
                     let den = mp.outputs.get(d).map(&plain).and_then(AggValue::as_f64);
                     AggValue::Float(match (num, den) {

@@ -43,7 +43,7 @@ pub enum Stat {
 
 /// How each aggregate of the metric is read off the slots when a window is emitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Output {
+pub enum Readout {
     Count(usize),
     Sum(usize),
     Avg(usize),
@@ -65,7 +65,7 @@ pub struct MetricPlan {
     pub distinct: Vec<DistinctSlot>,
     pub multisets: Vec<MultisetSlot>,
     /// One per aggregate, in spec order.
-    pub outputs: Vec<Output>,
+    pub outputs: Vec<Readout>,
     enum_values: Vec<Option<Arc<[String]>>>,
 }
 
@@ -144,24 +144,24 @@ impl MetricPlan {
         for (ai, agg) in metric.aggregates.iter().enumerate() {
             let filter = agg.filter.as_ref().map(CompiledFilter::compile);
             let out = match agg.kind {
-                AggKind::Count => Output::Count(plan.add_slot(None, filter)),
-                AggKind::Sum(f) => Output::Sum(plan.add_slot(Some(f), filter)),
-                AggKind::Avg(f) => Output::Avg(plan.add_slot(Some(f), filter)),
+                AggKind::Count => Readout::Count(plan.add_slot(None, filter)),
+                AggKind::Sum(f) => Readout::Sum(plan.add_slot(Some(f), filter)),
+                AggKind::Avg(f) => Readout::Avg(plan.add_slot(Some(f), filter)),
                 AggKind::CountDistinct(f) => {
                     plan.distinct.push(DistinctSlot { field: f, filter });
-                    Output::Distinct(plan.distinct.len() - 1)
+                    Readout::Distinct(plan.distinct.len() - 1)
                 }
                 AggKind::Quantile(f, q) => plan.stat_slot(f, filter, ai, Stat::Quantile(q)),
                 AggKind::Min(f) => plan.stat_slot(f, filter, ai, Stat::Min),
                 AggKind::Max(f) => plan.stat_slot(f, filter, ai, Stat::Max),
                 // Resolved below, once every aggregate has its slot.
-                AggKind::Ratio(..) => Output::Ratio(usize::MAX, usize::MAX),
+                AggKind::Ratio(..) => Readout::Ratio(usize::MAX, usize::MAX),
             };
             plan.outputs.push(out);
         }
         for (ai, agg) in metric.aggregates.iter().enumerate() {
             if let AggKind::Ratio(n, d) = agg.kind {
-                plan.outputs[ai] = Output::Ratio(n, d);
+                plan.outputs[ai] = Readout::Ratio(n, d);
             }
         }
         plan
@@ -172,7 +172,7 @@ impl MetricPlan {
         self.add.len() - 1
     }
 
-    fn stat_slot(&mut self, field: usize, filter: Option<CompiledFilter>, agg: usize, stat: Stat) -> Output {
+    fn stat_slot(&mut self, field: usize, filter: Option<CompiledFilter>, agg: usize, stat: Stat) -> Readout {
         let same = |m: &MultisetSlot| m.field == field && format!("{:?}", m.filter) == format!("{filter:?}");
         let slot = match self.multisets.iter().position(same) {
             Some(s) => s,
@@ -182,7 +182,7 @@ impl MetricPlan {
             }
         };
         self.multisets[slot].stats.push((agg, stat));
-        Output::Stat(slot, self.multisets[slot].stats.len() - 1)
+        Readout::Stat(slot, self.multisets[slot].stats.len() - 1)
     }
 
     /// The event's group values, in `group_by` order.
@@ -300,7 +300,7 @@ mod tests {
         let city = &plan.metrics[0];
         assert_eq!(city.add.len(), 5, "total, requests, completions, cancellations, fare");
         assert_eq!(city.distinct.len(), 1);
-        assert_eq!(city.outputs[6], Output::Ratio(3, 1));
+        assert_eq!(city.outputs[6], Readout::Ratio(3, 1));
         let ev = &plan.metrics[2];
         assert_eq!(ev.multisets.len(), 1, "p50/p95/p99 share one multiset");
         assert_eq!(ev.multisets[0].stats.len(), 3);

@@ -64,6 +64,20 @@ pub async fn plan(cfg: &ClickHouseConfig, spec: &Spec) -> Result<(Vec<String>, M
         {
             refused.push(format!("{}: ORDER BY is ({}), the spec needs ({want}); recreate the table", table.name, k.sorting_key));
         }
+        // A data-skipping index the spec's tables have and this one lacks is added and built.
+        let have: Vec<String> = client
+            .query("SELECT name FROM system.data_skipping_indices WHERE database = ? AND table = ?")
+            .bind(db.as_str())
+            .bind(table.name.as_str())
+            .fetch_all()
+            .await?;
+        for (name, expr, ty) in &table.indexes {
+            if !have.contains(name) {
+                let t = format!("{}.{}", ident(db), ident(&table.name));
+                statements.push(format!("ALTER TABLE {t} ADD INDEX IF NOT EXISTS {} {expr} TYPE {ty} GRANULARITY 1", ident(name)));
+                statements.push(format!("ALTER TABLE {t} MATERIALIZE INDEX {}", ident(name)));
+            }
+        }
         // A changed retention changes the table's TTL in place (ClickHouse applies it at the next merges).
         if let (Some(k), Some(ttl)) = (key.first(), &table.ttl)
             && normalize_ttl(ttl_clause(&k.engine_full).unwrap_or_default()) != normalize_ttl(ttl)

@@ -233,8 +233,13 @@ pub fn raw_table(domain: &Domain) -> RawTable {
             partition_by: None,
             order_by: vec!["event_id".into()],
             ttl,
-            // Ordered by event_id already; timelines read by the key.
-            indexes: indexes.into_iter().filter(|(n, _, _)| n != "idx_event_id").collect(),
+            // Ordered by event_id already; timelines read by the key; reads
+            // bounded in time (analytics, dashboards) skip granules by min/max.
+            indexes: indexes
+                .into_iter()
+                .filter(|(n, _, _)| n != "idx_event_id")
+                .chain(std::iter::once((format!("idx_{time}"), ident(&time), "minmax".to_string())))
+                .collect(),
             comment: format!("Pulse raw events of domain {} (mutable: latest version per event_id, FINAL hides deleted)", domain.name),
         }
     } else {

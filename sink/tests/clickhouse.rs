@@ -168,6 +168,12 @@ async fn migrations_are_idempotent_additive_and_refuse_destruction() {
     let recorded: u64 = cfg.client().query("SELECT count() FROM pulse_migrations").fetch_one().await.expect("recorded");
     assert_eq!(recorded as usize, first.applied.len() + third.applied.len());
 
+    // An index the spec's tables have and an existing table lacks is added and built.
+    cfg.client().query("ALTER TABLE app_events DROP INDEX idx_timestamp").execute().await.expect("drop the index");
+    let indexed = migrate(&cfg, &grown).await.expect("index migrate");
+    assert!(indexed.applied.iter().any(|s| s.contains("ADD INDEX IF NOT EXISTS `idx_timestamp`")), "{indexed:?}");
+    assert!(migrate(&cfg, &grown).await.expect("again").applied.is_empty());
+
     // A changed retention changes the metric table's TTL in place; then nothing to do.
     let mut kept_longer = grown.clone();
     kept_longer.metrics[0].retention = pulse_model::Millis(90 * 86_400_000);

@@ -46,6 +46,16 @@ pub struct DemoArgs {
     /// When the surge starts.
     #[arg(long, default_value = "60s")]
     pub surge_after: String,
+    /// How long the surge lasts (then the city's alert resolves); `0s`: for ever.
+    #[arg(long, default_value = "10m")]
+    pub surge_for: String,
+    /// Override the alert rules' `for` (e.g. 1m for a quick demo; the spec's otherwise).
+    #[arg(long)]
+    pub alert_for: Option<String>,
+    /// Address of the demo's own alert receiver (an Alertmanager-format webhook that
+    /// prints what it gets); ignored when PULSE_ALERT_WEBHOOK_URL is set.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub alert_receiver: SocketAddr,
     /// Write API address.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub ingest_addr: SocketAddr,
@@ -75,15 +85,39 @@ struct CityRow {
 }
 
 pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let spec = Arc::new(global.load_spec()?);
+    let mut spec = global.load_spec()?;
     let ch = args.clickhouse.config();
     let duration = args.duration.as_deref().map(parse_duration).transpose().map_err(|e| anyhow::anyhow!("--duration: {e}"))?.map(|d| d.as_std());
     let surge_after = parse_duration(&args.surge_after).map_err(|e| anyhow::anyhow!("--surge-after: {e}"))?;
     let surge_city =
         CITIES.iter().position(|c| c.eq_ignore_ascii_case(&args.surge_city)).with_context(|| format!("--surge-city must be one of {}", CITIES.join(", ")))?;
+    let surge_for = parse_duration(&args.surge_for).map_err(|e| anyhow::anyhow!("--surge-for: {e}"))?;
     let rt = crate::services::runtime()?;
     let shutdown = Shutdown::new();
     rt.block_on(async { shutdown.on_signals() });
+
+    // Alerts: the spec's rules (optionally a shorter `for`), delivered to
+    // PULSE_ALERT_WEBHOOK_URL or else to the demo's own receiver.
+    if let Some(f) = &args.alert_for {
+        let f = parse_duration(f).map_err(|e| anyhow::anyhow!("--alert-for: {e}"))?;
+        for a in &mut spec.alerts {
+            let window = spec.metrics[a.metric].window;
+            a.for_ = f;
+            a.resolve_after = pulse_model::Millis(f.ms() + window.ms());
+        }
+    }
+    let external_webhook = std::env::var(pulse_dataflow::alerts::WEBHOOK_ENV).ok().filter(|u| !u.trim().is_empty());
+    let receiver = match &external_webhook {
+        Some(_) => None,
+        None => {
+            let r = rt.block_on(receiver::Receiver::start(args.alert_receiver)).context("starting the demo's alert receiver")?;
+            for a in &mut spec.alerts {
+                a.webhook = Some(r.url.clone());
+            }
+            Some(r)
+        }
+    };
+    let spec = Arc::new(spec);
 
     // Kafka: embedded (topics through the mock) or external (topics through the admin API).
     let plans = pulse_kafka::plan_topics(&spec);
@@ -149,12 +183,44 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             disorder_ms: 2_000,
             ..GenConfig::default()
         };
-        let cfg = pulse_ingest::loadgen::LoadgenConfig { generator, events: None, duration, rate: Some(args.rate), concurrency: 8, batch: 50, progress: false };
+        // The surge ends: a second phase of load (another seed, so new ride ids) without it.
+        let surge_ends = (surge_for.ms() > 0).then(|| Duration::from_millis((surge_after.ms() + surge_for.ms()).max(0) as u64));
+        let first_duration = match (surge_ends, duration) {
+            (Some(e), Some(d)) => Some(e.min(d)),
+            (e, d) => e.or(d),
+        };
+        let cfg = pulse_ingest::loadgen::LoadgenConfig {
+            generator: generator.clone(),
+            events: None,
+            duration: first_duration,
+            rate: Some(args.rate),
+            concurrency: 8,
+            batch: 50,
+            progress: false,
+        };
         let url = format!("http://{}", args.ingest_addr);
-        let (shutdown, key) = (shutdown.clone(), write_key.clone());
+        let (shutdown, key, rate) = (shutdown.clone(), write_key.clone(), args.rate);
         rt.spawn(async move {
             let client = pulse_client::Client::new(&url, None, Some(&key))?;
             client.wait_until_ready(Duration::from_secs(30)).await?;
+            let report = pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client.clone()), cfg, shutdown.clone()).await?;
+            let Some(ends) = surge_ends else { return Ok(report) };
+            if shutdown.is_triggered() || duration.is_some_and(|d| d <= ends) {
+                return Ok(report);
+            }
+            print!("{report}");
+            println!("demo: the surge ends; its alert resolves once the windows show it");
+            let after = GenConfig { start_ms: pulse_model::now_ms(), seed: generator.seed.wrapping_add(1), surge_after_ms: None, ..generator };
+            let rest = duration.map(|d| d.saturating_sub(ends));
+            let cfg = pulse_ingest::loadgen::LoadgenConfig {
+                generator: after,
+                events: None,
+                duration: rest,
+                rate: Some(rate),
+                concurrency: 8,
+                batch: 50,
+                progress: false,
+            };
             pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
         })
     });
@@ -177,6 +243,24 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     println!("  curl -H 'Authorization: Bearer {write_key}' -H 'Content-Type: application/json' http://{}/v1/events/rides -d @ride.json", args.ingest_addr);
     println!("  curl -H 'Authorization: Bearer {read_key}' http://{}/v1/metrics/city_metrics/latest", args.api_addr);
     println!("  live page: http://{}/ (paste the read key)", args.api_addr);
+    for a in &spec.alerts {
+        let to = match (&external_webhook, &receiver) {
+            (Some(url), _) => format!("webhook {url} (PULSE_ALERT_WEBHOOK_URL)"),
+            (None, Some(r)) => format!("webhook {} (the demo's receiver: deliveries are printed)", r.url),
+            (None, None) => "no webhook".to_string(),
+        };
+        println!(
+            "Alert `{}` ({} {} {} for {}): {to}; topic {}; table {}.pulse_alerts; GET http://{}/v1/alerts",
+            a.name,
+            spec.metrics[a.metric].aggregates[a.condition.aggregate].name,
+            a.condition.op.symbol(),
+            a.condition.value,
+            a.for_,
+            spec.pipeline.alerts_topic,
+            ch.database,
+            args.api_addr
+        );
+    }
     println!("Ctrl-C stops everything.");
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal() && !args.quiet;
@@ -228,19 +312,28 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
                 "\npipeline: {:.0} events/s into the dataflow, watermark delay {:.1} s, late events {}, windows final {}",
                 rate, figures.watermark_delay, figures.late, figures.finals
             );
+            if let Some(r) = &receiver {
+                let (active, recent) = r.snapshot();
+                println!("\nalerts firing: {}", if active.is_empty() { "none".to_string() } else { active.join(", ") });
+                for line in recent.iter().rev().take(5).rev() {
+                    println!("  {line}");
+                }
+            }
             let _ = std::io::stdout().flush();
         } else if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
             let hot: Vec<String> = rows.iter().filter(|r| r.cancellation_rate.unwrap_or(0.0) > 0.3).map(|r| r.city.clone()).collect();
+            let firing = receiver.as_ref().map(|r| r.snapshot().0).unwrap_or_default();
             println!(
-                "[{:>4.0}s] {} cities, {:.0} events/s, watermark delay {:.1} s, late {}, finals {}, above 30%: {:?}",
+                "[{:>4.0}s] {} cities, {:.0} events/s, watermark delay {:.1} s, late {}, finals {}, above 30%: {:?}, alerts firing: {:?}",
                 started.elapsed().as_secs_f64(),
                 rows.len(),
                 rate,
                 figures.watermark_delay,
                 figures.late,
                 figures.finals,
-                hot
+                hot,
+                firing
             );
         }
     }
@@ -254,6 +347,9 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(f) = freshness {
         println!("{}", f.finish(&rt));
+    }
+    if let Some(r) = &receiver {
+        println!("{}", r.summary());
     }
     let _ = rt.block_on(ingest_task);
     let _ = rt.block_on(sink_task);
@@ -311,5 +407,123 @@ impl Figures {
             }
         }
         f
+    }
+}
+
+/// The demo's alert receiver: an Alertmanager-format webhook endpoint that
+/// prints each notification and times it from the row that decided it (the
+/// `x-pulse-row-emitted-at` header) to its arrival.
+mod receiver {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+
+    #[derive(Default)]
+    struct State {
+        /// city (group) -> "rule since startsAt"
+        active: BTreeMap<String, String>,
+        log: Vec<String>,
+        latencies_ms: Vec<i64>,
+        received: usize,
+    }
+
+    pub struct Receiver {
+        pub url: String,
+        state: Arc<Mutex<State>>,
+    }
+
+    impl Receiver {
+        pub async fn start(addr: SocketAddr) -> std::io::Result<Receiver> {
+            let state: Arc<Mutex<State>> = Arc::default();
+            let st = Arc::clone(&state);
+            let app = Router::new().route(
+                "/alerts",
+                post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                    let st = Arc::clone(&st);
+                    async move {
+                        let now = pulse_model::now_ms();
+                        let emitted = headers.get(pulse_alert::webhook::ROW_EMITTED_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+                        let Ok(msg) = serde_json::from_slice::<pulse_alert::WebhookMessage>(&body) else {
+                            return axum::http::StatusCode::BAD_REQUEST;
+                        };
+                        let mut s = match st.lock() {
+                            Ok(s) => s,
+                            Err(p) => p.into_inner(),
+                        };
+                        s.received += 1;
+                        if let Some(e) = emitted.filter(|e| *e > 0) {
+                            s.latencies_ms.push(now - e);
+                        }
+                        for a in &msg.alerts {
+                            let group: Vec<String> = a
+                                .labels
+                                .iter()
+                                .filter(|(k, _)| !matches!(k.as_str(), "alertname" | "metric" | "severity" | "team"))
+                                .map(|(_, v)| v.clone())
+                                .collect();
+                            let group = group.join(",");
+                            let name = a.labels.get("alertname").cloned().unwrap_or_default();
+                            let summary = a.annotations.get("summary").cloned().unwrap_or_default();
+                            let latency = emitted.map(|e| format!(" ({} ms after its row)", now - e)).unwrap_or_default();
+                            let line = format!("{} {} {name} {group}: {summary}{latency}", chrono_now(now), a.status.to_uppercase());
+                            println!("alert receiver: {line}");
+                            if a.status == "firing" {
+                                s.active.insert(group, format!("{name} since {}", a.starts_at));
+                            } else {
+                                s.active.remove(&group);
+                            }
+                            s.log.push(line);
+                        }
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let url = format!("http://{}/alerts", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("demo alert receiver: {e}");
+                }
+            });
+            Ok(Receiver { url, state })
+        }
+
+        /// (active alerts as "group (rule since ...)", the log of deliveries)
+        pub fn snapshot(&self) -> (Vec<String>, Vec<String>) {
+            let s = match self.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            (s.active.iter().map(|(g, what)| format!("{g} ({what})")).collect(), s.log.clone())
+        }
+
+        pub fn summary(&self) -> String {
+            let s = match self.state.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            let mut l = s.latencies_ms.clone();
+            l.sort_unstable();
+            let pct = |q: f64| l.get(((l.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+            if l.is_empty() {
+                format!("alerts: {} notifications received", s.received)
+            } else {
+                format!(
+                    "alerts: {} notifications received; from the row that decided each to the receiver: p50 {} ms, p99 {} ms, max {} ms",
+                    s.received,
+                    pct(0.5),
+                    pct(0.99),
+                    l[l.len() - 1]
+                )
+            }
+        }
+    }
+
+    fn chrono_now(ms: i64) -> String {
+        pulse_alert::payload::rfc3339_ms(ms)
     }
 }

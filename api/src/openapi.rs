@@ -7,11 +7,12 @@ use utoipa::{Modify, OpenApi};
 
 use crate::catalog::{Catalog, FilterType};
 use crate::error::ErrorBody;
+use crate::routes::alerts::{AlertView, Alerts};
 use crate::routes::analytics::{CityFigures, ErrorsPerDay, LatencyRows, TopErrorSessions};
 use crate::routes::events::EventPage;
 use crate::routes::ops::{Health, Ready};
 use crate::routes::windows::MetricRows;
-use crate::routes::{analytics, events, ops, stream, windows};
+use crate::routes::{alerts, analytics, events, ops, stream, windows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +33,8 @@ use crate::routes::{analytics, events, ops, stream, windows};
         analytics::latency,
         analytics::top_errors,
         analytics::cities,
+        alerts::alerts,
+        alerts::stream,
         stream::stream,
         stream::token,
         ops::health,
@@ -40,12 +43,13 @@ use crate::routes::{analytics, events, ops, stream, windows};
         ops::openapi,
         ops::page,
     ),
-    components(schemas(ErrorBody, EventPage, MetricRows, ErrorsPerDay, LatencyRows, TopErrorSessions, CityFigures, Health, Ready, stream::StreamToken)),
+    components(schemas(ErrorBody, EventPage, MetricRows, Alerts, AlertView, ErrorsPerDay, LatencyRows, TopErrorSessions, CityFigures, Health, Ready, stream::StreamToken)),
     modifiers(&Security),
     tags(
         (name = "events", description = "Raw events from the domain tables"),
         (name = "metrics", description = "Windowed metric rows and live revisions"),
         (name = "analytics", description = "Aggregates over the raw events"),
+        (name = "alerts", description = "Alert rules evaluated by the dataflow job: active alerts and their history"),
         (name = "operations", description = "Health, readiness, metrics, this document, the live page"),
     )
 )]

@@ -8,7 +8,9 @@
 //! - `watermark`: partition clocks and the job's watermarks.
 //! - `job`: the worker loop (Kafka or replay in, rows out, commits).
 //! - `output`: durable delivery of rows to ClickHouse and Kafka.
+//! - `alerts`: the spec's alert rules evaluated on those rows, and their delivery.
 
+pub mod alerts;
 pub mod backfill;
 pub mod distinct;
 pub mod emit;

@@ -81,6 +81,10 @@ pub struct Output {
     pub group: String,
     /// Set when another instance took the consumer group over: deliver nothing more.
     pub fence: Arc<std::sync::atomic::AtomicBool>,
+    /// The alert rules' evaluator (none when the spec has no `[[alert]]`).
+    pub alerts: Option<Arc<crate::alerts::AlertStage>>,
+    /// Output tasks started so far (each worker's gets the next number: its alert source).
+    outputs: Arc<AtomicU64>,
     tables: Arc<Vec<MetricTable>>,
     shapes: Arc<Vec<RowShape>>,
 }
@@ -105,6 +109,8 @@ impl Output {
             shutdown,
             group: group.to_string(),
             fence: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            alerts: None,
+            outputs: Arc::new(AtomicU64::new(0)),
             tables: Arc::new(tables),
             shapes: Arc::new(shapes),
             spec,
@@ -117,11 +123,12 @@ impl Output {
         let durable = Arc::new(AtomicU64::new(0));
         let this = self.clone();
         let d = Arc::clone(&durable);
-        rt.spawn(async move { this.run(rx, d).await });
+        let source = self.outputs.fetch_add(1, Ordering::Relaxed) as usize;
+        rt.spawn(async move { this.run(rx, d, source).await });
         ChannelSink { tx, durable, progress: Progress::new(&self.spec, &self.group), output: self.clone(), rt: rt.clone() }
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>, durable: Arc<AtomicU64>) {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Batch>, durable: Arc<AtomicU64>, source: usize) {
         while let Some(first) = rx.recv().await {
             // Coalesce whatever else is waiting into one write.
             let mut batch = first;
@@ -133,6 +140,11 @@ impl Output {
             if self.fence.load(Ordering::Acquire) {
                 tracing::warn!(epoch = batch.epoch, "another instance holds the consumer group: this epoch is not delivered");
                 return;
+            }
+            // Alerts see every row as it leaves the job (before the writes, which
+            // they do not wait for); their state survives restarts on its own.
+            if let Some(alerts) = &self.alerts {
+                alerts.observe(source, &batch.rows);
             }
             if self.deliver(&batch).await.is_err() {
                 tracing::warn!(epoch = batch.epoch, "shutting down before the epoch was durable; its offsets stay uncommitted");

@@ -186,6 +186,26 @@ pub fn run(
     for (d, p) in spec.domains.iter().zip(&progress) {
         tracing::info!(domain = %d.name, group = %cfg.group, closed = ?p, "recorded progress");
     }
+    // Alert rules: their state as recorded with the job's outputs (only process 0
+    // could not know the groups of the others: every process evaluates its own groups).
+    if !spec.alerts.is_empty() {
+        let stage = rt
+            .block_on(crate::alerts::AlertStage::start(
+                Arc::clone(&spec),
+                writer.clone(),
+                clickhouse.database.clone(),
+                output.producer.clone(),
+                cfg.group.clone(),
+                Arc::clone(&output.fence),
+                matches!(cfg.cluster, Cluster::Process { .. }),
+                match &cfg.cluster {
+                    Cluster::Process { workers } | Cluster::Cluster { workers, .. } => *workers,
+                },
+                shutdown.clone(),
+            ))
+            .map_err(|source| DataflowError::Progress { table: pulse_sink::schema::ALERTS_TABLE, source })?;
+        output.alerts = Some(stage);
+    }
     let revision_floor = rt
         .block_on(progress::revision_floor(writer.client(), &clickhouse.database, &spec))
         .map_err(|source| DataflowError::Progress { table: "metric tables", source })?;

@@ -48,7 +48,7 @@ pub fn with_unique_topics(text: &str) -> String {
     for topic in topics {
         text = text.replace(&format!("topic = \"{topic}\""), &format!("topic = \"{prefix}-{topic}\""));
     }
-    let own = format!("aggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\n");
+    let own = format!("aggregated_topic = \"{prefix}-aggregated\"\ndead_letter_topic = \"{prefix}-dead-letter\"\nalerts_topic = \"{prefix}-alerts\"\n");
     if text.contains("[pipeline]\n") { text.replace("[pipeline]\n", &format!("[pipeline]\n{own}")) } else { format!("[pipeline]\n{own}{text}") }
 }
 

@@ -65,6 +65,20 @@ pub fn plan_topics(spec: &Spec) -> Vec<TopicPlan> {
             ("compression.type".into(), "lz4".into()),
         ],
     });
+    // Alert notifications, keyed rule/group: one partition keeps them in order
+    // (a few per hour, not a volume), deletion after 30 days (history is in ClickHouse).
+    if !spec.alerts.is_empty() {
+        plans.push(TopicPlan {
+            name: spec.pipeline.alerts_topic.clone(),
+            partitions: 1,
+            replication,
+            configs: vec![
+                ("retention.ms".into(), (30 * 86_400_000i64).to_string()),
+                ("cleanup.policy".into(), "delete".into()),
+                ("compression.type".into(), "lz4".into()),
+            ],
+        });
+    }
     plans
 }
 
@@ -218,7 +232,7 @@ mod tests {
         let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
         let plans = plan_topics(&spec);
         let names: Vec<_> = plans.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["ride-events", "driver-locations", "app-events", "analytics-aggregated", "pulse-dead-letter"]);
+        assert_eq!(names, ["ride-events", "driver-locations", "app-events", "analytics-aggregated", "pulse-dead-letter", "pulse-alerts"]);
         let rides = &plans[0];
         assert_eq!(rides.partitions, 12);
         assert!(rides.configs.contains(&("retention.ms".into(), "604800000".into())));

@@ -14,7 +14,9 @@ pub mod window;
 pub use bounds::{Clock, TimeBounds, TimeViolation};
 pub use decode::{DecodeError, Decoder, encode_json};
 pub use duration::{Millis, parse_duration};
-pub use spec::{AggKind, Aggregate, Domain, Field, FieldType, Filter, LatePolicy, Literal, Metric, Spec, SpecError, SpecErrors};
+pub use spec::{
+    AggKind, Aggregate, AlertCondition, AlertRule, CmpOp, Domain, Field, FieldType, Filter, LatePolicy, Literal, Metric, Spec, SpecError, SpecErrors,
+};
 pub use value::{Event, Op, Value};
 pub use window::Windows;
 

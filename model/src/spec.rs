@@ -58,6 +58,8 @@ pub struct Spec {
     pub pipeline: Pipeline,
     pub domains: Vec<Domain>,
     pub metrics: Vec<Metric>,
+    /// `[[alert]]` rules, evaluated by the dataflow on the metrics' rows.
+    pub alerts: Vec<AlertRule>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub struct Pipeline {
     pub late_events: LatePolicy,
     pub aggregated_topic: String,
     pub dead_letter_topic: String,
+    /// Firing/resolved alert notifications (JSON, keyed `rule/group`).
+    pub alerts_topic: String,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +191,79 @@ pub struct Metric {
     /// table's TTL, on its ordering key's time column); default
     /// [`DEFAULT_METRIC_RETENTION`].
     pub retention: Millis,
+}
+
+/// A comparison of an alert rule: `gt`, `ge`, `lt`, `le`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CmpOp {
+    pub fn parse(s: &str) -> Option<CmpOp> {
+        match s {
+            "gt" | ">" => Some(CmpOp::Gt),
+            "ge" | ">=" => Some(CmpOp::Ge),
+            "lt" | "<" => Some(CmpOp::Lt),
+            "le" | "<=" => Some(CmpOp::Le),
+            _ => None,
+        }
+    }
+
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            CmpOp::Gt => value > threshold,
+            CmpOp::Ge => value >= threshold,
+            CmpOp::Lt => value < threshold,
+            CmpOp::Le => value <= threshold,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+        }
+    }
+}
+
+/// `aggregate op value` on one of the rule's metric's aggregates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCondition {
+    /// Index into the metric's aggregates.
+    pub aggregate: usize,
+    pub op: CmpOp,
+    pub value: f64,
+}
+
+/// An `[[alert]]` rule (see the README's "Alerts" section for its semantics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: String,
+    /// Index into `Spec::metrics`.
+    pub metric: usize,
+    pub condition: AlertCondition,
+    /// How long (event time, consecutive windows) the condition must hold before the alert fires.
+    pub for_: Millis,
+    /// Windows failing the guard carry no information (too little data to judge).
+    pub guard: Option<AlertCondition>,
+    pub severity: String,
+    /// Extra labels, sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// Annotation templates, sorted by name; `{{value}}`, `{{threshold}}`,
+    /// `{{guard_value}}`, `{{rule}}`, `{{metric}}`, `{{severity}}`, `{{for}}`
+    /// and the group fields expand.
+    pub annotations: Vec<(String, String)>,
+    /// A group whose newest window satisfying the rule is this far behind the
+    /// metric's event time resolves (it stopped reporting). Default: `for` + window.
+    pub resolve_after: Millis,
+    /// Webhook receiving this rule's notifications (`PULSE_ALERT_WEBHOOK_URL` overrides).
+    pub webhook: Option<String>,
 }
 
 /// Default `retention` of a metric: 30 days, longer than any default raw
@@ -333,6 +410,34 @@ struct RawSpec {
     domain: Vec<S<RawDomain>>,
     #[serde(default)]
     metric: Vec<S<RawMetric>>,
+    #[serde(default)]
+    alert: Vec<S<RawAlert>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    name: S<String>,
+    metric: S<String>,
+    condition: S<RawCondition>,
+    #[serde(rename = "for")]
+    for_: Option<S<String>>,
+    guard: Option<S<RawCondition>>,
+    severity: Option<S<String>>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, S<String>>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, S<String>>,
+    resolve_after: Option<S<String>>,
+    webhook: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    aggregate: S<String>,
+    op: S<String>,
+    value: S<f64>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +448,7 @@ struct RawPipeline {
     late_events: Option<S<String>>,
     aggregated_topic: Option<S<String>>,
     dead_letter_topic: Option<S<String>>,
+    alerts_topic: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -454,6 +560,24 @@ fn is_identifier(s: &str) -> bool {
         && s.len() <= 64
 }
 
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && s.len() <= 128
+}
+
+/// The `{{name}}` placeholders of an annotation template (names trimmed).
+pub fn template_placeholders(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        out.push(after[..close].trim().to_string());
+        rest = &after[close + 2..];
+    }
+    out
+}
+
 fn is_topic_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 249 && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -492,7 +616,7 @@ impl Validator {
             if !topics.insert(topic.clone()) {
                 self.err(&d.get_ref().topic, format!("domain `{name}`: topic `{topic}` is already used by another domain"));
             }
-            if topic == pipeline.aggregated_topic || topic == pipeline.dead_letter_topic {
+            if topic == pipeline.aggregated_topic || topic == pipeline.dead_letter_topic || topic == pipeline.alerts_topic {
                 self.err(&d.get_ref().topic, format!("domain `{name}`: topic `{topic}` is reserved for Pulse's own output"));
             }
             if let Some(domain) = self.domain(d.get_ref()) {
@@ -512,11 +636,139 @@ impl Validator {
             if names.contains(&name) {
                 self.err(&m.get_ref().name, format!("metric `{name}` has the name of a domain (both become ClickHouse tables)"));
             }
+            if name == "alerts" {
+                self.err(&m.get_ref().name, "metric name `alerts` is reserved (GET /v1/stream/alerts streams alert notifications)");
+            }
             if let Some(metric) = self.metric(m.get_ref(), &domains, &raw.domain) {
                 metrics.push(metric);
             }
         }
-        Spec { file: self.file.clone(), pipeline, domains, metrics }
+        let mut alerts = Vec::new();
+        let mut alert_names = HashSet::new();
+        for a in &raw.alert {
+            let name = a.get_ref().name.get_ref().clone();
+            if !alert_names.insert(name.clone()) {
+                self.err(&a.get_ref().name, format!("duplicate alert name `{name}`"));
+            }
+            if let Some(rule) = self.alert(a.get_ref(), &domains, &metrics, &raw.metric) {
+                alerts.push(rule);
+            }
+        }
+        Spec { file: self.file.clone(), pipeline, domains, metrics, alerts }
+    }
+
+    fn alert(&mut self, raw: &RawAlert, domains: &[Domain], metrics: &[Metric], raw_metrics: &[S<RawMetric>]) -> Option<AlertRule> {
+        let name = raw.name.get_ref().clone();
+        let before = self.errors.len();
+        if name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            self.err(&raw.name, format!("alert name `{name}` must be 1-128 characters of A-Za-z0-9_-."));
+        }
+        let Some(metric_index) = metrics.iter().position(|m| &m.name == raw.metric.get_ref()) else {
+            if !raw_metrics.iter().any(|m| m.get_ref().name.get_ref() == raw.metric.get_ref()) {
+                self.err(&raw.metric, format!("alert `{name}`: unknown metric `{}`", raw.metric.get_ref()));
+            }
+            return None;
+        };
+        let metric = &metrics[metric_index];
+        let condition = self.alert_condition(&raw.condition, &name, "condition", metric);
+        let guard = raw.guard.as_ref().map(|g| self.alert_condition(g, &name, "guard", metric));
+        let for_ = self.opt_duration(&raw.for_, &format!("alert `{name}`: for"), Millis(0));
+        if for_.ms() < 0
+            && let Some(f) = &raw.for_
+        {
+            self.err(f, format!("alert `{name}`: for must not be negative"));
+        }
+        let default_resolve = Millis(for_.ms().saturating_add(metric.window.ms()));
+        let resolve_after = self.opt_duration(&raw.resolve_after, &format!("alert `{name}`: resolve_after"), default_resolve);
+        if let Some(r) = &raw.resolve_after
+            && resolve_after.ms() < metric.slide.ms()
+        {
+            self.err(r, format!("alert `{name}`: resolve_after {resolve_after} must be at least the metric's slide ({})", metric.slide));
+        }
+        let severity = match &raw.severity {
+            None => "warning".to_string(),
+            Some(s) => {
+                let v = s.get_ref();
+                if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) {
+                    self.err(s, format!("alert `{name}`: severity `{v}` must be 1-64 characters of A-Za-z0-9_-"));
+                }
+                v.clone()
+            }
+        };
+        let domain = &domains[metric.domain];
+        let group_names: Vec<&str> = metric.group_by.iter().map(|&g| domain.fields[g].name.as_str()).collect();
+        let reserved = ["alertname", "rule", "metric", "severity"];
+        let mut labels = Vec::new();
+        for (k, v) in &raw.labels {
+            if !is_label_name(k) {
+                self.err(v, format!("alert `{name}`: label name `{k}` must match [a-zA-Z_][a-zA-Z0-9_]*"));
+            } else if reserved.contains(&k.as_str()) || group_names.contains(&k.as_str()) {
+                self.err(v, format!("alert `{name}`: label `{k}` is set by Pulse (alertname, rule, metric, severity and the group fields)"));
+            }
+            labels.push((k.clone(), v.get_ref().clone()));
+        }
+        let mut annotations = Vec::new();
+        for (k, v) in &raw.annotations {
+            if !is_label_name(k) {
+                self.err(v, format!("alert `{name}`: annotation name `{k}` must match [a-zA-Z_][a-zA-Z0-9_]*"));
+            }
+            for placeholder in template_placeholders(v.get_ref()) {
+                let known = ["value", "threshold", "guard_value", "rule", "metric", "severity", "for"].contains(&placeholder.as_str())
+                    || group_names.contains(&placeholder.as_str());
+                if !known {
+                    self.err(
+                        v,
+                        format!(
+                            "alert `{name}`: annotation `{k}`: unknown placeholder `{{{{{placeholder}}}}}` (use value, threshold, guard_value, rule, metric, severity, for or a group field: {})",
+                            group_names.join(", ")
+                        ),
+                    );
+                }
+            }
+            annotations.push((k.clone(), v.get_ref().clone()));
+        }
+        let webhook = raw.webhook.as_ref().map(|w| {
+            let url = w.get_ref();
+            if !url.starts_with("http://") {
+                self.err(w, format!("alert `{name}`: webhook `{url}` must be an http:// URL (no TLS client in Pulse: put a TLS proxy in front)"));
+            }
+            url.clone()
+        });
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(AlertRule {
+            name,
+            metric: metric_index,
+            condition: condition?,
+            for_,
+            guard: match guard {
+                Some(g) => Some(g?),
+                None => None,
+            },
+            severity,
+            labels,
+            annotations,
+            resolve_after,
+            webhook,
+        })
+    }
+
+    fn alert_condition(&mut self, raw: &S<RawCondition>, name: &str, what: &str, metric: &Metric) -> Option<AlertCondition> {
+        let c = raw.get_ref();
+        let aggregate = metric.aggregate_index(c.aggregate.get_ref());
+        if aggregate.is_none() {
+            self.err(&c.aggregate, format!("alert `{name}`: {what}: `{}` is not an aggregate of metric `{}`", c.aggregate.get_ref(), metric.name));
+        }
+        let op = CmpOp::parse(c.op.get_ref());
+        if op.is_none() {
+            self.err(&c.op, format!("alert `{name}`: {what}: unknown op `{}` (use gt, ge, lt or le)", c.op.get_ref()));
+        }
+        let value = *c.value.get_ref();
+        if !value.is_finite() {
+            self.err(&c.value, format!("alert `{name}`: {what}: value must be a finite number"));
+        }
+        Some(AlertCondition { aggregate: aggregate?, op: op?, value })
     }
 
     fn pipeline(&mut self, raw: Option<&RawPipeline>) -> Pipeline {
@@ -526,6 +778,7 @@ impl Validator {
             late_events: LatePolicy::Drop,
             aggregated_topic: "analytics-aggregated".into(),
             dead_letter_topic: "pulse-dead-letter".into(),
+            alerts_topic: "pulse-alerts".into(),
         };
         let Some(raw) = raw else { return p };
         p.idle_timeout = self.opt_duration(&raw.idle_timeout, "idle_timeout", p.idle_timeout);
@@ -542,7 +795,9 @@ impl Validator {
                 other => self.err(l, format!("late_events: unknown policy `{other}` (use drop or dead_letter)")),
             }
         }
-        for (slot, raw_topic) in [(&mut p.aggregated_topic, &raw.aggregated_topic), (&mut p.dead_letter_topic, &raw.dead_letter_topic)] {
+        for (slot, raw_topic) in
+            [(&mut p.aggregated_topic, &raw.aggregated_topic), (&mut p.dead_letter_topic, &raw.dead_letter_topic), (&mut p.alerts_topic, &raw.alerts_topic)]
+        {
             if let Some(t) = raw_topic {
                 if is_topic_name(t.get_ref()) {
                     *slot = t.get_ref().clone();
@@ -1287,5 +1542,61 @@ fields = [
             "{METRIC_HEAD}window = \"5m\"\nslide = \"2m\"\naggregates = [\n{{ name = \"n\", fn = \"nope\" }},\n{{ name = \"s\", fn = \"sum\", field = \"nope\" }},\n]\n"
         ));
         assert_eq!(errs.len(), 3, "{errs:#?}");
+    }
+
+    #[test]
+    fn default_spec_ships_the_cancellation_alert() {
+        let spec = default_spec();
+        assert_eq!(spec.alerts.len(), 1);
+        let a = &spec.alerts[0];
+        let city = &spec.metrics[a.metric];
+        assert_eq!(city.name, "city_metrics");
+        assert_eq!(city.aggregates[a.condition.aggregate].name, "cancellation_rate");
+        assert_eq!((a.condition.op, a.condition.value), (CmpOp::Gt, 0.30));
+        let guard = a.guard.as_ref().expect("guard");
+        assert_eq!((city.aggregates[guard.aggregate].name.as_str(), guard.op, guard.value), ("requests", CmpOp::Ge, 20.0));
+        assert_eq!(a.for_, Millis(300_000));
+        assert_eq!(a.resolve_after, Millis(600_000));
+        assert_eq!(spec.pipeline.alerts_topic, "pulse-alerts");
+    }
+
+    const ALERT_METRIC: &str = "\n[[metric]]\nname = \"m\"\ndomain = \"rides\"\ngroup_by = [\"city\"]\nwindow = \"5m\"\nslide = \"1m\"\naggregates = [{ name = \"n\", fn = \"count\" }]\n";
+    // BASE ends at line 13, ALERT_METRIC fills lines 14..=21: an alert starts at 22.
+
+    #[test]
+    fn the_alerts_stream_name_is_reserved() {
+        assert_error(&ALERT_METRIC.replace("name = \"m\"", "name = \"alerts\""), 16, "`alerts` is reserved");
+    }
+
+    #[test]
+    fn valid_alert_passes() {
+        let text = format!(
+            "{ALERT_METRIC}[[alert]]\nname = \"a\"\nmetric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"ge\", value = 3 }}\nfor = \"2m\"\nlabels = {{ team = \"x\" }}\nannotations = {{ summary = \"{{{{city}}}} at {{{{value}}}}\" }}\n"
+        );
+        assert_eq!(errors(&text), Vec::<String>::new());
+        let spec = Spec::parse(Path::new("t.toml"), &format!("{BASE}{text}")).expect("valid");
+        assert_eq!(spec.alerts[0].resolve_after, Millis(420_000));
+        assert_eq!(spec.alerts[0].severity, "warning");
+    }
+
+    #[test]
+    fn alert_errors_have_lines() {
+        let head = format!("{ALERT_METRIC}[[alert]]\nname = \"a\"\n");
+        assert_error(&format!("{head}metric = \"nope\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\n"), 24, "unknown metric `nope`");
+        assert_error(&format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"x\", op = \"gt\", value = 1 }}\n"), 25, "`x` is not an aggregate");
+        assert_error(&format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"above\", value = 1 }}\n"), 25, "unknown op `above`");
+        assert_error(&format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\nfor = \"soon\"\n"), 26, "for: duration");
+        assert_error(
+            &format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\nannotations = {{ s = \"{{{{town}}}}\" }}\n"),
+            26,
+            "unknown placeholder `{{town}}`",
+        );
+        assert_error(
+            &format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\nlabels = {{ city = \"x\" }}\n"),
+            26,
+            "label `city` is set by Pulse",
+        );
+        assert_error(&format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\nwebhook = \"ftp://x\"\n"), 26, "webhook");
+        assert_error(&format!("{head}metric = \"m\"\ncondition = {{ aggregate = \"n\", op = \"gt\", value = 1 }}\nthreshold = 3\n"), 26, "unknown field");
     }
 }

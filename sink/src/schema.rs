@@ -17,6 +17,9 @@ pub const STATS_TABLE: &str = "pulse_pipeline_stats";
 pub const PROGRESS_TABLE: &str = "pulse_progress";
 /// Which instance of the dataflow job holds a consumer group: one at a time.
 pub const LEASE_TABLE: &str = "pulse_leases";
+/// Alert history (firing/resolved notifications) and the evaluator's recorded
+/// state (pending/cleared/checkpoint rows) the dataflow resumes from.
+pub const ALERTS_TABLE: &str = "pulse_alerts";
 
 /// A column: name and ClickHouse type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -575,6 +578,132 @@ pub fn lease_table() -> Table {
     }
 }
 
+/// Alert history and state: one row per transition of a (rule, group), and a
+/// `checkpoint` row whenever the state folded over final windows moves on
+/// while the group is pending or firing. Read back at start (the newest row per
+/// consumer group, rule and group) so that a restart neither loses a firing
+/// alert nor notifies it twice.
+pub fn alerts_table() -> Table {
+    let ts = "DateTime64(3, 'UTC')";
+    Table {
+        name: ALERTS_TABLE.into(),
+        columns: vec![
+            Column::new("consumer_group", "LowCardinality(String)"),
+            Column::new("rule", "LowCardinality(String)"),
+            Column::new("metric", "LowCardinality(String)"),
+            Column::new("group_key", "String"),
+            Column::new("event", "LowCardinality(String)"),
+            Column::new("status", "LowCardinality(String)"),
+            Column::new("severity", "LowCardinality(String)"),
+            Column::new("fingerprint", "String"),
+            Column::new("labels", "String"),
+            Column::new("annotations", "String"),
+            Column::new("since", ts),
+            Column::new("starts_at", ts),
+            Column::new("ends_at", "Nullable(DateTime64(3, 'UTC'))"),
+            Column::new("value", "Nullable(Float64)"),
+            Column::new("guard_value", "Nullable(Float64)"),
+            Column::new("notified_since", "Int64"),
+            Column::new("notified_fired_at", "Int64"),
+            Column::new("decided_end", "Nullable(Int64)"),
+            Column::new("ck_status", "LowCardinality(String)"),
+            Column::new("ck_since", "Int64"),
+            Column::new("ck_fired_at", "Int64"),
+            Column::new("ck_last_end", "Nullable(Int64)"),
+            Column::new("ck_last_hold", "Nullable(Int64)"),
+            Column::new("ck_changed_at", "Int64"),
+            Column::new("ck_value", "Nullable(Float64)"),
+            Column::new("ck_guard_value", "Nullable(Float64)"),
+            Column::new("row_emitted_at", ts),
+            Column::new("recorded_at", ts),
+            Column::new("seq", "UInt64"),
+        ],
+        engine: "MergeTree".into(),
+        partition_by: Some("toYYYYMM(recorded_at)".into()),
+        order_by: vec!["consumer_group".into(), "rule".into(), "group_key".into(), "seq".into()],
+        ttl: Some("toDateTime(recorded_at) + INTERVAL 90 DAY".into()),
+        indexes: Vec::new(),
+        comment: "Pulse alerts: firing/resolved history per rule and group, and the evaluator state the dataflow resumes from".into(),
+    }
+}
+
+/// One row of the alerts table (times in ms since the epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub consumer_group: String,
+    pub rule: String,
+    pub metric: String,
+    pub group_key: String,
+    pub event: String,
+    pub status: String,
+    pub severity: String,
+    pub fingerprint: String,
+    pub labels: String,
+    pub annotations: String,
+    pub since: i64,
+    pub starts_at: i64,
+    pub ends_at: Option<i64>,
+    pub value: Option<f64>,
+    pub guard_value: Option<f64>,
+    pub notified_since: i64,
+    pub notified_fired_at: i64,
+    pub decided_end: Option<i64>,
+    pub ck_status: String,
+    pub ck_since: i64,
+    pub ck_fired_at: i64,
+    pub ck_last_end: Option<i64>,
+    pub ck_last_hold: Option<i64>,
+    pub ck_changed_at: i64,
+    pub ck_value: Option<f64>,
+    pub ck_guard_value: Option<f64>,
+    pub row_emitted_at: i64,
+    pub recorded_at: i64,
+    pub seq: u64,
+}
+
+pub fn encode_alert(r: &AlertRow, buf: &mut BytesMut) {
+    fn opt_i64(buf: &mut BytesMut, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                buf.put_u8(0);
+                buf.put_i64_le(v);
+            }
+            None => buf.put_u8(1),
+        }
+    }
+    fn opt_f64(buf: &mut BytesMut, v: Option<f64>) {
+        match v {
+            Some(v) if v.is_finite() => {
+                buf.put_u8(0);
+                buf.put_f64_le(v);
+            }
+            _ => buf.put_u8(1),
+        }
+    }
+    for s in [&r.consumer_group, &r.rule, &r.metric, &r.group_key, &r.event, &r.status, &r.severity, &r.fingerprint, &r.labels, &r.annotations] {
+        put_str(buf, s);
+    }
+    buf.put_i64_le(r.since);
+    buf.put_i64_le(r.starts_at);
+    opt_i64(buf, r.ends_at);
+    opt_f64(buf, r.value);
+    opt_f64(buf, r.guard_value);
+    buf.put_i64_le(r.notified_since);
+    buf.put_i64_le(r.notified_fired_at);
+    opt_i64(buf, r.decided_end);
+    put_str(buf, &r.ck_status);
+    buf.put_i64_le(r.ck_since);
+    buf.put_i64_le(r.ck_fired_at);
+    opt_i64(buf, r.ck_last_end);
+    opt_i64(buf, r.ck_last_hold);
+    buf.put_i64_le(r.ck_changed_at);
+    opt_f64(buf, r.ck_value);
+    opt_f64(buf, r.ck_guard_value);
+    buf.put_i64_le(r.row_emitted_at);
+    buf.put_i64_le(r.recorded_at);
+    buf.put_u64_le(r.seq);
+}
+
 /// One row of the progress table.
 pub fn encode_progress(group: &str, domain: &str, closed: i64, written_at: i64, buf: &mut BytesMut) {
     put_str(buf, group);
@@ -605,7 +734,7 @@ pub fn encode_stat(row: &StatRow, buf: &mut BytesMut) {
 
 /// Every table the spec needs, bookkeeping first.
 pub fn all_tables(spec: &Spec) -> Vec<Table> {
-    let mut tables = vec![migrations_table(), stats_table(), progress_table(), lease_table()];
+    let mut tables = vec![migrations_table(), stats_table(), progress_table(), lease_table(), alerts_table()];
     tables.extend(spec.domains.iter().map(|d| raw_table(d).table));
     tables.extend(spec.metrics.iter().map(|m| metric_table(spec, m).table));
     tables

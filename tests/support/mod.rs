@@ -148,4 +148,5 @@ impl Pipeline {
     }
 }
 
+#[allow(unused_imports)]
 pub use pulse_model::now_ms;

@@ -1,6 +1,7 @@
 //! The routes. `ROUTES` is the one list the router is built from; the OpenAPI
 //! document must describe exactly these (a test checks both directions).
 
+pub mod alerts;
 pub mod analytics;
 pub mod events;
 pub mod ops;
@@ -34,6 +35,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/analytics/latency", Access::Key),
     ("GET", "/v1/analytics/sessions/top-errors", Access::Key),
     ("GET", "/v1/analytics/cities", Access::Key),
+    ("GET", "/v1/alerts", Access::Key),
+    ("GET", "/v1/stream/alerts", Access::Key),
     ("GET", "/v1/stream/{metric}", Access::Key),
     ("POST", "/v1/stream/{metric}/token", Access::Key),
     ("GET", "/health", Access::Open),
@@ -53,6 +56,8 @@ fn handler(path: &str) -> Option<MethodRouter<Api>> {
         "/v1/analytics/latency" => get(analytics::latency),
         "/v1/analytics/sessions/top-errors" => get(analytics::top_errors),
         "/v1/analytics/cities" => get(analytics::cities),
+        "/v1/alerts" => get(alerts::alerts),
+        "/v1/stream/alerts" => get(alerts::stream),
         "/v1/stream/{metric}" => get(stream::stream),
         "/v1/stream/{metric}/token" => axum::routing::post(stream::token),
         "/health" => get(ops::health),

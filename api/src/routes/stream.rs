@@ -24,7 +24,7 @@ use crate::routes::windows::metric;
 use crate::stream::StreamRow;
 
 /// Counts a subscriber while its stream lives.
-struct Subscriber(IntGauge, Arc<AtomicUsize>);
+pub(crate) struct Subscriber(pub(crate) IntGauge, pub(crate) Arc<AtomicUsize>);
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
@@ -69,11 +69,12 @@ pub async fn token(
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<StreamToken>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let m = metric(&api, &name)?;
+    // `alerts`: the token of `GET /v1/stream/alerts`.
+    let scope = if name == "alerts" && api.spec().metric("alerts").is_none() { name } else { metric(&api, &name)?.name.clone() };
     let ttl = api.inner.cfg.token_ttl;
     let expires = pulse_model::now_ms() + ttl.as_millis() as i64;
     let caller = caller.map_or(Caller::Anonymous, |Extension(c)| c);
-    let token = api.inner.cfg.keys.sign_token(caller, &m.name, expires);
+    let token = api.inner.cfg.keys.sign_token(caller, &scope, expires);
     Ok(Json(StreamToken { token, expires_at: rfc3339(expires).unwrap_or_default(), expires_in: ttl.as_secs() }))
 }
 

@@ -170,6 +170,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+#[allow(unused_imports)]
 pub use pulse_model::now_ms;
 
 /// The shared fixture: data stored by the real sink and dataflow, an API over it,

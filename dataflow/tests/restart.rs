@@ -69,40 +69,58 @@ fn on_the_local_broker(name: &str) -> Option<(tokio::runtime::Runtime, Arc<pulse
     Some((rt, spec, kafka, ch, group))
 }
 
+type Records = Vec<(GenDomain, String, String)>;
+
+/// Seven minutes of events (40 per second of event time) ending a few seconds
+/// ago, written to the topics and the raw tables; the job runs until its
+/// finals settle and stops. Returns the events and those finals.
+fn first_run(
+    rt: &tokio::runtime::Runtime,
+    spec: &Arc<pulse_model::Spec>,
+    kafka: &KafkaConfig,
+    ch: &pulse_sink::ClickHouseConfig,
+    group: &str,
+    seed: u64,
+) -> (Records, Finals) {
+    let first = records(16_000, seed, pulse_model::now_ms() - 7 * 60_000, 0);
+    rt.block_on(produce_and_store(spec, kafka, ch, &first));
+    push_tails(kafka, spec);
+    let (stop, job) = start_job(Arc::clone(spec), kafka.clone(), ch.clone(), rt.handle().clone(), group);
+    let before = settled(rt, spec, ch, Duration::from_secs(6), Duration::from_secs(120));
+    stop.trigger();
+    job.join().expect("job thread");
+    (first, before)
+}
+
+/// A little more of the stream, from the last event of `first` on: rides only.
+fn more_rides(first: &Records, seed: u64) -> Records {
+    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(0);
+    records(1_200, seed, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect()
+}
+
+/// The finals of `before` that `after` no longer has with the same values.
+fn replaced(before: &Finals, after: &Finals) -> Vec<String> {
+    before.iter().filter(|(k, v)| !after.get(*k).is_some_and(|now| close(now, v))).map(|(k, v)| format!("{k:?}: {v:?} -> {:?}", after.get(k))).collect()
+}
+
 #[test]
 fn a_plain_restart_on_the_local_broker_replaces_no_final() {
     let Some((rt, spec, kafka, ch, group)) = on_the_local_broker("df_restart") else { return };
 
-    // Seven minutes of events (40 per second of event time) ending a few seconds ago.
-    let start_ms = pulse_model::now_ms() - 7 * 60_000;
-    let first = records(16_000, 21, start_ms, 0);
-    rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
-    push_tails(&kafka, &spec);
-    let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
-    let before = settled(&rt, &spec, &ch, Duration::from_secs(6), Duration::from_secs(120));
-    stop.trigger();
-    job.join().expect("job thread");
+    let (first, before) = first_run(&rt, &spec, &kafka, &ch, &group, 21);
     let city_finals = before.keys().filter(|(m, _, _)| m == "city_metrics").count();
     assert!(city_finals >= 20, "only {city_finals} city finals before the restart");
 
     // The same job again, same group and spec, and the stream goes on a little.
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
-    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
-    let second: Vec<_> = records(1_200, 22, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect();
-    rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &more_rides(&first, 22)));
     push_tails(&kafka, &spec);
     std::thread::sleep(Duration::from_secs(8));
     stop.trigger();
     let summaries = job.join().expect("job thread");
     let after = rt.block_on(clickhouse_finals(&spec, &ch));
 
-    let mut replaced = Vec::new();
-    for (key, values) in &before {
-        match after.get(key) {
-            Some(now) if close(now, values) => {}
-            now => replaced.push(format!("{key:?}: {values:?} -> {now:?}")),
-        }
-    }
+    let replaced = replaced(&before, &after);
     assert!(replaced.is_empty(), "{} of {} finals changed by a plain restart:\n{}\n{summaries:?}", replaced.len(), before.len(), replaced.join("\n"));
     rt.block_on(ch.server_client().query(&format!("DROP DATABASE {}", ch.database)).execute()).expect("drop");
 }
@@ -186,14 +204,7 @@ fn a_released_lease_stays_released_after_a_merge() {
 fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() {
     let Some((rt, spec, kafka, ch, group)) = on_the_local_broker("df_evolve") else { return };
 
-    let start_ms = pulse_model::now_ms() - 7 * 60_000;
-    let first = records(16_000, 41, start_ms, 0);
-    rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
-    push_tails(&kafka, &spec);
-    let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
-    let before = settled(&rt, &spec, &ch, Duration::from_secs(6), Duration::from_secs(120));
-    stop.trigger();
-    job.join().expect("job thread");
+    let (first, before) = first_run(&rt, &spec, &kafka, &ch, &group, 41);
 
     // The new spec: city_metrics waits 60 s instead of 30 s, and `city_copy` is city_metrics under another name.
     let mut next = (*spec).clone();
@@ -206,9 +217,7 @@ fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() 
     rt.block_on(migrate(&ch, &next)).expect("migrate the new metric's table");
     // The stream went on while the job was down (written before it starts again:
     // a pause longer than idle_timeout would let the quiet domain's clock close windows).
-    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
-    let second: Vec<_> = records(1_200, 42, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect();
-    rt.block_on(produce_and_store(&next, &kafka, &ch, &second));
+    rt.block_on(produce_and_store(&next, &kafka, &ch, &more_rides(&first, 42)));
     push_tails(&kafka, &next);
     let (stop, job) = start_job(Arc::clone(&next), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     std::thread::sleep(Duration::from_secs(10));
@@ -216,8 +225,7 @@ fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() 
     job.join().expect("job thread");
     let after = rt.block_on(clickhouse_finals(&next, &ch));
 
-    let replaced: Vec<String> =
-        before.iter().filter(|(k, v)| !after.get(*k).is_some_and(|now| close(now, v))).map(|(k, v)| format!("{k:?}: {v:?} -> {:?}", after.get(k))).collect();
+    let replaced = replaced(&before, &after);
     assert!(replaced.is_empty(), "{} of {} finals changed by the new spec:\n{}", replaced.len(), before.len(), replaced.join("\n"));
     // Every closed city_metrics window of the first run has its city_copy twin, equal to SQL.
     let copy = next.metric("city_copy").expect("city_copy");

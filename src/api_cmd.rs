@@ -10,11 +10,11 @@ use clap::Args;
 use pulse_api::auth::ApiKeys;
 use pulse_api::config::{StreamConfig, keys_from_env, parse_list};
 use pulse_api::{Api, ApiConfig};
+use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 
 use crate::cli::{ClickHouseArgs, Global, KafkaArgs};
 
@@ -77,7 +77,7 @@ pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
         let shutdown = Shutdown::new();
         shutdown.on_signals();
         if args.migrate {
-            pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
+            pulse_clickhouse::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
         }
         tracing::info!(keys = cfg.keys.len(), scoped_keys = cfg.keys.scoped(), rate_limit = ?cfg.rate_limit, max_streams = cfg.max_streams, cors = ?cfg.cors_origins, stream = cfg.stream.is_some(), clickhouse = %ch.url, database = %ch.database, "api starting");
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
@@ -155,7 +155,7 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
     let rt = crate::services::runtime()?;
     let report = rt.block_on(pulse_api::bench::run(spec, &ch, &cfg, &|msg| eprintln!("bench api: {msg}")));
     if !args.keep && !reuse {
-        let drop = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS {}", pulse_sink::schema::ident(&database))).execute());
+        let drop = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS {}", pulse_clickhouse::schema::ident(&database))).execute());
         if let Err(e) = drop {
             eprintln!("bench api: could not drop {database}: {e}");
         }

@@ -122,7 +122,7 @@ fn sink(global: &Global, args: &SinkBenchArgs) -> anyhow::Result<ExitCode> {
     let mock = rdkafka::mocking::MockCluster::new(1).context("embedded Kafka")?;
     pulse_kafka::topics::create_on_mock(&mock, &pulse_kafka::plan_topics(&spec))?;
     let kafka = pulse_kafka::KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec))?;
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec))?;
     let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create()?;
     let mut per_domain = [0u64; 3];
     let cfg = GenConfig { update_fraction: 0.0, delete_fraction: 0.0, ..GenConfig::default() };

@@ -105,10 +105,10 @@ impl HttpArgs {
 #[derive(Args, Clone, Debug)]
 pub struct ClickHouseArgs {
     /// ClickHouse HTTP URL.
-    #[arg(long = "clickhouse-url", env = "PULSE_CLICKHOUSE_URL", default_value = pulse_sink::config::DEFAULT_URL)]
+    #[arg(long = "clickhouse-url", env = "PULSE_CLICKHOUSE_URL", default_value = pulse_clickhouse::config::DEFAULT_URL)]
     pub url: String,
     /// Database holding Pulse's tables.
-    #[arg(long = "clickhouse-database", env = "PULSE_CLICKHOUSE_DATABASE", default_value = pulse_sink::config::DEFAULT_DATABASE)]
+    #[arg(long = "clickhouse-database", env = "PULSE_CLICKHOUSE_DATABASE", default_value = pulse_clickhouse::config::DEFAULT_DATABASE)]
     pub database: String,
     /// ClickHouse user (the server's default user when unset).
     #[arg(long = "clickhouse-user", env = "PULSE_CLICKHOUSE_USER")]
@@ -125,8 +125,8 @@ pub struct ClickHouseArgs {
 }
 
 impl ClickHouseArgs {
-    pub fn config(&self) -> pulse_sink::ClickHouseConfig {
-        pulse_sink::ClickHouseConfig {
+    pub fn config(&self) -> pulse_clickhouse::ClickHouseConfig {
+        pulse_clickhouse::ClickHouseConfig {
             url: self.url.clone(),
             database: self.database.clone(),
             user: self.user.clone(),

@@ -79,7 +79,7 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
     rt.block_on(async {
         shutdown.on_signals();
         if args.migrate {
-            pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
+            pulse_clickhouse::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
         }
         Ok::<_, anyhow::Error>(())
     })?;

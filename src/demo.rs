@@ -137,7 +137,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             (None, kafka)
         }
     };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {} (is it up? `scripts/stack up clickhouse`)", ch.url))?;
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec))
+        .with_context(|| format!("migrating ClickHouse at {} (is it up? `scripts/stack up clickhouse`)", ch.url))?;
 
     // Keys of this run: one to write, one to read (secure by default, like `pulse ingest` and `pulse api`).
     let write_key = pulse_ops::auth::generate_key().context("generating the demo's write key")?;

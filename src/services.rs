@@ -77,13 +77,13 @@ pub fn migrate(global: &Global, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
     runtime()?.block_on(async {
         wait_for_clickhouse(&cfg, args.wait).await?;
         if args.dry_run {
-            let (statements, _) = pulse_sink::migrate::plan(&cfg, &spec).await?;
+            let (statements, _) = pulse_clickhouse::migrate::plan(&cfg, &spec).await?;
             for s in statements {
                 println!("{s};\n");
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let report = pulse_sink::migrate(&cfg, &spec).await?;
+        let report = pulse_clickhouse::migrate(&cfg, &spec).await?;
         for s in &report.applied {
             println!("applied   {}", s.lines().next().unwrap_or(s));
         }
@@ -96,7 +96,7 @@ pub fn migrate(global: &Global, args: &MigrateArgs) -> anyhow::Result<ExitCode> 
 
 /// Waits until ClickHouse answers a query (a server that is still starting, or
 /// the temporary loopback-only server of a first boot, refuses connections).
-pub async fn wait_for_clickhouse(cfg: &pulse_sink::ClickHouseConfig, wait: Duration) -> anyhow::Result<()> {
+pub async fn wait_for_clickhouse(cfg: &pulse_clickhouse::ClickHouseConfig, wait: Duration) -> anyhow::Result<()> {
     // The server, not the database: creating the database is what migrate is waiting to do.
     let client = cfg.server_client();
     let ping = || async { matches!(tokio::time::timeout(Duration::from_secs(3), client.query("SELECT 1").fetch_one::<u8>()).await, Ok(Ok(1))) };
@@ -140,7 +140,7 @@ pub fn sink(global: &Global, args: &SinkArgs) -> anyhow::Result<ExitCode> {
         let shutdown = Shutdown::new();
         shutdown.on_signals();
         if args.migrate {
-            pulse_sink::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
+            pulse_clickhouse::migrate(&ch, &spec).await.context("migrating ClickHouse")?;
         }
         let cfg = pulse_sink::service::SinkConfig {
             group: args.group.clone(),

@@ -54,7 +54,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
         }
         Some(b) => (None, KafkaConfig::from_env(b.clone())),
     };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
 
     let ingest_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let ingest_url = format!("http://{}", ingest_listener.local_addr()?);

@@ -24,7 +24,7 @@ fn compose() -> Value {
 fn code_variables() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![root().join("src")];
-    for krate in ["model", "kafka", "ops", "sink", "ingest", "client", "dataflow", "api"] {
+    for krate in ["model", "kafka", "ops", "clickhouse", "sink", "ingest", "client", "dataflow", "api", "alert"] {
         stack.push(root().join(krate).join("src"));
     }
     while let Some(dir) = stack.pop() {

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::recompute::recompute_sql;
 use pulse_kafka::testing::{stack_brokers, unique_name};
-use pulse_sink::verify::recompute_sql;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};

@@ -328,7 +328,7 @@ fn alert_rules_and_dashboards_share_one_folder() {
 fn tables() -> HashMap<String, (Vec<String>, String, bool)> {
     let spec = pulse_model::Spec::load(&root().join("pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
     let mut out = HashMap::new();
-    for t in pulse_sink::schema::all_tables(&spec) {
+    for t in pulse_clickhouse::schema::all_tables(&spec) {
         // The first time column of the ordering key; a table ordered by id alone
         // (a mutable domain's raw table) is bounded on its time field (its TTL column).
         let key_time = t.order_by.iter().find(|c| t.column(c).is_some_and(|c| c.ty.starts_with("DateTime"))).cloned();

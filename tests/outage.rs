@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
+use pulse_clickhouse::recompute::recompute_sql;
+use pulse_clickhouse::testing::PrivateClickHouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_kafka::testing::{stack_brokers, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
-use pulse_sink::testing::PrivateClickHouse;
-use pulse_sink::verify::recompute_sql;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -65,7 +65,7 @@ fn clickhouse_down_for_a_minute_under_load() {
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
 
     let shutdown = Shutdown::new();
     let sink = {

@@ -17,14 +17,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use pulse_clickhouse::schema::{Provenance, metric_table, raw_table};
+use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_model::generate::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::prometheus::proto::MetricFamily;
-use pulse_sink::schema::{Provenance, metric_table, raw_table};
-use pulse_sink::{ClickHouseConfig, Writer, WriterMetrics};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
@@ -71,9 +71,9 @@ pub enum BenchError {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     #[error(transparent)]
-    Write(#[from] pulse_sink::WriteError),
+    Write(#[from] pulse_clickhouse::WriteError),
     #[error(transparent)]
-    Migrate(#[from] pulse_sink::MigrateError),
+    Migrate(#[from] pulse_clickhouse::MigrateError),
     #[error("api: {0}")]
     Api(#[from] crate::ApiError),
     #[error("io: {0}")]
@@ -157,14 +157,14 @@ async fn scalar(ch: &ClickHouseConfig, sql: &str) -> Result<u64, BenchError> {
 
 /// Loads, measures, and reports. `ch.database` is the database to use (created).
 pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<BenchReport, BenchError> {
-    pulse_sink::migrate(ch, &spec).await?;
-    let db = pulse_sink::schema::ident(&ch.database);
+    pulse_clickhouse::migrate(ch, &spec).await?;
+    let db = pulse_clickhouse::schema::ident(&ch.database);
     let have = scalar(ch, &format!("SELECT count() FROM {db}.rides")).await?;
     let (mut load_secs, mut optimize_secs) = (None, None);
     if !(cfg.reuse && have >= cfg.rides as u64) {
         let t0 = Instant::now();
         for t in ["rides", "app_events", "city_metrics", "city_supply"] {
-            ch.client().query(&format!("TRUNCATE TABLE {db}.{}", pulse_sink::schema::ident(t))).execute().await?;
+            ch.client().query(&format!("TRUNCATE TABLE {db}.{}", pulse_clickhouse::schema::ident(t))).execute().await?;
         }
         load_raw(&spec, ch, cfg, GenDomain::Rides, cfg.rides, progress).await?;
         load_raw(&spec, ch, cfg, GenDomain::AppEvents, cfg.app_events, progress).await?;
@@ -174,7 +174,7 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
             progress("merging parts (OPTIMIZE TABLE ... FINAL)");
             let t1 = Instant::now();
             for t in ["rides", "app_events", "city_metrics", "city_supply"] {
-                ch.client().query(&format!("OPTIMIZE TABLE {db}.{} FINAL", pulse_sink::schema::ident(t))).execute().await?;
+                ch.client().query(&format!("OPTIMIZE TABLE {db}.{} FINAL", pulse_clickhouse::schema::ident(t))).execute().await?;
             }
             optimize_secs = Some(t1.elapsed().as_secs_f64());
         }
@@ -459,7 +459,7 @@ async fn load_metrics(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig) -> 
                         "completions" => AggValue::Count(requests - cancellations - requests / 10),
                         "cancellation_rate" => AggValue::Float(Some(cancellations as f64 / requests as f64)),
                         "avg_fare" => AggValue::Float(Some(rng.random_range(12.0..40.0))),
-                        _ if pulse_sink::schema::is_count(&a.kind) => AggValue::Count(rng.random_range(10..2000)),
+                        _ if pulse_clickhouse::schema::is_count(&a.kind) => AggValue::Count(rng.random_range(10..2000)),
                         _ => AggValue::Float(Some(rng.random_range(0.0..1.0))),
                     })
                     .collect();

@@ -2,8 +2,8 @@
 //! its raw table and how each column is selected and rendered, for each metric
 //! its table, group fields and aggregates. Identifiers in SQL come only from here.
 
+use pulse_clickhouse::schema::ident;
 use pulse_model::spec::{FieldType, Spec};
-use pulse_sink::schema::ident;
 use serde_json::{Map, Value};
 
 use crate::params::rfc3339;

@@ -25,10 +25,10 @@ pub mod stream;
 
 use std::sync::Arc;
 
+use pulse_clickhouse::ClickHouseConfig;
 use pulse_model::Spec;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 
 pub use config::ApiConfig;
 pub use error::ApiError;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pulse_sink::ClickHouseConfig;
+use pulse_clickhouse::ClickHouseConfig;
 use serde_json::Value;
 
 use crate::error::ApiError;

@@ -16,13 +16,13 @@ use bytes::BytesMut;
 use common::{Server, now_ms};
 use pulse_api::ApiConfig;
 use pulse_api::config::StreamConfig;
+use pulse_clickhouse::schema::metric_table;
+use pulse_clickhouse::testing::stack_clickhouse;
+use pulse_clickhouse::{Writer, WriterMetrics};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow, RowShape};
 use pulse_ops::prometheus::Registry;
-use pulse_sink::schema::metric_table;
-use pulse_sink::testing::stack_clickhouse;
-use pulse_sink::{Writer, WriterMetrics};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -206,7 +206,7 @@ fn live_page_fills_and_updates_from_the_stream() {
     let spec = common::unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
 
     // Three windows of three cities, as the dataflow would have stored them.
     let base = (now_ms() / 60_000 - 10) * 60_000;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Resp, Server, client, enc, fixture, get, get_with, rfc, same};
 use pulse_api::ApiConfig;
 use pulse_api::auth::ApiKeys;
-use pulse_sink::ClickHouseConfig;
+use pulse_clickhouse::ClickHouseConfig;
 use serde_json::{Value, json};
 
 fn num(v: &Value) -> i64 {

@@ -15,11 +15,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pulse_alert::engine::{Fold, GroupKey, Status};
 use pulse_alert::{AlertMessage, Engine, Transition, WebhookConfig, WebhookSender};
+use pulse_clickhouse::Writer;
+use pulse_clickhouse::schema::{ALERTS_TABLE, AlertRow, alerts_table, encode_alert, ident};
 use pulse_model::Spec;
 use pulse_model::metric_row::MetricRow;
 use pulse_ops::Shutdown;
-use pulse_sink::Writer;
-use pulse_sink::schema::{ALERTS_TABLE, AlertRow, alerts_table, encode_alert, ident};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 

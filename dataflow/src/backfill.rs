@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pulse_clickhouse::recompute::recompute_sql_exact;
+use pulse_clickhouse::schema::{is_count, metric_table};
+use pulse_clickhouse::{ClickHouseConfig, Writer};
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow, RowShape};
 use pulse_model::{FieldType, Spec};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{is_count, metric_table};
-use pulse_sink::verify::recompute_sql_exact;
-use pulse_sink::{ClickHouseConfig, Writer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::emit::FINAL_BIT;
@@ -21,7 +21,7 @@ pub enum BackfillError {
     #[error("recomputing in ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("writing the recomputed windows: {0}")]
-    Write(#[from] pulse_sink::WriteError),
+    Write(#[from] pulse_clickhouse::WriteError),
     #[error("producing to the aggregated topic: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("a recomputed row: {0}")]

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pulse_clickhouse::schema::LEASE_TABLE;
+use pulse_clickhouse::{ClickHouseConfig, Writer};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::LEASE_TABLE;
-use pulse_sink::{ClickHouseConfig, Writer};
 
 /// The longest time to live a lease may have (see `Renewed::Released`).
 pub const MAX_TTL: Duration = Duration::from_secs(3600);

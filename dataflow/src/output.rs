@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pulse_clickhouse::schema::{MetricTable, StatRow, encode_stat, ident, metric_table, progress_table, stats_table, string_literal};
+use pulse_clickhouse::{ClickHouseConfig, Writer};
 use pulse_kafka::DeadLetter;
 use pulse_model::Spec;
 use pulse_model::metric_row::{GroupValue, MetricRow, RowShape};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{MetricTable, StatRow, encode_stat, ident, metric_table, progress_table, stats_table, string_literal};
-use pulse_sink::{ClickHouseConfig, Writer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 

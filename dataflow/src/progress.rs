@@ -16,8 +16,8 @@
 //! from the raw tables up to where its domain got (see [`metric_starts`]).
 
 use bytes::BytesMut;
+use pulse_clickhouse::schema::{PROGRESS_TABLE, encode_progress};
 use pulse_model::Spec;
-use pulse_sink::schema::{PROGRESS_TABLE, encode_progress};
 
 /// Every progress row of `group`: (domain or `metric/NAME/FINGERPRINT`, closed).
 async fn rows(client: &clickhouse::Client, database: &str, group: &str) -> Result<Vec<(String, i64)>, clickhouse::error::Error> {

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::{ClickHouseConfig, Writer, WriterMetrics};
 use rdkafka::producer::FutureProducer;
 
 use crate::job::{NoSource, RecordSource, WorkerConfig, WorkerSummary, run_worker};
@@ -20,7 +20,7 @@ use crate::lease::Lease;
 use crate::metrics::JobMetrics;
 use crate::output::{Output, report_stats};
 use crate::progress;
-use pulse_sink::schema::PROGRESS_TABLE;
+use pulse_clickhouse::schema::PROGRESS_TABLE;
 
 /// Where the timely workers run.
 #[derive(Debug, Clone)]
@@ -203,7 +203,7 @@ pub fn run(
                 },
                 shutdown.clone(),
             ))
-            .map_err(|source| DataflowError::Progress { table: pulse_sink::schema::ALERTS_TABLE, source })?;
+            .map_err(|source| DataflowError::Progress { table: pulse_clickhouse::schema::ALERTS_TABLE, source })?;
         output.alerts = Some(stage);
     }
     let revision_floor = rt

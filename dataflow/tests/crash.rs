@@ -15,6 +15,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
 use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
@@ -22,7 +23,6 @@ use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -174,7 +174,7 @@ fn sigkill_at_five_points_changes_no_final_window() {
         let plans: Vec<_> = plan_topics(&spec).into_iter().filter(|p| run_name == "reference" || p.name.ends_with(run_name)).collect();
         create_on_mock(&mock, &plans).expect("topics");
         let ch = ClickHouseConfig { url: url.clone(), database: unique_name(&format!("pulse_crash_{run_name}")), ..ClickHouseConfig::default() };
-        rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+        rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
         specs.push((path, spec, ch));
     }
     let base = &specs[0].1;

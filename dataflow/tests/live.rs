@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, topic_rows};
+use pulse_clickhouse::migrate;
+use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::generate::GenDomain;
-use pulse_sink::migrate;
-use pulse_sink::testing::stack_clickhouse;
 use rdkafka::mocking::MockCluster;
 
 #[test]

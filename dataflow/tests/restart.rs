@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, start_job_watched};
+use pulse_clickhouse::migrate;
+use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics};
 use pulse_model::generate::GenDomain;
 use pulse_ops::Readiness;
-use pulse_sink::migrate;
-use pulse_sink::testing::stack_clickhouse;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -35,7 +35,7 @@ fn push_tails(kafka: &KafkaConfig, spec: &pulse_model::Spec) {
 }
 
 /// Waits until the finals stop changing for `quiet` (and there are some).
-fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_sink::ClickHouseConfig, quiet: Duration, timeout: Duration) -> Finals {
+fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_clickhouse::ClickHouseConfig, quiet: Duration, timeout: Duration) -> Finals {
     let deadline = Instant::now() + timeout;
     let mut last = rt.block_on(clickhouse_finals(spec, ch));
     let mut since = Instant::now();
@@ -54,7 +54,7 @@ fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_si
 
 /// A runtime, a fresh spec with its topics on Tansu, a migrated database and a
 /// consumer group of its own; `None` without the local stack.
-fn on_the_local_broker(name: &str) -> Option<(tokio::runtime::Runtime, Arc<pulse_model::Spec>, KafkaConfig, pulse_sink::ClickHouseConfig, String)> {
+fn on_the_local_broker(name: &str) -> Option<(tokio::runtime::Runtime, Arc<pulse_model::Spec>, KafkaConfig, pulse_clickhouse::ClickHouseConfig, String)> {
     let brokers = stack_brokers()?;
     let ch = stack_clickhouse(&format!("pulse_{name}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -78,7 +78,7 @@ fn first_run(
     rt: &tokio::runtime::Runtime,
     spec: &Arc<pulse_model::Spec>,
     kafka: &KafkaConfig,
-    ch: &pulse_sink::ClickHouseConfig,
+    ch: &pulse_clickhouse::ClickHouseConfig,
     group: &str,
     seed: u64,
 ) -> (Records, Finals) {
@@ -180,14 +180,14 @@ fn a_released_lease_stays_released_after_a_merge() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let spec = unique_spec();
     rt.block_on(migrate(&ch, &spec)).expect("migrate");
-    let writer = pulse_sink::Writer::new(&ch, pulse_sink::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
+    let writer = pulse_clickhouse::Writer::new(&ch, pulse_clickhouse::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
     let shutdown = pulse_ops::Shutdown::new();
     let ttl = Duration::from_secs(30);
     let group = unique_name("lease");
     rt.block_on(async {
         let first = pulse_dataflow::lease::Lease::acquire(&ch, &writer, &group, "a", ttl, &shutdown).await.expect("first");
         first.release().await;
-        writer.client().query(&format!("OPTIMIZE TABLE `{}`.`{}` FINAL", ch.database, pulse_sink::schema::LEASE_TABLE)).execute().await.expect("merge");
+        writer.client().query(&format!("OPTIMIZE TABLE `{}`.`{}` FINAL", ch.database, pulse_clickhouse::schema::LEASE_TABLE)).execute().await.expect("merge");
         // Well within the time to live: only the release lets the second in.
         let second = tokio::time::timeout(Duration::from_secs(10), pulse_dataflow::lease::Lease::acquire(&ch, &writer, &group, "b", ttl, &shutdown)).await;
         assert!(second.is_ok(), "the released lease looked held after a merge");

@@ -28,9 +28,9 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
-use crate::config::ClickHouseConfig;
-use crate::schema::{Provenance, RawTable, STATS_TABLE, StatRow, encode_stat, raw_table, stats_table};
-use crate::writer::{WriteError, Writer, WriterMetrics};
+use pulse_clickhouse::config::ClickHouseConfig;
+use pulse_clickhouse::schema::{Provenance, RawTable, STATS_TABLE, StatRow, encode_stat, raw_table, stats_table};
+use pulse_clickhouse::writer::{WriteError, Writer, WriterMetrics};
 
 use pulse_ops::prometheus;
 

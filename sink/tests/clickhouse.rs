@@ -4,12 +4,12 @@
 use std::path::Path;
 
 use bytes::BytesMut;
+use pulse_clickhouse::schema::{Provenance, raw_table};
+use pulse_clickhouse::testing::stack_clickhouse;
+use pulse_clickhouse::{MigrateError, Writer, WriterMetrics, migrate};
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::Shutdown;
-use pulse_sink::schema::{Provenance, raw_table};
-use pulse_sink::testing::stack_clickhouse;
-use pulse_sink::{MigrateError, Writer, WriterMetrics, migrate};
 use serde::Deserialize;
 
 fn spec() -> Spec {

@@ -7,18 +7,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
+use pulse_clickhouse::schema::{MAX_PARTITIONS_PER_INSERT, Provenance, raw_table};
+use pulse_clickhouse::testing::stack_clickhouse;
+use pulse_clickhouse::{Writer, WriterMetrics};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, H_STAGE};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::Readiness;
 use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
-use pulse_sink::ClickHouseConfig;
-use pulse_sink::schema::{MAX_PARTITIONS_PER_INSERT, Provenance, raw_table};
 use pulse_sink::service::batch::{Rows, SourceRecord, store};
 use pulse_sink::service::{SinkConfig, SinkSummary, run};
-use pulse_sink::testing::stack_clickhouse;
-use pulse_sink::{Writer, WriterMetrics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -114,7 +114,7 @@ impl Setup {
         let mock = MockCluster::new(1).expect("mock");
         let spec = long_retention_spec();
         create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
-        rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+        rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
         Some(Setup { rt, ch, spec, mock })
     }
 

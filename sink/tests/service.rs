@@ -10,6 +10,8 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
+use pulse_clickhouse::testing::{PrivateClickHouse, stack_clickhouse};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC};
 use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec, unique_spec_text};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
@@ -17,9 +19,7 @@ use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 use pulse_sink::service::{SinkConfig, run};
-use pulse_sink::testing::{PrivateClickHouse, stack_clickhouse};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -113,7 +113,7 @@ fn round_trip_updates_deletes_and_a_poison_record() {
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
     let mut produced = Produced::default();
     produce(&kafka, &spec, 5_000, 1, &mut produced);
     // A poison record in the middle of the rides topic.
@@ -203,7 +203,7 @@ fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     let spec = Arc::new(Spec::load(&spec_path).expect("spec"));
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
     let spawn = || -> Child {
         Command::new(std::env::current_exe().expect("exe"))
             .args(["--exact", "child", "--nocapture", "--test-threads", "1"])
@@ -258,7 +258,7 @@ fn clickhouse_down_for_30_seconds_mid_stream() {
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
 
     let shutdown = Shutdown::new();
     let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
@@ -291,7 +291,7 @@ fn broker_faults_mid_stream_pause_and_resume_exactly_once() {
     let spec = unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
     let shutdown = Shutdown::new();
     let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
     let sink = {

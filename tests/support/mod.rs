@@ -8,6 +8,8 @@ pub mod procs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
+use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
@@ -15,9 +17,7 @@ use pulse_model::Spec;
 use pulse_model::generate::{GenDomain, GenOp};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 use pulse_sink::service::SinkConfig;
-use pulse_sink::testing::stack_clickhouse;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -42,7 +42,7 @@ impl Pipeline {
         let spec = unique_spec();
         create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
         let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-        rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+        rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
         let shutdown = Shutdown::new();
         let sink_cfg = SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() };
         {

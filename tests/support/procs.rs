@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_kafka::testing::unique_name;
 use pulse_model::Spec;
-use pulse_sink::ClickHouseConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 /// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.

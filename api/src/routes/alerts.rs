@@ -136,7 +136,8 @@ pub async fn alerts(State(api): State<Api>, RawQuery(query): RawQuery) -> Result
     let from = p.time("from")?.unwrap_or(to.saturating_sub(DAY_MS));
     let limit = p.limit("limit", 1000, MAX_METRIC_LIMIT)?;
     let rule = p.text("rule")?;
-    let table = format!("{}.{}", pulse_sink::schema::ident(&api.inner.catalog.database), pulse_sink::schema::ident(pulse_sink::schema::ALERTS_TABLE));
+    let table =
+        format!("{}.{}", pulse_clickhouse::schema::ident(&api.inner.catalog.database), pulse_clickhouse::schema::ident(pulse_clickhouse::schema::ALERTS_TABLE));
 
     // Active: the newest recorded state of each (job, rule, group) says firing.
     let mut sql = Sql::new(format!("SELECT {} FROM (SELECT * FROM {table} WHERE 1 = 1", COLUMNS.replace("{state}", "status")));
@@ -183,7 +184,8 @@ struct AlertStream {
 
 /// New firing/resolved notifications after `last_seq`, as (seq, JSON).
 async fn newer(api: &Api, rule: Option<&str>, last_seq: u64) -> Result<Vec<(u64, String)>, ApiError> {
-    let table = format!("{}.{}", pulse_sink::schema::ident(&api.inner.catalog.database), pulse_sink::schema::ident(pulse_sink::schema::ALERTS_TABLE));
+    let table =
+        format!("{}.{}", pulse_clickhouse::schema::ident(&api.inner.catalog.database), pulse_clickhouse::schema::ident(pulse_clickhouse::schema::ALERTS_TABLE));
     let mut sql = Sql::new(format!("SELECT {}, seq FROM {table} WHERE event IN ('firing', 'resolved')", COLUMNS.replace("{state}", "event")));
     let ph = sql.bind("UInt64", Param::U64(last_seq));
     sql.push(&format!(" AND seq > {ph}"));
@@ -233,7 +235,8 @@ pub async fn stream(State(api): State<Api>, RawQuery(query): RawQuery) -> Result
     let p = Params::parse(query.as_deref(), &["rule", "token"])?;
     let rule = p.text("rule")?;
     // Start after the newest notification recorded so far.
-    let table = format!("{}.{}", pulse_sink::schema::ident(&api.inner.catalog.database), pulse_sink::schema::ident(pulse_sink::schema::ALERTS_TABLE));
+    let table =
+        format!("{}.{}", pulse_clickhouse::schema::ident(&api.inner.catalog.database), pulse_clickhouse::schema::ident(pulse_clickhouse::schema::ALERTS_TABLE));
     let last_seq = api
         .inner
         .db

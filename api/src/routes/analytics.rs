@@ -3,7 +3,7 @@
 //! domains and fields in the spec (the default spec has them); otherwise 404.
 //!
 //! Every query reads its raw table with `FINAL`: raw tables are
-//! ReplacingMergeTrees keyed by event id (see `pulse_sink::schema::raw_table`),
+//! ReplacingMergeTrees keyed by event id (see `pulse_clickhouse::schema::raw_table`),
 //! and a sink replay inserts the same rows again, which only merges (or
 //! `FINAL`) collapse; without it counts double until ClickHouse merges. Every
 //! query is bounded in event time: `days` (errors), `since` (cities), or
@@ -11,10 +11,10 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
+use pulse_clickhouse::recompute::filter_sql;
+use pulse_clickhouse::schema::ident;
 use pulse_model::spec::{FieldType, Filter};
 use pulse_model::{Domain, parse_duration};
-use pulse_sink::schema::ident;
-use pulse_sink::verify::filter_sql;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -310,11 +310,11 @@ mod tests {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
+    use pulse_clickhouse::schema::{Provenance, raw_table};
+    use pulse_clickhouse::{Writer, WriterMetrics};
     use pulse_model::{Decoder, Spec};
     use pulse_ops::prometheus::Registry;
     use pulse_ops::{Readiness, Shutdown};
-    use pulse_sink::schema::{Provenance, raw_table};
-    use pulse_sink::{Writer, WriterMetrics};
     use serde_json::Value;
 
     use super::*;
@@ -363,7 +363,7 @@ mod tests {
     /// the table. The analytics count each event once.
     #[test]
     fn analytics_count_replayed_rows_once() {
-        let Some(ch) = pulse_sink::testing::stack_clickhouse("pulse_api_replay") else { return };
+        let Some(ch) = pulse_clickhouse::testing::stack_clickhouse("pulse_api_replay") else { return };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let spec = spec();
         let db = ident(&ch.database);
@@ -392,7 +392,7 @@ mod tests {
             })
             .collect();
         rt.block_on(async {
-            pulse_sink::migrate(&ch, &spec).await.expect("migrate");
+            pulse_clickhouse::migrate(&ch, &spec).await.expect("migrate");
             let client = ch.client();
             for t in ["rides", "app_events"] {
                 // Keep both copies apart, as they are until a merge happens.

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use pulse_sink::schema::ident;
+use pulse_clickhouse::schema::ident;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

@@ -39,7 +39,7 @@ fn group_filters(m: &MetricView, p: &Params, sql: &mut Sql) -> Result<(), ApiErr
     for g in &m.groups {
         if let Some(v) = p.get(&g.name) {
             let ph = bind_value(sql, g.filter, &g.name, v)?;
-            sql.push(&format!(" AND {} = {ph}", pulse_sink::schema::ident(&g.name)));
+            sql.push(&format!(" AND {} = {ph}", pulse_clickhouse::schema::ident(&g.name)));
         }
     }
     Ok(())
@@ -98,7 +98,7 @@ pub async fn rows(State(api): State<Api>, Path(name): Path<String>, RawQuery(que
     }
     final_filter(fin, &mut sql);
     let mut order = vec!["`window_start` DESC".to_string()];
-    order.extend(m.groups.iter().map(|g| format!("{} DESC", pulse_sink::schema::ident(&g.name))));
+    order.extend(m.groups.iter().map(|g| format!("{} DESC", pulse_clickhouse::schema::ident(&g.name))));
     let lim = sql.bind("UInt64", Param::U64(limit + 1));
     sql.push(&format!(" ORDER BY {} LIMIT {lim}", order.join(", ")));
     let mut rows = api.inner.db.rows("metric_rows", sql).await?;
@@ -132,7 +132,7 @@ pub async fn latest(State(api): State<Api>, Path(name): Path<String>, RawQuery(q
     let p = Params::parse(query.as_deref(), &allowed(m, &["final", "limit"]))?;
     let fin = p.boolean("final")?;
     let limit = p.limit("limit", 1000, MAX_METRIC_LIMIT)?;
-    let groups: Vec<String> = m.groups.iter().map(|g| pulse_sink::schema::ident(&g.name)).collect();
+    let groups: Vec<String> = m.groups.iter().map(|g| pulse_clickhouse::schema::ident(&g.name)).collect();
     let (lhs, inner_cols, group_by) = if groups.is_empty() {
         ("`window_start`".to_string(), "max(`window_start`)".to_string(), String::new())
     } else {

@@ -17,15 +17,15 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pulse_api::{Api, ApiConfig};
+use pulse_clickhouse::ClickHouseConfig;
+use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::ClickHouseConfig;
 use pulse_sink::service::SinkConfig;
-use pulse_sink::testing::stack_clickhouse;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -263,7 +263,7 @@ fn build() -> Option<Fixture> {
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
     // The cluster lives as long as the test process.
     std::mem::forget(mock);
-    rt.block_on(pulse_sink::migrate(&ch, &spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
 
     let stream = pulse_api::config::StreamConfig { keep_alive: Duration::from_secs(1), buffer: 1 << 16, ..pulse_api::config::StreamConfig::new(kafka.clone()) };
     let server = rt.block_on(Server::start(Arc::clone(&spec), &ch, ApiConfig { stream: Some(stream), ..ApiConfig::default() }));

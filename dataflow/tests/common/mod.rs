@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use pulse_clickhouse::recompute::recompute_sql;
+use pulse_clickhouse::schema::{Provenance, raw_table};
+use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
 use pulse_kafka::KafkaConfig;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, Shutdown};
-use pulse_sink::schema::{Provenance, raw_table};
-use pulse_sink::verify::recompute_sql;
-use pulse_sink::{ClickHouseConfig, Writer, WriterMetrics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -272,7 +272,7 @@ pub fn short_windows_spec() -> Arc<Spec> {
 /// its own; `None` without the local stack.
 pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(tokio::runtime::Runtime, KafkaConfig, ClickHouseConfig, String)> {
     let brokers = pulse_kafka::testing::stack_brokers()?;
-    let ch = pulse_sink::testing::stack_clickhouse(&format!("pulse_{name}"))?;
+    let ch = pulse_clickhouse::testing::stack_clickhouse(&format!("pulse_{name}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let kafka = KafkaConfig { brokers, properties: Vec::new() };
     rt.block_on(async {
@@ -280,7 +280,7 @@ pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(t
         let plans: Vec<_> = pulse_kafka::plan_topics(spec).into_iter().filter(|p| !later.contains(&p.name.as_str())).collect();
         pulse_kafka::ensure_topics(&admin, &plans).await.expect("topics");
     });
-    rt.block_on(pulse_sink::migrate(&ch, spec)).expect("migrate");
+    rt.block_on(pulse_clickhouse::migrate(&ch, spec)).expect("migrate");
     let group = pulse_kafka::testing::unique_name(&name.replace('_', "-"));
     Some((rt, kafka, ch, group))
 }

@@ -11,8 +11,8 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use pulse_ops::Shutdown;
 
-use crate::schema::MAX_PARTITIONS_PER_INSERT;
-use crate::writer::{ErrorKind, WriteError, Writer};
+use pulse_clickhouse::schema::MAX_PARTITIONS_PER_INSERT;
+use pulse_clickhouse::writer::{ErrorKind, WriteError, Writer};
 
 /// The Kafka record a row was decoded from (its topic is the batch's), kept to
 /// dead-letter it verbatim.

@@ -3,14 +3,14 @@
 //! the README's table of environment variables.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use serde_yaml::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
+mod source;
+
+use source::{code_variables, root};
 
 fn compose() -> Value {
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml");
@@ -18,37 +18,6 @@ fn compose() -> Value {
     // Resolve `<<: *anchor` merge keys, as docker compose does.
     v.apply_merge().expect("merge keys");
     v
-}
-
-/// Every `PULSE_*` variable the code reads: clap `env = "..."` attributes and `env::var("...")` calls.
-fn code_variables() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root().join("src")];
-    for krate in ["model", "kafka", "ops", "clickhouse", "sink", "ingest", "client", "dataflow", "api", "alert"] {
-        stack.push(root().join(krate).join("src"));
-    }
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                for (i, _) in text.match_indices("\"PULSE_") {
-                    let rest = &text[i + 1..];
-                    let end = rest.find('"').unwrap_or(0);
-                    let name = &rest[..end];
-                    // PULSE_KAFKA_<PROPERTY> is the librdkafka passthrough, not a fixed variable.
-                    let passthrough = name.starts_with("PULSE_KAFKA_") && name != "PULSE_KAFKA_BROKERS";
-                    if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') && !name.ends_with('_') && !passthrough {
-                        out.insert(name.to_string());
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Variables the Grafana provisioning, the ClickHouse config and the scripts read (not the binary).

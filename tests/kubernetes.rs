@@ -17,9 +17,9 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
+mod source;
+
+use source::{code_variables, root};
 
 fn kube() -> PathBuf {
     root().join("deploy/kubernetes")
@@ -170,34 +170,6 @@ fn render(dir: &str) -> Option<Vec<Value>> {
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-}
-
-/// Every `PULSE_*` variable the code reads: clap `env = "..."` attributes and `env::var("...")` calls.
-fn code_variables() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root().join("src")];
-    for krate in ["model", "kafka", "ops", "clickhouse", "sink", "ingest", "client", "dataflow", "api", "alert"] {
-        stack.push(root().join(krate).join("src"));
-    }
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                for (i, _) in text.match_indices("\"PULSE_") {
-                    let rest = &text[i + 1..];
-                    let name = &rest[..rest.find('"').unwrap_or(0)];
-                    if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') && !name.ends_with('_') {
-                        out.insert(name.to_string());
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 fn help(args: &[&str]) -> (bool, String) {

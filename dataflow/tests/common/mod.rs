@@ -61,38 +61,7 @@ pub fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDom
 
 /// Produces the records and stores each one in its raw table (the ground truth for SQL).
 pub async fn produce_and_store(spec: &Spec, kafka: &KafkaConfig, ch: &ClickHouseConfig, recs: &[(GenDomain, String, String)]) {
-    let producer: FutureProducer = kafka.reliable_producer().create().expect("producer");
-    let writer = Writer::new(ch, WriterMetrics::new(&Registry::new()));
-    let mut bodies: HashMap<usize, (BytesMut, usize)> = HashMap::new();
-    let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
-    for chunk in recs.chunks(2_000) {
-        let sends: Vec<_> = chunk
-            .iter()
-            .map(|(gd, key, json)| {
-                let d = spec.domain_index(gd.name()).expect("domain");
-                let topic = spec.domains[d].topic.clone();
-                let producer = producer.clone();
-                async move {
-                    let delivery =
-                        producer.send(FutureRecord::to(&topic).key(key).payload(json), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
-                    (d, delivery.partition, delivery.offset)
-                }
-            })
-            .collect();
-        let acks = futures::future::join_all(sends).await;
-        for ((_, _, json), (d, partition, offset)) in chunk.iter().zip(acks) {
-            let ev = decoders[d].decode(json.as_bytes()).expect("valid event");
-            let domain = &spec.domains[d];
-            let at = Provenance { topic: &domain.topic, partition, offset, timestamp_ms: ev.time };
-            let (buf, n) = bodies.entry(d).or_insert_with(|| (BytesMut::new(), 0));
-            raw_table(domain).encode(&ev, &at, buf);
-            *n += 1;
-        }
-    }
-    for (d, (body, n)) in bodies {
-        let t = raw_table(&spec.domains[d]).table;
-        writer.insert(&t.name, &t.insert_sql(&ch.database), body.freeze(), n, &Shutdown::new()).await.expect("raw insert");
-    }
+    produce_and_store_to(spec, kafka, ch, recs, &|_| None).await;
 }
 
 pub fn start_job(
@@ -223,32 +192,34 @@ pub async fn produce_and_store_to(
     let writer = Writer::new(ch, WriterMetrics::new(&Registry::new()));
     let mut bodies: HashMap<usize, (BytesMut, usize)> = HashMap::new();
     let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
-    let sends: Vec<_> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, (gd, key, json))| {
-            let d = spec.domain_index(gd.name()).expect("domain");
-            let topic = spec.domains[d].topic.clone();
-            let producer = producer.clone();
-            let partition = partition_of(i);
-            async move {
-                let mut record = FutureRecord::to(&topic).key(key).payload(json);
-                if let Some(p) = partition {
-                    record = record.partition(p);
+    for (c, chunk) in recs.chunks(2_000).enumerate() {
+        let sends: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (gd, key, json))| {
+                let d = spec.domain_index(gd.name()).expect("domain");
+                let topic = spec.domains[d].topic.clone();
+                let producer = producer.clone();
+                let partition = partition_of(c * 2_000 + i);
+                async move {
+                    let mut record = FutureRecord::to(&topic).key(key).payload(json);
+                    if let Some(p) = partition {
+                        record = record.partition(p);
+                    }
+                    let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
+                    (d, delivery.partition, delivery.offset)
                 }
-                let delivery = producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack");
-                (d, delivery.partition, delivery.offset)
-            }
-        })
-        .collect();
-    let acks = futures::future::join_all(sends).await;
-    for ((_, _, json), (d, partition, offset)) in recs.iter().zip(acks) {
-        let ev = decoders[d].decode(json.as_bytes()).expect("valid event");
-        let domain = &spec.domains[d];
-        let at = Provenance { topic: &domain.topic, partition, offset, timestamp_ms: ev.time };
-        let (buf, n) = bodies.entry(d).or_insert_with(|| (BytesMut::new(), 0));
-        raw_table(domain).encode(&ev, &at, buf);
-        *n += 1;
+            })
+            .collect();
+        let acks = futures::future::join_all(sends).await;
+        for ((_, _, json), (d, partition, offset)) in chunk.iter().zip(acks) {
+            let ev = decoders[d].decode(json.as_bytes()).expect("valid event");
+            let domain = &spec.domains[d];
+            let at = Provenance { topic: &domain.topic, partition, offset, timestamp_ms: ev.time };
+            let (buf, n) = bodies.entry(d).or_insert_with(|| (BytesMut::new(), 0));
+            raw_table(domain).encode(&ev, &at, buf);
+            *n += 1;
+        }
     }
     for (d, (body, n)) in bodies {
         let t = raw_table(&spec.domains[d]).table;

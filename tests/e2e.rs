@@ -37,7 +37,6 @@ fn loadgen_to_api_through_separate_processes() {
     let mut ingest = d.start("ingest", &["ingest"]);
     let mut api = d.start("api", &["api"]);
     let sink = d.start("sink", &["sink"]);
-    let dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
     wait_ready(&format!("http://127.0.0.1:{ingest_port}/ready"), &mut ingest);
     wait_ready(&format!("http://127.0.0.1:{api_port}/ready"), &mut api);
 
@@ -72,6 +71,12 @@ fn loadgen_to_api_through_separate_processes() {
         .output()
         .expect("loadgen");
     assert!(load.status.success(), "loadgen: {}", String::from_utf8_lossy(&load.stdout));
+    // The dataflow catches up on the stored stream. (Started before a load that
+    // replays 9 minutes of event time in seconds, its partitions are idle when
+    // the first records land, and one partition's first fetch can move the
+    // watermark past another's first records by more than the lateness: a known
+    // limit of idle partitions, not what this test is about.)
+    let dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
     let metrics = http_get(&format!("http://127.0.0.1:{ingest_port}/metrics")).expect("ingest metrics").1;
     let acked = accepted(&metrics);
     assert!(acked.get("rides").copied().unwrap_or(0) > 40_000, "{acked:?}");

@@ -60,7 +60,7 @@ pub fn backfill(global: &Global, args: &BackfillArgs) -> anyhow::Result<ExitCode
             (None, None) => anyhow::bail!("consumer group `{}` has no recorded progress: pass --to to say which windows to recompute", args.group),
         };
         anyhow::ensure!(to > args.from, "nothing to do: no closed window starts in [{}, {to})", args.from);
-        let writer = pulse_clickhouse::Writer::new(&ch, pulse_clickhouse::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
+        let writer = pulse_clickhouse::Writer::new(&ch, pulse_clickhouse::WriterMetrics::new(&pulse_ops::prometheus::Registry::new())?);
         let producer: Option<FutureProducer> =
             if args.no_topic { None } else { Some(args.kafka.config().reliable_producer().create().context("kafka producer")?) };
         // Above every revision written so far (and the wall clock in µs when that is ahead).

@@ -157,10 +157,8 @@ fn sink(global: &Global, args: &SinkBenchArgs) -> anyhow::Result<ExitCode> {
     let cpu0 = process::cpu_seconds().unwrap_or(0.0);
     let t0 = Instant::now();
     let task = {
-        let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move {
-            pulse_sink::service::run(spec, &kafka, &ch, scfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown).await
-        })
+        let (spec, kafka, ch, ctx) = (Arc::clone(&spec), kafka.clone(), ch.clone(), pulse_ops::ServiceContext::new(rt.handle().clone(), shutdown.clone()));
+        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, scfg, ctx).await })
     };
     let client = ch.client();
     let count_sql = "SELECT (SELECT count() FROM rides) + (SELECT count() FROM driver_locations) + (SELECT count() FROM app_events)";

@@ -86,15 +86,14 @@ pub fn dataflow(global: &Global, args: &DataflowArgs) -> anyhow::Result<ExitCode
     let cfg = pulse_dataflow::service::DataflowConfig {
         group: args.group.clone(),
         cluster,
-        metrics_addr: Some(args.metrics_addr),
         instance: format!("{}-{}", crate::services::hostname(), args.process),
         stall_timeout: args.stall_timeout,
         lease_ttl: args.lease_ttl,
         metadata_interval: args.metadata_interval,
         ..Default::default()
     };
-    let summaries =
-        pulse_dataflow::service::run(spec, &kafka, &ch, cfg, pulse_ops::prometheus::Registry::new(), pulse_ops::Readiness::default(), shutdown, rt.handle())?;
+    let ctx = pulse_ops::ServiceContext::new(rt.handle().clone(), shutdown).with_metrics_addr(Some(args.metrics_addr));
+    let summaries = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ctx)?;
     let events: u64 = summaries.iter().map(|s| s.events).sum();
     tracing::info!(events, workers = summaries.len(), "dataflow stopped");
     Ok(ExitCode::SUCCESS)

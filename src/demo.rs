@@ -16,7 +16,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::generate::{CITIES, GenConfig};
 use pulse_model::{Spec, parse_duration};
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
@@ -160,16 +160,16 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener, shutdown.clone()));
     let sink_task = {
-        let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, Default::default(), Registry::new(), Readiness::default(), shutdown).await })
+        let (spec, kafka, ch, ctx) = (Arc::clone(&spec), kafka.clone(), ch.clone(), ServiceContext::new(rt.handle().clone(), shutdown.clone()));
+        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, Default::default(), ctx).await })
     };
     let dataflow_registry = Registry::new();
     let dataflow = {
-        let (spec, kafka, ch, shutdown, handle, registry) =
-            (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), dataflow_registry.clone());
+        let (spec, kafka, ch) = (Arc::clone(&spec), kafka.clone(), ch.clone());
+        let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone()).with_registry(dataflow_registry.clone());
         std::thread::spawn(move || {
             let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers: 1 }, ..Default::default() };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ctx)
         })
     };
     let api_task =

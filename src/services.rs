@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 
@@ -146,11 +146,11 @@ pub fn sink(global: &Global, args: &SinkArgs) -> anyhow::Result<ExitCode> {
             group: args.group.clone(),
             batch_rows: args.batch_rows.max(1),
             batch_delay: Duration::from_millis(args.batch_ms.max(1)),
-            metrics_addr: Some(args.metrics_addr),
             instance: hostname(),
             ..Default::default()
         };
-        let summary = pulse_sink::service::run(spec, &kafka, &ch, cfg, pulse_ops::prometheus::Registry::new(), Readiness::default(), shutdown).await?;
+        let ctx = ServiceContext::new(tokio::runtime::Handle::current(), shutdown).with_metrics_addr(Some(args.metrics_addr));
+        let summary = pulse_sink::service::run(spec, &kafka, &ch, cfg, ctx).await?;
         tracing::info!(stored = summary.stored, dead_lettered = summary.dead_lettered, "sink stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -12,7 +12,7 @@ use clap::Args;
 use pulse_kafka::KafkaConfig;
 use pulse_model::generate::GenConfig;
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use rdkafka::mocking::MockCluster;
 
 use crate::cli::{ClickHouseArgs, Global};
@@ -62,12 +62,12 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener, shutdown.clone()));
     let registry = Registry::new();
     let dataflow = {
-        let (spec, kafka, ch, shutdown, handle, registry) =
-            (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone(), registry.clone());
+        let (spec, kafka, ch) = (Arc::clone(&spec), kafka.clone(), ch.clone());
+        let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone()).with_registry(registry.clone());
         let workers = args.workers;
         std::thread::spawn(move || {
             let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers }, ..Default::default() };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown, &handle)
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ctx)
         })
     };
 

@@ -14,7 +14,7 @@ use pulse_kafka::testing::{stack_brokers, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -71,7 +71,7 @@ fn clickhouse_down_for_a_minute_under_load() {
     let sink = {
         let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
         let cfg = pulse_sink::service::SinkConfig { batch_delay: Duration::from_millis(200), ..Default::default() };
-        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown).await })
+        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await })
     };
     let dataflow = {
         let (spec, kafka, ch, shutdown, handle) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone());
@@ -82,7 +82,7 @@ fn clickhouse_down_for_a_minute_under_load() {
                 idle_timeout: Some(Duration::from_secs(1)),
                 ..Default::default()
             };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, &handle).expect("dataflow")
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(handle, shutdown)).expect("dataflow")
         })
     };
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");

@@ -80,6 +80,8 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+    #[error(transparent)]
+    Metrics(#[from] pulse_ops::MetricsError),
 }
 
 /// Latency figures of one endpoint.
@@ -402,7 +404,7 @@ async fn load_raw(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig, gd: Gen
     });
     let table = raw_table(spec.domain(gd.name()).ok_or_else(|| BenchError::Other("domain".into()))?);
     let sql = table.table.insert_sql(&ch.database);
-    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new()));
+    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new())?);
     let mut done = 0;
     let t0 = Instant::now();
     while let Some((body, rows)) = rx.recv().await {
@@ -430,7 +432,7 @@ fn xxhash(s: &str) -> u64 {
 /// Metric rows for every 1-minute window start of the period and every city:
 /// a live revision and (for windows that closed) the final one.
 async fn load_metrics(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig) -> Result<(), BenchError> {
-    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new()));
+    let writer = Writer::new(&ClickHouseConfig { timeout: Duration::from_secs(600), ..ch.clone() }, WriterMetrics::new(&Registry::new())?);
     let now = now_ms();
     let span_ms = cfg.span.as_millis() as i64;
     let mut rng = SmallRng::seed_from_u64(3);

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// A query failed for another reason: 500 (the cause is logged, not returned).
     #[error("internal error")]
     Internal,
+    /// A metric of the API could not be registered (at start-up, never in an answer).
+    #[error(transparent)]
+    Metrics(#[from] pulse_ops::MetricsError),
 }
 
 /// The body of every error answer.
@@ -59,7 +62,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal | ApiError::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

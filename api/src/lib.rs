@@ -72,7 +72,7 @@ impl Api {
         ready: Readiness,
         shutdown: Shutdown,
     ) -> Result<Api, ApiError> {
-        let metrics = ApiMetrics::new(&registry);
+        let metrics = ApiMetrics::new(&registry)?;
         let db = Db::new(clickhouse, metrics.clone());
         let catalog = Catalog::new(&spec, &clickhouse.database);
         let hub = match &cfg.stream {

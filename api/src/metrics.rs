@@ -5,8 +5,8 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use pulse_ops::prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use pulse_ops::{latency_buckets, register};
+use pulse_ops::prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use pulse_ops::{MetricsError, Registrar, latency_buckets};
 
 use crate::Api;
 
@@ -23,54 +23,38 @@ pub struct ApiMetrics {
 }
 
 impl ApiMetrics {
-    pub fn new(registry: &Registry) -> ApiMetrics {
+    pub fn new(registry: &Registry) -> Result<ApiMetrics, MetricsError> {
+        let r = Registrar::new(registry);
         let rs = &["route", "status"];
-        ApiMetrics {
-            requests: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_api_requests_total", "HTTP requests by route and status"), rs).expect("valid metric"),
-            ),
-            request_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new("pulse_api_request_seconds", "HTTP request latency (to the response head) by route and status")
-                        .buckets(latency_buckets()),
-                    rs,
-                )
-                .expect("valid metric"),
-            ),
-            query_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new("pulse_api_clickhouse_query_seconds", "ClickHouse query latency seen by the API, by query").buckets(latency_buckets()),
-                    &["query"],
-                )
-                .expect("valid metric"),
-            ),
-            engine_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "pulse_api_clickhouse_elapsed_seconds",
-                        "Query time ClickHouse itself reports (X-ClickHouse-Summary elapsed_ns), by query",
-                    )
-                    .buckets(latency_buckets()),
-                    &["query"],
-                )
-                .expect("valid metric"),
-            ),
-            query_errors: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new("pulse_api_clickhouse_errors_total", "Failed ClickHouse queries by query and kind (unavailable, timeout, error)"),
-                    &["query", "kind"],
-                )
-                .expect("valid metric"),
-            ),
-            sse_subscribers: register(registry, IntGauge::new("pulse_api_sse_subscribers", "Open Server-Sent Events connections").expect("valid metric")),
-            sse_rows: register(registry, IntCounter::new("pulse_api_sse_rows_total", "Metric rows read from the aggregated topic").expect("valid metric")),
-            sse_skipped: register(registry, IntCounter::new("pulse_api_sse_skipped_total", "Rows lagging SSE subscribers skipped").expect("valid metric")),
-        }
+        Ok(ApiMetrics {
+            requests: r.int_counter_vec("pulse_api_requests_total", "HTTP requests by route and status", rs)?,
+            request_seconds: r.histogram_vec(
+                "pulse_api_request_seconds",
+                "HTTP request latency (to the response head) by route and status",
+                latency_buckets(),
+                rs,
+            )?,
+            query_seconds: r.histogram_vec(
+                "pulse_api_clickhouse_query_seconds",
+                "ClickHouse query latency seen by the API, by query",
+                latency_buckets(),
+                &["query"],
+            )?,
+            engine_seconds: r.histogram_vec(
+                "pulse_api_clickhouse_elapsed_seconds",
+                "Query time ClickHouse itself reports (X-ClickHouse-Summary elapsed_ns), by query",
+                latency_buckets(),
+                &["query"],
+            )?,
+            query_errors: r.int_counter_vec(
+                "pulse_api_clickhouse_errors_total",
+                "Failed ClickHouse queries by query and kind (unavailable, timeout, error)",
+                &["query", "kind"],
+            )?,
+            sse_subscribers: r.int_gauge("pulse_api_sse_subscribers", "Open Server-Sent Events connections")?,
+            sse_rows: r.int_counter("pulse_api_sse_rows_total", "Metric rows read from the aggregated topic")?,
+            sse_skipped: r.int_counter("pulse_api_sse_skipped_total", "Rows lagging SSE subscribers skipped")?,
+        })
     }
 }
 

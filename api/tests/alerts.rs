@@ -77,7 +77,7 @@ async fn active_alerts_and_history() {
     for r in &rows {
         encode_alert(r, &mut body);
     }
-    let writer = Writer::new(&ch, WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
+    let writer = Writer::new(&ch, WriterMetrics::new(&pulse_ops::prometheus::Registry::new()).expect("metrics"));
     let t = alerts_table();
     writer.insert(&t.name, &t.insert_sql(&ch.database), body.freeze(), rows.len(), &Shutdown::new()).await.expect("insert");
 

@@ -210,7 +210,7 @@ fn live_page_fills_and_updates_from_the_stream() {
 
     // Three windows of three cities, as the dataflow would have stored them.
     let base = (now_ms() / 60_000 - 10) * 60_000;
-    let writer = Writer::new(&ch, WriterMetrics::new(&Registry::new()));
+    let writer = Writer::new(&ch, WriterMetrics::new(&Registry::new()).expect("metrics"));
     let mut rows = Vec::new();
     for (i, city) in ["Berlin", "Lima", "Paris"].iter().enumerate() {
         for w in 0..3 {

@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pulse_ops::prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use pulse_ops::{Shutdown, latency_buckets, register, size_buckets};
+use pulse_ops::prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use pulse_ops::{MetricsError, Registrar, Shutdown, latency_buckets, size_buckets};
 
 use crate::config::ClickHouseConfig;
 
@@ -134,45 +134,18 @@ pub struct WriterMetrics {
 }
 
 impl WriterMetrics {
-    pub fn new(registry: &Registry) -> WriterMetrics {
+    pub fn new(registry: &Registry) -> Result<WriterMetrics, MetricsError> {
+        let r = Registrar::new(registry);
         let by_table = &["table"];
-        WriterMetrics {
-            rows: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_clickhouse_rows_inserted_total", "Rows ClickHouse acknowledged"), by_table).expect("valid metric"),
-            ),
-            batches: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_clickhouse_batches_total", "Batches ClickHouse acknowledged"), by_table).expect("valid metric"),
-            ),
-            batch_rows: register(
-                registry,
-                HistogramVec::new(HistogramOpts::new("pulse_clickhouse_batch_rows", "Rows per inserted batch").buckets(size_buckets()), by_table)
-                    .expect("valid metric"),
-            ),
-            insert_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new("pulse_clickhouse_insert_seconds", "Latency of acknowledged inserts").buckets(latency_buckets()),
-                    by_table,
-                )
-                .expect("valid metric"),
-            ),
-            retries: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_clickhouse_insert_retries_total", "Insert attempts that failed and were retried"), by_table)
-                    .expect("valid metric"),
-            ),
-            errors: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_clickhouse_errors_total", "ClickHouse errors by table"), by_table).expect("valid metric"),
-            ),
-            failing: register(
-                registry,
-                IntGaugeVec::new(Opts::new("pulse_clickhouse_insert_failing", "1 while inserts into the table are failing and being retried"), by_table)
-                    .expect("valid metric"),
-            ),
-        }
+        Ok(WriterMetrics {
+            rows: r.int_counter_vec("pulse_clickhouse_rows_inserted_total", "Rows ClickHouse acknowledged", by_table)?,
+            batches: r.int_counter_vec("pulse_clickhouse_batches_total", "Batches ClickHouse acknowledged", by_table)?,
+            batch_rows: r.histogram_vec("pulse_clickhouse_batch_rows", "Rows per inserted batch", size_buckets(), by_table)?,
+            insert_seconds: r.histogram_vec("pulse_clickhouse_insert_seconds", "Latency of acknowledged inserts", latency_buckets(), by_table)?,
+            retries: r.int_counter_vec("pulse_clickhouse_insert_retries_total", "Insert attempts that failed and were retried", by_table)?,
+            errors: r.int_counter_vec("pulse_clickhouse_errors_total", "ClickHouse errors by table", by_table)?,
+            failing: r.int_gauge_vec("pulse_clickhouse_insert_failing", "1 while inserts into the table are failing and being retried", by_table)?,
+        })
     }
 }
 

@@ -20,6 +20,8 @@ use pulse_clickhouse::schema::{ALERTS_TABLE, AlertRow, alerts_table, encode_aler
 use pulse_model::Spec;
 use pulse_model::metric_row::MetricRow;
 use pulse_ops::Shutdown;
+
+use crate::output::Output;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::mpsc;
 
@@ -63,21 +65,12 @@ pub fn webhook_url(spec: &Spec, rule: usize, env_override: Option<&str>) -> Opti
 }
 
 impl AlertStage {
-    /// Reads the recorded state of consumer group `group` back and starts the delivery task.
+    /// Reads the recorded state of the output's consumer group back and starts the
+    /// delivery task (writing, producing and fencing like `output`).
     /// `one_process`: this process runs every worker of the job (not cluster mode);
     /// `workers`: the output tasks (workers) of this process feeding [`AlertStage::observe`].
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        spec: Arc<Spec>,
-        writer: Writer,
-        database: String,
-        producer: FutureProducer,
-        group: String,
-        fence: Arc<AtomicBool>,
-        one_process: bool,
-        workers: usize,
-        shutdown: Shutdown,
-    ) -> Result<Arc<AlertStage>, clickhouse::error::Error> {
+    pub async fn start(output: &Output, one_process: bool, workers: usize) -> Result<Arc<AlertStage>, clickhouse::error::Error> {
+        let Output { spec, writer, database, producer, group, fence, shutdown, .. } = output.clone();
         let mut engine = Engine::with_sources(&spec, workers);
         let restored = recover(&mut engine, &spec, &writer, &database, &group).await?;
         // One process sees every group: all are evaluated from now on. In cluster mode a

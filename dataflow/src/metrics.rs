@@ -1,7 +1,7 @@
 //! Prometheus metrics of the dataflow job.
 
-use pulse_ops::prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use pulse_ops::register;
+use pulse_ops::prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use pulse_ops::{MetricsError, Registrar};
 
 use crate::types::{WM_END, WM_START};
 
@@ -31,99 +31,50 @@ pub struct JobMetrics {
 }
 
 impl JobMetrics {
-    pub fn new(registry: &Registry) -> JobMetrics {
-        let m = |name: &str, help: &str| Opts::new(name, help);
-        JobMetrics {
-            events: register(
-                registry,
-                IntCounterVec::new(
-                    m("pulse_dataflow_events_total", "Records the dataflow read, by domain and outcome (counted, stale, duplicate, dead_lettered)"),
-                    &["domain", "outcome"],
-                )
-                .expect("valid metric"),
-            ),
-            late: register(
-                registry,
-                IntCounterVec::new(m("pulse_late_events_total", "Events whose every window was already closed"), &["domain"]).expect("valid metric"),
-            ),
-            watermark_delay: register(
-                registry,
-                GaugeVec::new(m("pulse_watermark_delay_seconds", "Wall clock minus the job's event-time watermark"), &["domain"]).expect("valid metric"),
-            ),
-            watermark: register(
-                registry,
-                IntGaugeVec::new(m("pulse_watermark_ms", "The job's event-time watermark (ms since the epoch)"), &["domain"]).expect("valid metric"),
-            ),
-            finals: register(registry, IntGauge::with_opts(m("pulse_windows_final_total", "Windows emitted as final (this process)")).expect("valid metric")),
-            revisions: register(
-                registry,
-                IntGauge::with_opts(m("pulse_window_revisions_total", "Live window revisions emitted (this process)")).expect("valid metric"),
-            ),
-            ignored: register(
-                registry,
-                IntGauge::with_opts(m("pulse_closed_window_changes_total", "Changes that reached an already closed window and were ignored"))
-                    .expect("valid metric"),
-            ),
-            open_windows: register(
-                registry,
-                IntGauge::with_opts(m("pulse_open_windows", "Windows currently open in the emitters of this process")).expect("valid metric"),
-            ),
-            retained: register(
-                registry,
-                IntGaugeVec::new(m("pulse_dataflow_retained", "State kept for open windows: live_events (latest versions of mutable domains)"), &["kind"])
-                    .expect("valid metric"),
-            ),
-            state_bytes: register(
-                registry,
-                IntGaugeVec::new(
-                    m("pulse_dataflow_state_bytes", "Bytes of window state (panes, distinct values, numbers) per metric and worker"),
-                    &["metric", "worker"],
-                )
-                .expect("valid metric"),
-            ),
-            open_events: register(
-                registry,
-                IntGaugeVec::new(m("pulse_dataflow_open_events", "Events held in open panes per metric and worker"), &["metric", "worker"])
-                    .expect("valid metric"),
-            ),
-            rows_written: register(
-                registry,
-                IntCounterVec::new(m("pulse_metric_rows_total", "Metric rows made durable, by metric and kind (final, revision)"), &["metric", "kind"])
-                    .expect("valid metric"),
-            ),
-            lag: register(
-                registry,
-                IntGaugeVec::new(
-                    m("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"),
-                    &["service", "topic", "partition"],
-                )
-                .expect("valid metric"),
-            ),
-            open_groups: register(
-                registry,
-                IntGaugeVec::new(
-                    m(
-                        "pulse_dataflow_open_groups",
-                        "Groups with an open window, per metric: admitted (at most max_groups per worker) and all (overflowed ones too)",
-                    ),
-                    &["metric", "kind"],
-                )
-                .expect("valid metric"),
-            ),
-            epoch_completed_ms: register(
-                registry,
-                IntGauge::with_opts(m("pulse_dataflow_epoch_completed_ms", "When an epoch last completed on this process (ms since the Unix epoch)"))
-                    .expect("valid metric"),
-            ),
-            overflow: register(
-                registry,
-                IntGaugeVec::new(
-                    m("pulse_dataflow_overflow_events", "Events counted in a metric's overflow group since start (max_groups reached)"),
-                    &["metric"],
-                )
-                .expect("valid metric"),
-            ),
-        }
+    pub fn new(registry: &Registry) -> Result<JobMetrics, MetricsError> {
+        let r = Registrar::new(registry);
+        Ok(JobMetrics {
+            events: r.int_counter_vec(
+                "pulse_dataflow_events_total",
+                "Records the dataflow read, by domain and outcome (counted, stale, duplicate, dead_lettered)",
+                &["domain", "outcome"],
+            )?,
+            late: r.int_counter_vec("pulse_late_events_total", "Events whose every window was already closed", &["domain"])?,
+            watermark_delay: r.gauge_vec("pulse_watermark_delay_seconds", "Wall clock minus the job's event-time watermark", &["domain"])?,
+            watermark: r.int_gauge_vec("pulse_watermark_ms", "The job's event-time watermark (ms since the epoch)", &["domain"])?,
+            finals: r.int_gauge("pulse_windows_final_total", "Windows emitted as final (this process)")?,
+            revisions: r.int_gauge("pulse_window_revisions_total", "Live window revisions emitted (this process)")?,
+            ignored: r.int_gauge("pulse_closed_window_changes_total", "Changes that reached an already closed window and were ignored")?,
+            open_windows: r.int_gauge("pulse_open_windows", "Windows currently open in the emitters of this process")?,
+            retained: r.int_gauge_vec("pulse_dataflow_retained", "State kept for open windows: live_events (latest versions of mutable domains)", &["kind"])?,
+            state_bytes: r.int_gauge_vec(
+                "pulse_dataflow_state_bytes",
+                "Bytes of window state (panes, distinct values, numbers) per metric and worker",
+                &["metric", "worker"],
+            )?,
+            open_events: r.int_gauge_vec("pulse_dataflow_open_events", "Events held in open panes per metric and worker", &["metric", "worker"])?,
+            rows_written: r.int_counter_vec(
+                "pulse_metric_rows_total",
+                "Metric rows made durable, by metric and kind (final, revision)",
+                &["metric", "kind"],
+            )?,
+            lag: r.int_gauge_vec(
+                "pulse_consumer_lag",
+                "Records behind the partition's end, per service, topic and partition",
+                &["service", "topic", "partition"],
+            )?,
+            open_groups: r.int_gauge_vec(
+                "pulse_dataflow_open_groups",
+                "Groups with an open window, per metric: admitted (at most max_groups per worker) and all (overflowed ones too)",
+                &["metric", "kind"],
+            )?,
+            epoch_completed_ms: r.int_gauge("pulse_dataflow_epoch_completed_ms", "When an epoch last completed on this process (ms since the Unix epoch)")?,
+            overflow: r.int_gauge_vec(
+                "pulse_dataflow_overflow_events",
+                "Events counted in a metric's overflow group since start (max_groups reached)",
+                &["metric"],
+            )?,
+        })
     }
 
     pub fn observe_emitter(&self, stats: &crate::emit::EmitterStats, metrics: &[pulse_model::Metric], worker: usize) {

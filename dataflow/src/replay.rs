@@ -233,7 +233,7 @@ pub enum ReplayInput {
 /// Runs a replay on `workers` timely workers in this process.
 pub fn run(spec: Arc<Spec>, input: ReplayInput, workers: usize, epoch_records: usize, finals_only: bool) -> Result<ReplayResult, String> {
     let registry = pulse_ops::prometheus::Registry::new();
-    let metrics = JobMetrics::new(&registry);
+    let metrics = JobMetrics::new(&registry).map_err(|e| e.to_string())?;
     let out: Arc<Mutex<Vec<(WorkerSummary, CollectSink)>>> = Arc::new(Mutex::new(Vec::new()));
     let out2 = Arc::clone(&out);
     let config = timely::Config::process(workers.max(1));

@@ -1,7 +1,6 @@
 //! `pulse dataflow` as a service: timely workers (and processes) reading Kafka,
 //! an async runtime delivering their rows, the operations endpoints.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +8,7 @@ use std::time::Duration;
 use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{MetricsError, ServiceContext};
 use rdkafka::producer::FutureProducer;
 
 use crate::job::{NoSource, RecordSource, WorkerConfig, WorkerSummary, run_worker};
@@ -54,7 +52,6 @@ impl Cluster {
 pub struct DataflowConfig {
     pub group: String,
     pub cluster: Cluster,
-    pub metrics_addr: Option<SocketAddr>,
     pub instance: String,
     pub stats_interval: Duration,
     /// Overrides of the spec's emit interval / idle timeout (tests).
@@ -73,7 +70,6 @@ impl Default for DataflowConfig {
         DataflowConfig {
             group: "pulse-dataflow".into(),
             cluster: Cluster::Process { workers: 1 },
-            metrics_addr: None,
             instance: "dataflow".into(),
             stats_interval: Duration::from_secs(10),
             emit_interval: None,
@@ -106,44 +102,36 @@ pub enum DataflowError {
     Rebuild(crate::backfill::BackfillError),
     #[error("another instance took consumer group `{0}` over; this one stopped committing and ended")]
     Fenced(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
-/// Runs the job until `shutdown` fires (then drains the current epoch, waits
+/// Runs the job until `ctx.shutdown` fires (then drains the current epoch, waits
 /// for its rows to be durable, commits and returns). Blocks the calling thread;
-/// `rt` runs the outputs and the operations server.
-#[allow(clippy::too_many_arguments)]
+/// `ctx.rt` runs the outputs and the operations server (on `ctx.metrics_addr`, when set).
 pub fn run(
     spec: Arc<Spec>,
     kafka: &KafkaConfig,
     clickhouse: &ClickHouseConfig,
     cfg: DataflowConfig,
-    registry: Registry,
-    ready: Readiness,
-    shutdown: Shutdown,
-    rt: &tokio::runtime::Handle,
+    ctx: ServiceContext,
 ) -> Result<Vec<WorkerSummary>, DataflowError> {
-    let metrics = JobMetrics::new(&registry);
+    let (shutdown, rt) = (ctx.shutdown.clone(), &ctx.rt);
+    let metrics = JobMetrics::new(&ctx.registry)?;
     {
         // Alive while epochs complete: a worker that stopped making progress fails /health.
         let (completed, stall_ms) = (metrics.epoch_completed_ms.clone(), i64::try_from(cfg.stall_timeout.as_millis()).unwrap_or(i64::MAX));
-        ready.set_liveness(move || {
+        ctx.ready.set_liveness(move || {
             let last = completed.get();
             let silent = crate::graph::now_ms() - last;
             if last > 0 && silent > stall_ms { Err(format!("no epoch has completed for {} s", silent / 1000)) } else { Ok(()) }
         });
     }
-    let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
+    let writer = Writer::new(clickhouse, WriterMetrics::new(&ctx.registry)?);
     let producer: FutureProducer = kafka.reliable_producer().create()?;
     let mut output = Output::new(Arc::clone(&spec), writer.clone(), clickhouse, producer, metrics.clone(), shutdown.clone(), &cfg.group);
     let holding = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = cfg.metrics_addr {
-        let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
-        rt.spawn(async move {
-            if let Err(e) = pulse_ops::serve_ops("dataflow", addr, registry, ready, shutdown).await {
-                tracing::error!("dataflow ops server: {e}");
-            }
-        });
-    }
+    ctx.spawn_ops_server("dataflow");
     rt.spawn(report_stats(
         Arc::clone(&spec),
         writer.clone(),
@@ -154,16 +142,11 @@ pub fn run(
         shutdown.clone(),
     ));
     {
-        let (writer, ready, shutdown, holding) = (writer.clone(), ready.clone(), shutdown.clone(), Arc::clone(&holding));
-        rt.spawn(async move {
-            while !shutdown.is_triggered() {
-                // Ready once it holds the group and ClickHouse answers (waiting for the lease is not ready).
-                ready.set(holding.load(Ordering::Acquire) && writer.ping().await);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown.wait() => {}
-                }
-            }
+        let (writer, holding) = (writer.clone(), Arc::clone(&holding));
+        // Ready once it holds the group and ClickHouse answers (waiting for the lease is not ready).
+        ctx.spawn_readiness(Duration::from_secs(2), move || {
+            let (writer, holding) = (writer.clone(), Arc::clone(&holding));
+            async move { holding.load(Ordering::Acquire) && writer.ping().await }
         });
     }
 
@@ -191,17 +174,11 @@ pub fn run(
     if !spec.alerts.is_empty() {
         let stage = rt
             .block_on(crate::alerts::AlertStage::start(
-                Arc::clone(&spec),
-                writer.clone(),
-                clickhouse.database.clone(),
-                output.producer.clone(),
-                cfg.group.clone(),
-                Arc::clone(&output.fence),
+                &output,
                 matches!(cfg.cluster, Cluster::Process { .. }),
                 match &cfg.cluster {
                     Cluster::Process { workers } | Cluster::Cluster { workers, .. } => *workers,
                 },
-                shutdown.clone(),
             ))
             .map_err(|source| DataflowError::Progress { table: pulse_clickhouse::schema::ALERTS_TABLE, source })?;
         output.alerts = Some(stage);

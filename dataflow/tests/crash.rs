@@ -21,8 +21,7 @@ use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -73,7 +72,7 @@ fn child() {
         lease_ttl: Duration::from_secs(2),
         ..DataflowConfig::default()
     };
-    run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, rt.handle()).expect("dataflow");
+    run(spec, &kafka, &ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown)).expect("dataflow");
 }
 
 fn spawn_child(spec: &Path, brokers: &str, db: &str, group: &str) -> Child {

@@ -180,7 +180,7 @@ fn a_released_lease_stays_released_after_a_merge() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let spec = unique_spec();
     rt.block_on(migrate(&ch, &spec)).expect("migrate");
-    let writer = pulse_clickhouse::Writer::new(&ch, pulse_clickhouse::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()));
+    let writer = pulse_clickhouse::Writer::new(&ch, pulse_clickhouse::WriterMetrics::new(&pulse_ops::prometheus::Registry::new()).expect("metrics"));
     let shutdown = pulse_ops::Shutdown::new();
     let ttl = Duration::from_secs(30);
     let group = unique_name("lease");

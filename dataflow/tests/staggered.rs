@@ -137,7 +137,7 @@ fn a_worker_starting_seconds_late_joins_the_job_and_nothing_is_lost() {
     let late_by = Duration::from_secs(2);
     let started = Instant::now();
     let (spec2, rows2) = (Arc::clone(&spec), Arc::clone(&rows));
-    let metrics = JobMetrics::new(&pulse_ops::prometheus::Registry::new());
+    let metrics = JobMetrics::new(&pulse_ops::prometheus::Registry::new()).expect("metrics");
     let guards = timely::execute(timely::Config::process(2), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let inner = MemorySource::new(&spec2, Arc::clone(&records), index, peers);

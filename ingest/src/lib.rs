@@ -19,5 +19,5 @@ pub mod stats;
 pub use auth::{ApiKeys, Caller, RateLimiter};
 pub use config::IngestConfig;
 pub use prepare::{Batch, DomainWriter, Stamp, VersionClock};
-pub use producer::{ProduceError, Producer, ProducerConfig};
+pub use producer::{ProduceError, Producer, ProducerConfig, ProducerError};
 pub use service::{Ingest, IngestError, run, serve};

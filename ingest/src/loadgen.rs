@@ -66,6 +66,17 @@ pub enum LoadgenError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] pulse_ops::MetricsError),
+}
+
+impl From<crate::producer::ProducerError> for LoadgenError {
+    fn from(e: crate::producer::ProducerError) -> LoadgenError {
+        match e {
+            crate::producer::ProducerError::Kafka(e) => LoadgenError::Kafka(e),
+            crate::producer::ProducerError::Metrics(e) => LoadgenError::Metrics(e),
+        }
+    }
 }
 
 /// What a run did.

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the ingest service.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use pulse_ops::{latency_buckets, prometheus, register, size_buckets};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use pulse_ops::{MetricsError, Registrar, latency_buckets, prometheus, size_buckets};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -30,49 +30,30 @@ pub struct DomainCounters {
 }
 
 impl IngestMetrics {
-    pub fn new(registry: &Registry) -> IngestMetrics {
-        IngestMetrics {
-            events: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "pulse_ingest_events_total",
-                        "Events received, by domain and outcome: accepted (acknowledged by Kafka), invalid (in a request rejected with 400), rate_limited (429), unavailable (503)",
-                    ),
-                    &["domain", "outcome"],
-                )
-                .expect("valid metric"),
-            ),
-            requests: register(
-                registry,
-                IntCounterVec::new(Opts::new("pulse_ingest_requests_total", "HTTP requests of the write API, by method and status"), &["method", "status"]).expect("valid metric"),
-            ),
-            latency: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new("pulse_ingest_request_duration_seconds", "Time from request to answer (including Kafka's acknowledgement), by method").buckets(latency_buckets()),
-                    &["method"],
-                )
-                .expect("valid metric"),
-            ),
-            batch: register(
-                registry,
-                Histogram::with_opts(HistogramOpts::new("pulse_ingest_request_events", "Events per accepted request").buckets(size_buckets())).expect("valid metric"),
-            ),
-            queue_depth: register(
-                registry,
-                IntGauge::new("pulse_ingest_producer_queue_depth", "Messages waiting in the Kafka producer or in flight to the broker").expect("valid metric"),
-            ),
-            errors: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new("pulse_ingest_errors_total", "Requests that failed, by kind (unauthorized, not_found, bad_request, invalid, too_large, unsupported_media_type, rate_limited, not_ready, busy, queue_full, ack_timeout, kafka)"),
-                    &["kind"],
-                )
-                .expect("valid metric"),
-            ),
-            ready: register(registry, IntGauge::new("pulse_ingest_ready", "1 while Kafka is reachable and every domain topic exists").expect("valid metric")),
-        }
+    pub fn new(registry: &Registry) -> Result<IngestMetrics, MetricsError> {
+        let r = Registrar::new(registry);
+        Ok(IngestMetrics {
+            events: r.int_counter_vec(
+                "pulse_ingest_events_total",
+                "Events received, by domain and outcome: accepted (acknowledged by Kafka), invalid (in a request rejected with 400), rate_limited (429), unavailable (503)",
+                &["domain", "outcome"],
+            )?,
+            requests: r.int_counter_vec("pulse_ingest_requests_total", "HTTP requests of the write API, by method and status", &["method", "status"])?,
+            latency: r.histogram_vec(
+                "pulse_ingest_request_duration_seconds",
+                "Time from request to answer (including Kafka's acknowledgement), by method",
+                latency_buckets(),
+                &["method"],
+            )?,
+            batch: r.histogram("pulse_ingest_request_events", "Events per accepted request", size_buckets())?,
+            queue_depth: r.int_gauge("pulse_ingest_producer_queue_depth", "Messages waiting in the Kafka producer or in flight to the broker")?,
+            errors: r.int_counter_vec(
+                "pulse_ingest_errors_total",
+                "Requests that failed, by kind (unauthorized, not_found, bad_request, invalid, too_large, unsupported_media_type, rate_limited, not_ready, busy, queue_full, ack_timeout, kafka)",
+                &["kind"],
+            )?,
+            ready: r.int_gauge("pulse_ingest_ready", "1 while Kafka is reachable and every domain topic exists")?,
+        })
     }
 
     pub fn domain(&self, name: &str) -> DomainCounters {

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Registry};
 use pulse_kafka::KafkaConfig;
-use pulse_ops::{prometheus, register};
+use pulse_ops::{MetricsError, Registrar, prometheus};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -140,6 +140,15 @@ impl ProducerContext for AckContext {
     }
 }
 
+/// Why the producer could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
 /// Producer settings of ingest on top of the shared reliable-producer ones.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -162,13 +171,10 @@ pub struct Producer {
 const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 impl Producer {
-    pub fn new(kafka: &KafkaConfig, cfg: &ProducerConfig, registry: &Registry) -> Result<Producer, KafkaError> {
-        let errors = register(
-            registry,
-            IntCounterVec::new(Opts::new("pulse_ingest_producer_errors_total", "Kafka producer errors, by kind"), &["kind"]).expect("valid metric"),
-        );
-        let in_flight =
-            register(registry, IntGauge::new("pulse_ingest_in_flight_events", "Events handed to the producer and not yet acknowledged").expect("valid metric"));
+    pub fn new(kafka: &KafkaConfig, cfg: &ProducerConfig, registry: &Registry) -> Result<Producer, ProducerError> {
+        let r = Registrar::new(registry);
+        let errors = r.int_counter_vec("pulse_ingest_producer_errors_total", "Kafka producer errors, by kind", &["kind"])?;
+        let in_flight = r.int_gauge("pulse_ingest_in_flight_events", "Events handed to the producer and not yet acknowledged")?;
         let mut c = kafka.reliable_producer();
         let timeout_ms = cfg.timeout.as_millis().max(100);
         let linger_ms = (cfg.linger.as_secs_f64() * 1000.0).min(timeout_ms as f64 / 2.0);

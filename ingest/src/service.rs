@@ -35,7 +35,7 @@ use crate::body::{Format, Item, SplitError, format_of, split};
 use crate::config::IngestConfig;
 use crate::metrics::{DomainCounters, IngestMetrics};
 use crate::prepare::{Batch, Detail, DomainWriter, Stamp, VersionClock};
-use crate::producer::{ProduceError, Producer, ProducerConfig};
+use crate::producer::{ProduceError, Producer, ProducerConfig, ProducerError};
 
 /// Errors that stop the service from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,17 @@ pub enum IngestError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] pulse_ops::MetricsError),
+}
+
+impl From<ProducerError> for IngestError {
+    fn from(e: ProducerError) -> IngestError {
+        match e {
+            ProducerError::Kafka(e) => IngestError::Kafka(e),
+            ProducerError::Metrics(e) => IngestError::Metrics(e),
+        }
+    }
 }
 
 /// The ingest service: cheap to clone, shared by every request.
@@ -78,7 +89,7 @@ impl Ingest {
     /// Builds the service and its Kafka producer. `ready` is set by the
     /// readiness monitor (`serve` starts it; see [`Ingest::refresh_readiness`]).
     pub fn new(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, registry: Registry, ready: Readiness) -> Result<Ingest, IngestError> {
-        let metrics = IngestMetrics::new(&registry);
+        let metrics = IngestMetrics::new(&registry)?;
         let producer = Producer::new(kafka, &ProducerConfig { timeout: cfg.produce_timeout, max_in_flight: cfg.max_in_flight, linger: cfg.linger }, &registry)?;
         let domains: Vec<DomainState> = spec.domains.iter().map(|d| DomainState { writer: DomainWriter::new(d), counters: metrics.domain(&d.name) }).collect();
         let by_name = spec.domains.iter().enumerate().map(|(i, d)| (d.name.clone(), i)).collect();

@@ -18,6 +18,11 @@ pub use prometheus;
 
 pub mod auth;
 pub mod http;
+pub mod metrics;
+pub mod service;
+
+pub use metrics::{MetricsError, Registrar};
+pub use service::ServiceContext;
 
 /// Why a service that is running is not alive (e.g. its work has stalled).
 pub type LivenessProbe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -168,15 +173,6 @@ impl Shutdown {
             this.trigger();
         });
     }
-}
-
-/// Registers a metric; a registration that fails (a duplicate name, a
-/// programming error) is logged, and the metric still works unregistered.
-pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
-    if let Err(e) = registry.register(Box::new(metric.clone())) {
-        tracing::error!("metric registration failed: {e}");
-    }
-    metric
 }
 
 /// Histogram buckets for latencies in seconds, 100 µs to 30 s.

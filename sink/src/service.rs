@@ -13,16 +13,15 @@
 pub mod batch;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batch::{Rows, SourceRecord};
 use bytes::BytesMut;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 use pulse_kafka::{DeadLetter, KafkaConfig};
 use pulse_model::{Decoder, Spec, TimeBounds};
-use pulse_ops::{Readiness, Shutdown, register};
+use pulse_ops::{MetricsError, Registrar, ServiceContext, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -41,7 +40,6 @@ pub struct SinkConfig {
     pub batch_rows: usize,
     /// ...or when its oldest row has waited this long, whichever comes first.
     pub batch_delay: Duration,
-    pub metrics_addr: Option<SocketAddr>,
     pub instance: String,
     /// How often pipeline figures are written to the stats table.
     pub stats_interval: Duration,
@@ -53,7 +51,6 @@ impl Default for SinkConfig {
             group: "pulse-sink".into(),
             batch_rows: 50_000,
             batch_delay: Duration::from_millis(1000),
-            metrics_addr: None,
             instance: "sink".into(),
             stats_interval: Duration::from_secs(10),
         }
@@ -68,6 +65,8 @@ pub enum SinkError {
     Write(#[from] WriteError),
     #[error("dead-letter topic unreachable: {0}")]
     DeadLetter(rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Counts of one run (for tests and logs).
@@ -84,25 +83,20 @@ struct SinkMetrics {
 }
 
 impl SinkMetrics {
-    fn new(registry: &Registry) -> SinkMetrics {
-        SinkMetrics {
-            events: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new("pulse_sink_events_total", "Records the sink handled, by domain and outcome (stored, dead_lettered)"),
-                    &["domain", "outcome"],
-                )
-                .expect("valid metric"),
-            ),
-            lag: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition"),
-                    &["service", "topic", "partition"],
-                )
-                .expect("valid metric"),
-            ),
-        }
+    fn new(registry: &Registry) -> Result<SinkMetrics, MetricsError> {
+        let r = Registrar::new(registry);
+        Ok(SinkMetrics {
+            events: r.int_counter_vec(
+                "pulse_sink_events_total",
+                "Records the sink handled, by domain and outcome (stored, dead_lettered)",
+                &["domain", "outcome"],
+            )?,
+            lag: r.int_gauge_vec(
+                "pulse_consumer_lag",
+                "Records behind the partition's end, per service, topic and partition",
+                &["service", "topic", "partition"],
+            )?,
+        })
     }
 }
 
@@ -145,26 +139,30 @@ struct Batch {
     dead_since_report: u64,
 }
 
-pub async fn run(
-    spec: Arc<Spec>,
-    kafka: &KafkaConfig,
-    clickhouse: &ClickHouseConfig,
-    cfg: SinkConfig,
-    registry: Registry,
-    ready: Readiness,
-    shutdown: Shutdown,
-) -> Result<SinkSummary, SinkError> {
-    let metrics = SinkMetrics::new(&registry);
-    let writer = Writer::new(clickhouse, WriterMetrics::new(&registry));
-    if let Some(addr) = cfg.metrics_addr {
-        let (registry, ready, shutdown) = (registry.clone(), ready.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = pulse_ops::serve_ops("sink", addr, registry, ready, shutdown).await {
-                tracing::error!("sink ops server: {e}");
-            }
+/// What handling and flushing records use during one run.
+struct Stage<'a> {
+    spec: &'a Spec,
+    writer: &'a Writer,
+    consumer: &'a StreamConsumer<LagContext>,
+    dlq: &'a FutureProducer,
+    metrics: &'a SinkMetrics,
+    shutdown: &'a Shutdown,
+}
+
+/// Consumes until `ctx.shutdown` fires, then flushes the open batches and
+/// commits. Serves the operations endpoints on `ctx.metrics_addr` (when set).
+pub async fn run(spec: Arc<Spec>, kafka: &KafkaConfig, clickhouse: &ClickHouseConfig, cfg: SinkConfig, ctx: ServiceContext) -> Result<SinkSummary, SinkError> {
+    let metrics = SinkMetrics::new(&ctx.registry)?;
+    let writer = Writer::new(clickhouse, WriterMetrics::new(&ctx.registry)?);
+    ctx.spawn_ops_server("sink");
+    {
+        let writer = writer.clone();
+        ctx.spawn_readiness(Duration::from_secs(2), move || {
+            let writer = writer.clone();
+            async move { writer.ping().await }
         });
     }
-    spawn_readiness(writer.clone(), ready.clone(), shutdown.clone());
+    let shutdown = &ctx.shutdown;
 
     let mut consumer_cfg = kafka.consumer(&cfg.group);
     // While ClickHouse is down the sink stops polling (backpressure); stay in the group meanwhile.
@@ -196,6 +194,7 @@ pub async fn run(
         .collect();
     tracing::info!(topics = ?topics, group = %cfg.group, batch_rows = cfg.batch_rows, batch_delay = ?cfg.batch_delay, "sink consuming");
 
+    let stage = Stage { spec: &spec, writer: &writer, consumer: &consumer, dlq: &dlq, metrics: &metrics, shutdown };
     let mut summary = SinkSummary::default();
     let mut next_report = Instant::now() + cfg.stats_interval;
     loop {
@@ -214,16 +213,16 @@ pub async fn run(
                 };
                 let Some(&d) = by_topic.get(msg.topic()) else { continue };
                 let batch = &mut batches[d];
-                handle(&msg, &spec, &decoders[d], batch, &dlq, &metrics, &mut summary).await?;
+                handle(&msg, &stage, &decoders[d], batch, &mut summary).await?;
                 if batch.rows.len() >= cfg.batch_rows {
-                    flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
+                    flush(batch, &stage, &mut summary).await?;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 for batch in batches.iter_mut() {
                     if batch.opened.is_some_and(|t| t + cfg.batch_delay <= now) {
-                        flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
+                        flush(batch, &stage, &mut summary).await?;
                     }
                 }
                 if now >= next_report {
@@ -235,7 +234,7 @@ pub async fn run(
     }
     tracing::info!("sink: flushing open batches before exit");
     for batch in batches.iter_mut() {
-        flush(batch, &spec, &writer, &consumer, &dlq, &metrics, &mut summary, &shutdown).await?;
+        flush(batch, &stage, &mut summary).await?;
     }
     if let Ok(tpl) = consumer.assignment()
         && tpl.count() > 0
@@ -246,17 +245,10 @@ pub async fn run(
     Ok(summary)
 }
 
-async fn handle(
-    msg: &BorrowedMessage<'_>,
-    spec: &Spec,
-    decoder: &Decoder,
-    batch: &mut Batch,
-    dlq: &FutureProducer,
-    metrics: &SinkMetrics,
-    summary: &mut SinkSummary,
-) -> Result<(), SinkError> {
+async fn handle(msg: &BorrowedMessage<'_>, stage: &Stage<'_>, decoder: &Decoder, batch: &mut Batch, summary: &mut SinkSummary) -> Result<(), SinkError> {
+    let Stage { spec, dlq, metrics, .. } = *stage;
     let domain = &spec.domains[batch.domain];
-    let now_ms = chrono_now_ms();
+    let now_ms = pulse_model::now_ms();
     let record_time = msg.timestamp().to_millis().unwrap_or(now_ms);
     let decoded = match msg.payload() {
         None => Err("empty record (no payload)".to_string()),
@@ -317,17 +309,8 @@ pub async fn send_dead_letter(producer: &FutureProducer, topic: &str, dead: &Dea
 
 /// Stores the batch's rows (dead-lettering those ClickHouse refuses for good),
 /// then commits the offsets the batch covers.
-#[allow(clippy::too_many_arguments)]
-async fn flush(
-    batch: &mut Batch,
-    spec: &Spec,
-    writer: &Writer,
-    consumer: &StreamConsumer<LagContext>,
-    dlq: &FutureProducer,
-    metrics: &SinkMetrics,
-    summary: &mut SinkSummary,
-    shutdown: &Shutdown,
-) -> Result<(), SinkError> {
+async fn flush(batch: &mut Batch, stage: &Stage<'_>, summary: &mut SinkSummary) -> Result<(), SinkError> {
+    let Stage { spec, writer, consumer, dlq, metrics, shutdown } = *stage;
     if batch.opened.is_none() {
         return Ok(());
     }
@@ -376,7 +359,7 @@ async fn flush(
 }
 
 async fn report_stats(spec: &Spec, writer: &Writer, cfg: &SinkConfig, database: &str, batches: &mut [Batch]) {
-    let ts = chrono_now_ms();
+    let ts = pulse_model::now_ms();
     let mut buf = BytesMut::new();
     let mut rows = 0;
     for b in batches.iter_mut() {
@@ -394,20 +377,4 @@ async fn report_stats(spec: &Spec, writer: &Writer, cfg: &SinkConfig, database: 
     if let Err(e) = writer.insert_once(&stats_table().insert_sql(database), buf.freeze()).await {
         tracing::debug!(table = STATS_TABLE, rows, "stats not written: {e}");
     }
-}
-
-fn spawn_readiness(writer: Writer, ready: Readiness, shutdown: Shutdown) {
-    tokio::spawn(async move {
-        while !shutdown.is_triggered() {
-            ready.set(writer.ping().await);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = shutdown.wait() => {}
-            }
-        }
-    });
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -65,7 +65,7 @@ async fn modern_types_and_engines() {
         body.extend_from_slice(&version.to_le_bytes());
         body.extend_from_slice(&[deleted]);
     }
-    let writer = Writer::new(&cfg, WriterMetrics::new(&prometheus_registry()));
+    let writer = Writer::new(&cfg, WriterMetrics::new(&prometheus_registry()).expect("metrics"));
     writer.insert("t", &format!("INSERT INTO {}.t FORMAT RowBinary", cfg.database), body.freeze(), rows.len(), &Shutdown::new()).await.expect("insert");
 
     // (ClickHouse may already collapse versions inside one inserted block: optimize_on_insert.)
@@ -102,7 +102,7 @@ async fn raw_tables_round_trip_every_domain() {
     let spec = spec();
     let report = migrate(&cfg, &spec).await.expect("migrate");
     assert!(report.applied.len() >= 8, "{report:?}");
-    let writer = Writer::new(&cfg, WriterMetrics::new(&prometheus_registry()));
+    let writer = Writer::new(&cfg, WriterMetrics::new(&prometheus_registry()).expect("metrics"));
     let mut expected_rows = std::collections::HashMap::new();
     for (gd, name) in [(GenDomain::Rides, "rides"), (GenDomain::DriverLocations, "driver_locations"), (GenDomain::AppEvents, "app_events")] {
         let domain = spec.domain(name).expect("domain");

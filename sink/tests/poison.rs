@@ -14,7 +14,7 @@ use pulse_clickhouse::{Writer, WriterMetrics};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, H_STAGE};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::{Decoder, Spec};
-use pulse_ops::Readiness;
+use pulse_ops::ServiceContext;
 use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
 use pulse_sink::service::batch::{Rows, SourceRecord, store};
@@ -129,7 +129,8 @@ impl Setup {
     fn start_sink(&self, registry: &Registry, shutdown: &Shutdown) -> tokio::task::JoinHandle<Result<SinkSummary, pulse_sink::service::SinkError>> {
         let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(300), ..SinkConfig::default() };
         let (spec, kafka, ch, registry, shutdown) = (Arc::clone(&self.spec), self.kafka(), self.ch.clone(), registry.clone(), shutdown.clone());
-        self.rt.spawn(async move { run(spec, &kafka, &ch, cfg, registry, Readiness::default(), shutdown).await })
+        self.rt
+            .spawn(async move { run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown).with_registry(registry)).await })
     }
 
     /// Records the sink committed on the rides topic (sum of next offsets over its partitions).
@@ -174,7 +175,7 @@ fn rows_spanning_150_days_are_stored_in_several_inserts() {
     days.sort_unstable();
     days.dedup();
     assert_eq!(days.len(), 150);
-    let writer = Writer::new(&s.ch, WriterMetrics::new(&Registry::new()));
+    let writer = Writer::new(&s.ch, WriterMetrics::new(&Registry::new()).expect("metrics"));
     let sql = table.table.insert_sql(&s.ch.database);
     let stored = s.rt.block_on(store(&writer, "rides", &sql, &batch, &Shutdown::new())).expect("stored");
     assert_eq!((stored.rows, stored.refused.len()), (450, 0));

@@ -17,8 +17,7 @@ use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec, unique_spec_
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::{SinkConfig, run};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -127,7 +126,7 @@ fn round_trip_updates_deletes_and_a_poison_record() {
     let cfg = SinkConfig { batch_rows: 1_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
     let sink = {
         let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move { run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown).await })
+        rt.spawn(async move { run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await })
     };
     assert_exactly_once(&rt, &ch, &produced, Duration::from_secs(60));
 
@@ -184,7 +183,7 @@ fn child() {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let cfg = SinkConfig { batch_rows: 5_000, batch_delay: Duration::from_millis(300), ..SinkConfig::default() };
-    rt.block_on(run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), Shutdown::new())).expect("sink");
+    rt.block_on(run(spec, &kafka, &ch, cfg, ServiceContext::new(rt.handle().clone(), Shutdown::new()))).expect("sink");
 }
 
 #[test]
@@ -264,7 +263,7 @@ fn clickhouse_down_for_30_seconds_mid_stream() {
     let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
     let sink = {
         let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move { run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown).await })
+        rt.spawn(async move { run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await })
     };
     let mut produced = Produced::default();
     produce(&kafka, &spec, 20_000, 4, &mut produced);
@@ -296,7 +295,7 @@ fn broker_faults_mid_stream_pause_and_resume_exactly_once() {
     let cfg = SinkConfig { batch_rows: 2_000, batch_delay: Duration::from_millis(200), ..SinkConfig::default() };
     let sink = {
         let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-        rt.spawn(async move { run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown).await })
+        rt.spawn(async move { run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await })
     };
     let mut produced = Produced::default();
     produce(&kafka, &spec, 20_000, 6, &mut produced);

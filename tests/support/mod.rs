@@ -15,8 +15,7 @@ use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenDomain, GenOp};
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,7 +47,7 @@ impl Pipeline {
         {
             let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
             rt.spawn(async move {
-                if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, sink_cfg, Registry::new(), Readiness::default(), shutdown).await {
+                if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, sink_cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await {
                     panic!("sink failed: {e}");
                 }
             });
@@ -63,7 +62,7 @@ impl Pipeline {
                     stats_interval: Duration::from_secs(1),
                     ..DataflowConfig::default()
                 };
-                if let Err(e) = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), shutdown, &handle) {
+                if let Err(e) = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(handle, shutdown)) {
                     panic!("dataflow failed: {e}");
                 }
             })

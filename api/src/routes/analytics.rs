@@ -398,7 +398,7 @@ mod tests {
                 // Keep both copies apart, as they are until a merge happens.
                 client.query(&format!("SYSTEM STOP MERGES {db}.{}", ident(t))).execute().await.expect("stop merges");
             }
-            let writer = Writer::new(&ch, WriterMetrics::new(&Registry::new()));
+            let writer = Writer::new(&ch, WriterMetrics::new(&Registry::new()).expect("metrics"));
             for (domain, events) in [("rides", &rides), ("app_events", &apps)] {
                 let body = encode(&spec, domain, events);
                 let sql = raw_table(spec.domain(domain).expect("domain")).table.insert_sql(&ch.database);

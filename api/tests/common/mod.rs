@@ -24,7 +24,7 @@ use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -295,7 +295,7 @@ fn build() -> Option<Fixture> {
         let (spec, kafka, ch, stop) = (Arc::clone(&spec), kafka.clone(), ch.clone(), sink_stop.clone());
         let cfg = SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() };
         rt.spawn(async move {
-            if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), stop).await {
+            if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), stop)).await {
                 panic!("sink failed: {e}");
             }
         });
@@ -312,7 +312,7 @@ fn build() -> Option<Fixture> {
                 stats_interval: Duration::from_secs(1),
                 ..DataflowConfig::default()
             };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), stop, &handle).expect("dataflow runs");
+            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(handle, stop)).expect("dataflow runs");
         })
     };
 

@@ -16,7 +16,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -96,7 +96,7 @@ pub fn start_job_watched(
             idle_timeout: Some(Duration::from_secs(2)),
             ..DataflowConfig::default()
         };
-        run(spec, &kafka, &ch, cfg, Registry::new(), ready, s, &rt).expect("dataflow runs")
+        run(spec, &kafka, &ch, cfg, ServiceContext::new(rt, s).with_ready(ready)).expect("dataflow runs")
     });
     (shutdown, handle, watched)
 }
@@ -189,7 +189,7 @@ pub async fn produce_and_store_to(
     partition_of: &(dyn Fn(usize) -> Option<i32> + Sync),
 ) {
     let producer: FutureProducer = kafka.reliable_producer().create().expect("producer");
-    let writer = Writer::new(ch, WriterMetrics::new(&Registry::new()));
+    let writer = Writer::new(ch, WriterMetrics::new(&Registry::new()).expect("metrics"));
     let mut bodies: HashMap<usize, (BytesMut, usize)> = HashMap::new();
     let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
     for (c, chunk) in recs.chunks(2_000).enumerate() {
@@ -280,6 +280,6 @@ pub fn start_job_with(
 ) -> (Shutdown, std::thread::JoinHandle<Vec<pulse_dataflow::job::WorkerSummary>>) {
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
-    let handle = std::thread::spawn(move || run(spec, &kafka, &ch, cfg, Registry::new(), Readiness::default(), s, &rt).expect("dataflow runs"));
+    let handle = std::thread::spawn(move || run(spec, &kafka, &ch, cfg, ServiceContext::new(rt, s)).expect("dataflow runs"));
     (shutdown, handle)
 }

@@ -1,8 +1,10 @@
 //! The deployment files, checked against the code: `docker-compose.yml` and
-//! the `Dockerfile` (Docker cannot run here, so they are read, not run), and
-//! the README's table of environment variables.
+//! the `Dockerfile` (Docker cannot run here, so they are read, not run); and
+//! the pages that document them (`README.md`, `docs/`): every variable and
+//! spec key documented, every link pointing at a file and heading that exist.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 
 use std::process::Command;
 
@@ -221,18 +223,129 @@ fn dockerfile_is_multi_stage_non_root_and_ships_spec_and_grafana() {
     }
 }
 
+/// `README.md` and the pages under `docs/`: the pages people read, checked here
+/// against the code and against each other.
+fn doc_pages() -> Vec<(PathBuf, String)> {
+    let mut paths = vec![root().join("README.md")];
+    let mut pages: Vec<PathBuf> =
+        std::fs::read_dir(root().join("docs")).expect("docs/").flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "md")).collect();
+    pages.sort();
+    paths.extend(pages);
+    paths.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))).collect()
+}
+
+/// The lines of a Markdown page outside fenced code blocks.
+fn prose(md: &str) -> impl Iterator<Item = &str> {
+    let mut fenced = false;
+    md.lines().filter(move |l| {
+        if l.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return false;
+        }
+        !fenced
+    })
+}
+
+/// The anchors of a page's headings, as GitHub makes them: lower case,
+/// punctuation other than `-` and `_` dropped, spaces as `-`.
+fn anchors(md: &str) -> BTreeSet<String> {
+    prose(md)
+        .filter_map(|l| {
+            let title = l.trim_start_matches('#');
+            (title.len() < l.len() && title.starts_with(' ')).then_some(title.trim())
+        })
+        .map(|t| t.to_lowercase().chars().filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_')).map(|c| if c == ' ' { '-' } else { c }).collect())
+        .collect()
+}
+
+/// Targets of the page's Markdown links (`[text](target)`), outside code blocks.
+fn links(md: &str) -> Vec<String> {
+    prose(md).flat_map(|l| l.match_indices("](").map(move |(i, _)| l[i + 2..].split(')').next().unwrap_or_default().to_string())).collect()
+}
+
 #[test]
-fn readme_lists_every_environment_variable() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let documented: BTreeSet<String> = readme.lines().filter(|l| l.starts_with("| `PULSE_")).filter_map(|l| l.split('`').nth(1).map(String::from)).collect();
+fn the_configuration_page_lists_every_environment_variable() {
+    let page = std::fs::read_to_string(root().join("docs/configuration.md")).expect("docs/configuration.md");
+    let documented: BTreeSet<String> = page.lines().filter(|l| l.starts_with("| `PULSE_")).filter_map(|l| l.split('`').nth(1).map(String::from)).collect();
     let code = code_variables();
     let missing: Vec<&String> = code
         .iter()
         .filter(|v| !documented.contains(*v) && !v.starts_with("PULSE_TEST") && !v.starts_with("PULSE_CRASH") && !v.starts_with("PULSE_SINK_CHILD"))
         .collect();
-    assert!(missing.is_empty(), "README lacks {missing:?}");
-    let stale: Vec<&String> = documented.iter().filter(|v| !code.contains(*v) && !deployment_variables().contains(*v) && !v.ends_with("_*")).collect();
-    assert!(stale.is_empty(), "README documents variables nothing reads: {stale:?}");
+    assert!(missing.is_empty(), "docs/configuration.md lacks {missing:?}");
+    let deployment = deployment_variables();
+    let stale: Vec<&String> = documented.iter().filter(|v| !code.contains(*v) && !deployment.contains(*v) && !v.ends_with("_*")).collect();
+    assert!(stale.is_empty(), "docs/configuration.md documents variables nothing reads: {stale:?}");
+    // Every variable any page names is one something reads: the code, the
+    // deployment files, the compose file, or librdkafka (`PULSE_KAFKA_<PROPERTY>`).
+    let compose_text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml");
+    for (path, md) in doc_pages() {
+        for (i, _) in md.match_indices("PULSE_") {
+            let name: String = md[i..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+            let known =
+                code.contains(&name) || deployment.contains(&name) || compose_text.contains(&name) || name.starts_with("PULSE_KAFKA_") || name == "PULSE_";
+            assert!(known, "{} names {name}, which nothing reads", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_spec_page_documents_every_key_the_spec_accepts() {
+    // The keys of the spec's TOML tables: the fields of the `Raw*` structs the
+    // spec is deserialized into (or their `#[serde(rename)]`).
+    let source = std::fs::read_to_string(root().join("model/src/spec.rs")).expect("model/src/spec.rs");
+    let mut keys = BTreeSet::new();
+    let mut in_raw = false;
+    let mut rename = None;
+    for line in source.lines().map(str::trim) {
+        if line.starts_with("struct Raw") {
+            in_raw = true;
+        } else if line == "}" {
+            in_raw = false;
+        } else if in_raw {
+            if let Some(r) = line.strip_prefix("#[serde(rename = \"") {
+                rename = r.split('"').next().map(String::from);
+            } else if let Some((field, _)) = line.split_once(':').filter(|_| !line.starts_with('#') && !line.starts_with("//")) {
+                keys.insert(rename.take().unwrap_or_else(|| field.trim_start_matches("pub ").to_string()));
+            }
+        }
+    }
+    assert!(keys.len() > 30 && keys.contains("idle_timeout") && keys.contains("fn") && keys.contains("for"), "read the spec's keys: {keys:?}");
+    // Alert rules are documented on their own page.
+    let docs = ["docs/spec.md", "docs/alerts.md"].map(|p| std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))).concat();
+    let undocumented: Vec<&String> = keys
+        .iter()
+        .filter(|k| ![format!("{k} ="), format!("`{k}`"), format!(" {k}`"), format!("[{k}]")].iter().any(|form| docs.contains(form.as_str())))
+        .collect();
+    assert!(undocumented.is_empty(), "docs/spec.md (or docs/alerts.md) does not document the spec keys {undocumented:?}");
+}
+
+#[test]
+fn every_relative_link_of_the_readme_and_docs_points_at_a_file_and_heading() {
+    let pages = doc_pages();
+    let mut checked = 0;
+    for (path, md) in &pages {
+        for target in links(md) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if file.is_empty() { path.clone() } else { path.parent().expect("a directory").join(file) };
+            assert!(resolved.exists(), "{}: link {target} points at {}, which does not exist", path.display(), resolved.display());
+            if !anchor.is_empty() {
+                let text = std::fs::read_to_string(&resolved).unwrap_or_else(|e| panic!("{}: {e}", resolved.display()));
+                assert!(anchors(&text).contains(anchor), "{}: link {target}: {} has no heading #{anchor}", path.display(), resolved.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "found only {checked} links");
+    // The README leads to every page.
+    let readme = &pages[0].1;
+    for (path, _) in &pages[1..] {
+        let name = path.file_name().expect("name").to_string_lossy();
+        assert!(links(readme).iter().any(|l| l.split('#').next() == Some(&format!("docs/{name}"))), "README.md does not link docs/{name}");
+    }
 }
 
 #[test]

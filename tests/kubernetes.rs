@@ -415,11 +415,10 @@ fn the_example_overlay_renders_consistently() {
 }
 
 #[test]
-fn readme_explains_the_kubernetes_deployment_and_its_secret() {
-    let readme = read(&root().join("README.md"));
-    let section = readme.split("## Deploying on Kubernetes").nth(1).expect("README section \"Deploying on Kubernetes\"");
-    let section = section.split("\n## ").next().unwrap_or(section);
-    assert!(section.contains("kubectl apply -k deploy/kubernetes/overlays/example"), "how to apply");
+fn the_kubernetes_page_explains_the_deployment_and_its_secret() {
+    let page = read(&root().join("docs/kubernetes.md"));
+    assert!(read(&root().join("README.md")).contains("](docs/kubernetes.md)"), "the README links the Kubernetes page");
+    assert!(page.contains("kubectl apply -k deploy/kubernetes/overlays/example"), "how to apply");
     // The secret command creates every key the manifests read.
     let mut keys = BTreeSet::new();
     for (_, workload) in workloads(&render("base").expect("base")) {
@@ -432,6 +431,6 @@ fn readme_explains_the_kubernetes_deployment_and_its_secret() {
         }
     }
     for k in &keys {
-        assert!(section.contains(&format!("--from-literal={k}=")), "README's secret command lacks {k}");
+        assert!(page.contains(&format!("--from-literal={k}=")), "docs/kubernetes.md's secret command lacks {k}");
     }
 }

@@ -241,7 +241,7 @@ pub struct AlertCondition {
     pub value: f64,
 }
 
-/// An `[[alert]]` rule (see the README's "Alerts" section for its semantics).
+/// An `[[alert]]` rule (see `docs/alerts.md` for its semantics).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRule {
     pub name: String,

@@ -24,11 +24,19 @@ pub enum Param {
 pub struct Sql {
     pub text: String,
     pub params: Vec<(String, Param)>,
+    /// Settings of this query only (names and values from the code, never from input).
+    pub settings: Vec<(&'static str, &'static str)>,
 }
 
 impl Sql {
     pub fn new(text: impl Into<String>) -> Sql {
-        Sql { text: text.into(), params: Vec::new() }
+        Sql { text: text.into(), params: Vec::new(), settings: Vec::new() }
+    }
+
+    /// Adds a ClickHouse setting to this query's `SETTINGS` clause.
+    pub fn setting(&mut self, name: &'static str, value: &'static str) -> &mut Sql {
+        self.settings.push((name, value));
+        self
     }
 
     pub fn push(&mut self, text: &str) -> &mut Sql {
@@ -67,8 +75,11 @@ impl Db {
     /// Runs `sql` and returns its rows as JSON arrays (`JSONCompactEachRow`).
     pub async fn rows(&self, label: &'static str, sql: Sql) -> Result<Vec<Vec<Value>>, ApiError> {
         let secs = self.timeout.as_secs_f64().max(0.001);
-        let text =
-            format!("{}\nSETTINGS max_execution_time = {secs}, output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0", sql.text);
+        let extra: String = sql.settings.iter().map(|(name, value)| format!(", {name} = {value}")).collect();
+        let text = format!(
+            "{}\nSETTINGS max_execution_time = {secs}, output_format_json_quote_64bit_integers = 0, output_format_json_quote_denormals = 0{extra}",
+            sql.text
+        );
         let mut q = self.client.query_raw(&text);
         for (name, value) in &sql.params {
             q = match value {

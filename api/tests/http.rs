@@ -303,8 +303,10 @@ fn latest_is_the_newest_window_per_group() {
 // ------------------------------------------------------------------ analytics
 
 /// App events as of their latest version, deletes removed (argMax, not FINAL).
+/// `error` is Nullable and argMax skips NULLs: wrapped in a tuple, an update
+/// that clears the error is the latest value.
 const APP_LATEST: &str = "(SELECT event_id, argMax(session_id, version) AS session_id, argMax(event_name, version) AS event_name, \
-    argMax(latency_ms, version) AS latency_ms, argMax(error, version) AS error, argMax(timestamp, version) AS timestamp \
+    argMax(latency_ms, version) AS latency_ms, argMax(tuple(error), version).1 AS error, argMax(timestamp, version) AS timestamp \
     FROM {db}.app_events GROUP BY event_id HAVING argMax(is_deleted, version) = 0)";
 
 #[test]
@@ -405,6 +407,194 @@ fn analytics_match_sql() {
         let resp = f.get(path);
         assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{path}: {}", resp.text);
     }
+}
+
+/// Hostile data for the session analytics, in a database of its own: every row
+/// inserted twice (a sink replay, merges stopped so both copies stay), updates
+/// that move an event's latency, session, time or error, deletes (tombstones
+/// with no session), a session id with quotes, backslashes, emoji and 200 more
+/// bytes, a group big enough for p95 to differ from its max, events outside the
+/// period, and an empty period. Every answer equals the same computation done
+/// here over the de-duplicated current rows (argMax by version, not FINAL).
+#[test]
+fn session_analytics_are_exact_under_replays_updates_and_deletes() {
+    let Some(ch) = pulse_clickhouse::testing::stack_clickhouse("pulse_api_exact") else { return };
+    let spec = spec();
+    rt().block_on(async {
+        pulse_clickhouse::migrate(&ch, &spec).await.expect("migrate");
+        let db = format!("`{}`", ch.database);
+        let exec = |sql: String| {
+            let ch = ch.clone();
+            async move { ch.client().query(&sql).execute().await.unwrap_or_else(|e| panic!("{sql}: {e}")) }
+        };
+        exec(format!("SYSTEM STOP MERGES {db}.app_events")).await;
+        let now = common::now_ms();
+        let lit = pulse_clickhouse::schema::string_literal;
+        let weird = format!("s'\"`\\ Zürich 🚕 東京 {{p0:String}} {}", "x".repeat(200));
+        // (event_id, session_id, event_name, latency_ms, error, time ms, version, is_deleted)
+        type Row = (String, String, &'static str, f64, Option<&'static str>, i64, u64, u8);
+        let row = |id: &str, s: &str, n: &'static str, l: f64, e: Option<&'static str>, t: i64, v: u64, del: u8| -> Row {
+            (id.to_string(), s.to_string(), n, l, e, t, v, del)
+        };
+        let mut first: Vec<Row> = Vec::new();
+        for i in 0..600i64 {
+            let name = ["search", "login", "chat"][(i % 3) as usize];
+            let error = (i % 7 == 0).then_some("timeout");
+            first.push(row(&format!("b{i}"), &format!("s{}", i % 25), name, ((i * 7919) % 1000) as f64 + 0.5, error, now - 3_600_000 - i * 1000, 1, 0));
+        }
+        // 80 events in one group: its p95 is not its slowest event.
+        for i in 0..80i64 {
+            first.push(row(&format!("big{i}"), "big", "search", (i * 10) as f64 + 900.0, (i % 2 == 0).then_some("boom"), now - 7_200_000 - i * 1000, 1, 0));
+        }
+        for (i, l) in [5000.0, 6000.0].into_iter().enumerate() {
+            first.push(row(&format!("w{i}"), &weird, "chat", l, Some("weird"), now - 600_000, 1, 0));
+        }
+        // Outside the period (30 hours ago), very slow and all errors.
+        for i in 0..5i64 {
+            first.push(row(&format!("old{i}"), "old", "search", 88_888.0, Some("old"), now - 30 * 3_600_000, 1, 0));
+        }
+        let tombstone = |id: &str, v: u64| row(id, "", "", 0.0, None, now, v, 1);
+        let updates: Vec<Row> = vec![
+            // Latency moved up: this group becomes the slowest.
+            row("b0", "s0", "search", 99_999.0, Some("timeout"), now - 3_600_000, 2, 0),
+            // The weird session's slowest event becomes fast.
+            row("w1", &weird, "chat", 1.0, Some("weird"), now - 600_000, 2, 0),
+            // Moved to another session, to outside the period, error cleared.
+            row("b1", "moved", "login", 777.0, None, now - 3_601_000, 2, 0),
+            row("b2", "s2", "chat", 50_000.0, None, now - 26 * 3_600_000, 2, 0),
+            row("b7", "s7", "login", 10.5, None, now - 3_607_000, 2, 0),
+            // An update older than the stored version loses.
+            row("b5", "s5", "search", 123_456.0, None, now - 3_605_000, 0, 0),
+        ];
+        let mut deletes: Vec<Row> = vec![tombstone("b14", 3), tombstone("b21", 3), tombstone("w0", 3)];
+        // The big group's three slowest events are deleted: its p95 moves.
+        deletes.extend((77..80).map(|i| tombstone(&format!("big{i}"), 3)));
+        let insert = |rows: Vec<Row>| {
+            let values: Vec<String> = rows
+                .iter()
+                .map(|(id, s, n, l, e, t, v, del)| {
+                    format!(
+                        "({}, {}, {}, NULL, NULL, {l}, {}, fromUnixTimestamp64Milli({t}, 'UTC'), fromUnixTimestamp64Milli({now}, 'UTC'), {v}, {del}, 0, 0)",
+                        lit(id),
+                        lit(s),
+                        lit(n),
+                        e.map_or("NULL".to_string(), lit)
+                    )
+                })
+                .collect();
+            exec(format!(
+                "INSERT INTO {db}.app_events (event_id, session_id, event_name, input, output, latency_ms, error, timestamp, ingested_at, version, is_deleted, kafka_partition, kafka_offset) VALUES {}",
+                values.join(", ")
+            ))
+        };
+        // Each batch stored, then stored again by a replay.
+        for batch in [first.clone(), updates.clone(), deletes.clone()] {
+            insert(batch.clone()).await;
+            insert(batch).await;
+        }
+        let stored = common::sql_scalar(&ch, &format!("SELECT count() FROM {db}.app_events")).await as usize;
+        assert_eq!(stored, 2 * (first.len() + updates.len() + deletes.len()), "both copies are stored, unmerged");
+
+        let server = Server::start(Arc::clone(&spec), &ch, ApiConfig::default()).await;
+        let c = client();
+        let latest = format!(
+            "(SELECT event_id, argMax(session_id, version) AS session_id, argMax(event_name, version) AS event_name, argMax(latency_ms, version) AS latency_ms, \
+             argMax(tuple(error), version).1 AS error, argMax(timestamp, version) AS timestamp FROM {db}.app_events GROUP BY event_id HAVING argMax(is_deleted, version) = 0)"
+        );
+        let period = "timestamp >= fromUnixTimestamp64Milli({f:Int64}, 'UTC') AND timestamp < fromUnixTimestamp64Milli({t:Int64}, 'UTC')";
+        let (day_ago, soon) = ((now - 86_400_000).to_string(), (now + 60_000).to_string());
+
+        // p95 latency per (session, event name).
+        let mut cases: Vec<(String, String, String, &str)> = Vec::new();
+        for limit in [1, 2, 5, 30, 1000] {
+            cases.push((format!("limit={limit}"), day_ago.clone(), soon.clone(), ""));
+            cases.push((format!("limit={limit}&event_name=search"), day_ago.clone(), soon.clone(), "search"));
+        }
+        // The last hour and a half only (half of the bulk events and the weird session's).
+        cases.push(("limit=4".into(), (now - 5_400_000).to_string(), soon.clone(), ""));
+        for (q, from, to, name) in &cases {
+            let resp = get(&c, &format!("{}/v1/analytics/latency?{q}&from={from}&to={to}", server.url)).await;
+            assert_eq!(resp.status, 200, "{q}: {}", resp.text);
+            let limit: usize = q.trim_start_matches("limit=").split('&').next().and_then(|l| l.parse().ok()).expect("limit");
+            let filter = if name.is_empty() { String::new() } else { format!(" AND event_name = {}", lit(name)) };
+            let want = common::sql_rows(
+                &ch,
+                &format!(
+                    "SELECT session_id, event_name, count() AS events, quantileExact(0.95)(latency_ms) AS p95 FROM {latest} WHERE {period}{filter} \
+                     GROUP BY session_id, event_name ORDER BY p95 DESC, session_id, event_name LIMIT {limit}"
+                ),
+                &[("f", from), ("t", to)],
+            )
+            .await;
+            let got = resp.json["rows"].as_array().expect("rows");
+            assert_eq!(got.len(), want.len(), "{q}: {}", resp.text);
+            assert!(!got.is_empty(), "{q}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((&g["session_id"], &g["event_name"]), (&w["session_id"], &w["event_name"]), "{q}: {}", resp.text);
+                assert_eq!(num(&g["events"]), num(&w["events"]), "{q}");
+                assert!(same(&g["p95_latency_ms"], &w["p95"]), "{q}: {} != {}", g["p95_latency_ms"], w["p95"]);
+            }
+        }
+        // What the hostile rows did, spelled out (the reference could be wrong too).
+        let resp = get(&c, &format!("{}/v1/analytics/latency?limit=1000&from={day_ago}&to={soon}", server.url)).await;
+        let rows = resp.json["rows"].as_array().expect("rows");
+        assert_eq!((rows[0]["session_id"].as_str(), rows[0]["p95_latency_ms"].as_f64()), (Some("s0"), Some(99_999.0)), "the update moved b0's latency");
+        let group = |s: &str, n: &str| rows.iter().find(|r| r["session_id"] == s && r["event_name"] == n).cloned();
+        let w = group(&weird, "chat").expect("the weird session, byte for byte");
+        assert_eq!((num(&w["events"]), w["p95_latency_ms"].as_f64()), (1, Some(1.0)), "w0 deleted, w1 made fast");
+        let big = group("big", "search").expect("big");
+        // 77 events left, latencies 900..=1660 by 10: the p95 is the 74th smallest (index 73), not the max.
+        assert_eq!((num(&big["events"]), big["p95_latency_ms"].as_f64()), (77, Some(1630.0)), "{big}");
+        assert!(group("moved", "login").is_some() && group("old", "search").is_none(), "moves and the period hold");
+        assert!(rows.iter().all(|r| r["p95_latency_ms"].as_f64() != Some(50_000.0) && r["p95_latency_ms"].as_f64() != Some(123_456.0)));
+        let events: i64 = rows.iter().map(|r| num(&r["events"])).sum();
+        // 600 bulk - b2 (moved out) - b14 - b21 (deleted) + 77 big + w1.
+        assert_eq!(events, 600 - 3 + 77 + 1, "each current event once");
+
+        // Sessions by error rate.
+        for (limit, min_events) in [(1, 1), (3, 1), (10, 1), (1000, 1), (1000, 20), (5, 30)] {
+            let q = format!("limit={limit}&min_events={min_events}&from={day_ago}&to={soon}");
+            let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?{q}", server.url)).await;
+            assert_eq!(resp.status, 200, "{q}: {}", resp.text);
+            let want = common::sql_rows(
+                &ch,
+                &format!(
+                    "SELECT session_id, count() AS events, sum(error IS NOT NULL AND error != '') AS errors, errors / events AS rate FROM {latest} WHERE {period} \
+                     GROUP BY session_id HAVING errors > 0 AND events >= {min_events} ORDER BY rate DESC, errors DESC, session_id LIMIT {limit}"
+                ),
+                &[("f", &day_ago), ("t", &soon)],
+            )
+            .await;
+            let got = resp.json["sessions"].as_array().expect("sessions");
+            assert_eq!(got.len(), want.len(), "{q}: {}", resp.text);
+            assert!(!got.is_empty(), "{q}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g["session_id"], w["session_id"], "{q}: {}", resp.text);
+                assert_eq!((num(&g["events"]), num(&g["errors"])), (num(&w["events"]), num(&w["errors"])), "{q}");
+                assert!(same(&g["error_rate"], &w["rate"]), "{q}");
+            }
+        }
+        let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?limit=3&from={day_ago}&to={soon}", server.url)).await;
+        let top = &resp.json["sessions"][0];
+        assert_eq!((top["session_id"].as_str(), num(&top["events"]), num(&top["errors"])), (Some(weird.as_str()), 1, 1), "{}", resp.text);
+        let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?limit=1000&from={day_ago}&to={soon}", server.url)).await;
+        let sessions = resp.json["sessions"].as_array().expect("sessions");
+        let s7 = sessions.iter().find(|s| s["session_id"] == "s7").expect("s7");
+        // s7: 24 bulk events (i = 7, 32, ..., 582), errors where i % 7 == 0 (7, 182, 357, 532), b7's cleared.
+        assert_eq!((num(&s7["events"]), num(&s7["errors"])), (24, 3), "{s7}");
+        assert!(sessions.iter().all(|s| s["session_id"] != "old" && s["session_id"] != ""), "no period leak, no tombstone session");
+
+        // An empty period: nothing, from both.
+        let (from, to) = (now - 29 * 3_600_000, now - 27 * 3_600_000);
+        for path in ["latency?limit=5", "sessions/top-errors?limit=5"] {
+            let resp = get(&c, &format!("{}/v1/analytics/{path}&from={from}&to={to}", server.url)).await;
+            assert_eq!(resp.status, 200, "{path}: {}", resp.text);
+            let key = if path.starts_with("latency") { "rows" } else { "sessions" };
+            assert_eq!(resp.json[key], json!([]), "{path}: {}", resp.text);
+        }
+        server.shutdown.trigger();
+        exec(format!("DROP DATABASE IF EXISTS {db}")).await;
+    });
 }
 
 // ------------------------------------------------------------------ live stream

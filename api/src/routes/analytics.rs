@@ -8,6 +8,12 @@
 //! `FINAL`) collapse; without it counts double until ClickHouse merges. Every
 //! query is bounded in event time: `days` (errors), `since` (cities), or
 //! `from`/`to` (latency and sessions; the last 24 hours by default, at most 31 days).
+//!
+//! The p95 latency ranking is pruned (see `latency_sql`): only the
+//! (session, event name) groups that hold one of the slowest stored rows of the
+//! period get their exact p95 computed, and the answer is used only when it
+//! proves that no other group can rank among the rows returned (otherwise a
+//! larger candidate set, then the full query, answers). Answers stay exact.
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -49,6 +55,16 @@ fn fields<'a>(api: &'a Api, domain: &str, names: &[&str], what: &str) -> Result<
 /// each event's latest version and hides deleted ones.
 fn from_clause(api: &Api, d: &Domain) -> String {
     format!("{}.{} FINAL", ident(&api.inner.catalog.database), ident(&d.name))
+}
+
+/// Lets a `FINAL` read skip the replacing merge of a partition that is one
+/// merged part (the usual state of older data): ClickHouse then only drops the
+/// `is_deleted` rows of that part. Exact for Pulse's raw tables because rows
+/// that replace one another always share a partition: mutable tables are not
+/// partitioned, immutable ones by the day of their time column, which is part
+/// of the ordering key. Parts of one partition are still merged as usual.
+fn final_without_cross_partition_merge(sql: &mut Sql) {
+    sql.setting("do_not_merge_across_partitions_select_final", "1");
 }
 
 /// The `[from, to)` period of a query: `to` defaults to now, `from` to `to`
@@ -170,22 +186,112 @@ pub async fn latency(State(api): State<Api>, RawQuery(query): RawQuery) -> Resul
     let (d, _) = fields(&api, "app_events", &["session_id", "event_name", "latency_ms"], "latency per session")?;
     let limit = p.limit("limit", 100, MAX_ANALYTICS_LIMIT)?;
     let range = time_range(&p, now_ms())?;
-    let (s, n, l) = (ident("session_id"), ident("event_name"), ident("latency_ms"));
-    let mut sql = Sql::new(format!("SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {} WHERE 1 = 1", from_clause(&api, d)));
-    push_range(&mut sql, d, range);
-    if let Some(name) = p.text("event_name")? {
-        let ph = sql.bind("String", Param::Str(name));
-        sql.push(&format!(" AND {n} = {ph}"));
+    let event_name = p.text("event_name")?;
+    let mut rows = None;
+    for candidates in latency_candidates(limit) {
+        let sql = latency_sql(&api, d, range, event_name.as_deref(), limit, Some(candidates));
+        let found = api.inner.db.rows("analytics_latency", sql).await?;
+        if latency_certified(&found, limit, candidates) {
+            rows = Some(found);
+            break;
+        }
     }
-    let lim = sql.bind("UInt64", Param::U64(limit));
-    sql.push(&format!(" GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"));
-    let rows = api.inner.db.rows("analytics_latency", sql).await?;
+    let rows = match rows {
+        Some(r) => r,
+        None => api.inner.db.rows("analytics_latency", latency_sql(&api, d, range, event_name.as_deref(), limit, None)).await?,
+    };
     let cols = plain(&["session_id", "event_name", "events", "p95_latency_ms"]);
     Ok(Json(LatencyRows {
         from: rfc3339(range.0).unwrap_or_default(),
         to: rfc3339(range.1).unwrap_or_default(),
-        rows: rows.into_iter().map(|r| render_row(&cols, r)).collect(),
+        rows: rows
+            .into_iter()
+            .map(|mut r| {
+                r.truncate(4);
+                render_row(&cols, r)
+            })
+            .collect(),
     }))
+}
+
+/// How many of the slowest stored rows the pruned latency query starts from,
+/// for `limit` answer rows: a first try, a larger second; then the full query.
+fn latency_candidates(limit: u64) -> [u64; 2] {
+    [limit * 4 + 64, limit * 64 + 1024]
+}
+
+/// The p95 latency query. With `candidates` = N it is pruned, and its answer is
+/// the exact one whenever [`latency_certified`] accepts it:
+///
+/// * θ is the N-th highest latency among the *stored* rows of the period (every
+///   version, replays included: no `FINAL`, so ClickHouse reads two columns and
+///   skips nothing it needs);
+/// * the candidate groups are the (session_id, event_name) pairs, as a 64-bit
+///   hash, of the stored rows of the period with latency >= θ. Each current row
+///   is a stored row, so a group none of whose current events reaches θ is not
+///   a candidate, and its p95 (one of its latencies) is below θ. Stale versions
+///   and hash collisions only add candidates;
+/// * the candidates' p95 are computed exactly, over the current rows (`FINAL`)
+///   of all their events;
+/// * if the last of the `limit` rows has p95 >= θ, no group left out can rank
+///   among them. If the period holds fewer than N rows, every group was a
+///   candidate and the answer is complete anyway.
+///
+/// Columns: session_id, event_name, events, p95, then θ and the number of rows
+/// θ was taken from (NULL in the full query).
+fn latency_sql(api: &Api, d: &Domain, range: (i64, i64), event_name: Option<&str>, limit: u64, candidates: Option<u64>) -> Sql {
+    let (s, n, l) = (ident("session_id"), ident("event_name"), ident("latency_ms"));
+    let table = format!("{}.{}", ident(&api.inner.catalog.database), ident(&d.name));
+    let final_rows = from_clause(api, d);
+    let mut sql = Sql::new(String::new());
+    // The `WHERE` of every scan: the period and the optional event name, bound once.
+    let time = ident(&d.time_field().name);
+    let f = sql.bind("Int64", Param::I64(range.0));
+    let t = sql.bind("Int64", Param::I64(range.1));
+    let mut filter = format!("{time} >= fromUnixTimestamp64Milli({f}, 'UTC') AND {time} < fromUnixTimestamp64Milli({t}, 'UTC')");
+    if let Some(name) = event_name {
+        let ph = sql.bind("String", Param::Str(name.to_string()));
+        filter.push_str(&format!(" AND {n} = {ph}"));
+    }
+    let lim = sql.bind("UInt64", Param::U64(limit));
+    match candidates {
+        Some(c) => {
+            let top = sql.bind("UInt64", Param::U64(c));
+            sql.push(&format!(
+                "WITH (SELECT (min(v), count()) FROM (SELECT {l} AS v FROM {table} WHERE {filter} ORDER BY v DESC LIMIT {top})) AS pulse_theta \
+                 SELECT {s}, {n}, events, p95, pulse_theta.1 AS theta, pulse_theta.2 AS seen FROM (\
+                 SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {final_rows} WHERE {filter} \
+                 AND cityHash64({s}, {n}) IN (SELECT cityHash64({s}, {n}) FROM {table} WHERE {filter} AND {l} >= pulse_theta.1) \
+                 GROUP BY {s}, {n}) ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"
+            ));
+        }
+        None => {
+            sql.push(&format!(
+                "SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95, NULL AS theta, NULL AS seen FROM {final_rows} WHERE {filter} \
+                 GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"
+            ));
+        }
+    }
+    final_without_cross_partition_merge(&mut sql);
+    sql
+}
+
+/// Whether a pruned latency answer (see [`latency_sql`]) is the exact one:
+/// θ was taken from every row of the period (fewer than `candidates`), or the
+/// answer has `limit` rows and the last one's p95 is at least θ. Otherwise a
+/// larger candidate set, or the full query, answers.
+fn latency_certified(rows: &[Vec<Value>], limit: u64, candidates: u64) -> bool {
+    let Some(last) = rows.last() else {
+        // No candidate group with current rows: the period may still hold
+        // groups below θ (their slow rows were stale versions); the full query decides.
+        return false;
+    };
+    let (p95, theta, seen) = (last.get(3).and_then(Value::as_f64), last.get(4).and_then(Value::as_f64), last.get(5).and_then(Value::as_u64));
+    match (p95, theta, seen) {
+        (_, _, Some(seen)) if seen < candidates => true,
+        (Some(p95), Some(theta), _) => rows.len() as u64 >= limit && p95 >= theta,
+        _ => false,
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -233,6 +339,7 @@ pub async fn top_errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Re
     let ph = sql.bind("UInt64", Param::U64(min_events));
     let lim = sql.bind("UInt64", Param::U64(limit));
     sql.push(&format!("{ph} ORDER BY error_rate DESC, errors DESC, {s} LIMIT {lim}"));
+    final_without_cross_partition_merge(&mut sql);
     let rows = api.inner.db.rows("analytics_top_errors", sql).await?;
     let cols = plain(&["session_id", "events", "errors", "error_rate"]);
     Ok(Json(TopErrorSessions {
@@ -338,6 +445,25 @@ mod tests {
         assert!(bad(&format!("from=0&to={now}")).contains("spans more than 31 days"));
         assert!(bad("from=yesterday").starts_with("from:"));
         assert!(time_range(&params(&format!("from={}&to={now}", now - MAX_RANGE_MS)), now).is_ok());
+    }
+
+    #[test]
+    fn pruned_latency_answers_are_used_only_when_proven_exact() {
+        use serde_json::json;
+        let row = |p95: f64, theta: f64, seen: u64| vec![json!("s"), json!("n"), json!(3), json!(p95), json!(theta), json!(seen)];
+        // θ taken from every row of the period: all groups were candidates.
+        assert!(latency_certified(&[row(5.0, 9.0, 7)], 10, 104));
+        // `limit` rows, the last at or above θ: no other group can rank.
+        assert!(latency_certified(&[row(12.0, 9.0, 104), row(9.0, 9.0, 104)], 2, 104));
+        // The last row below θ: a group left out could rank above it.
+        assert!(!latency_certified(&[row(12.0, 9.0, 104), row(8.5, 9.0, 104)], 2, 104));
+        // Fewer rows than asked for while θ did not cover the period.
+        assert!(!latency_certified(&[row(12.0, 9.0, 104)], 2, 104));
+        // No candidate: the full query answers.
+        assert!(!latency_certified(&[], 2, 104));
+        // The full query's shape (NULL bound) is never taken for a pruned answer.
+        assert!(!latency_certified(&[vec![json!("s"), json!("n"), json!(3), json!(1.0), Value::Null, Value::Null]], 1, 104));
+        assert_eq!(latency_candidates(10), [104, 1664]);
     }
 
     fn spec() -> Arc<Spec> {

@@ -131,9 +131,37 @@ pub struct BenchDataflowArgs {
     pub rate: f64,
     /// Generate production-shaped data: every event from an independent random
     /// user (nearly every event a new distinct value) and RFC 3339 times with
-    /// milliseconds, instead of one user per ride and epoch milliseconds.
+    /// milliseconds, instead of one user per ride and epoch milliseconds; app
+    /// event latencies as unrounded floats (nearly every one unique).
     #[arg(long)]
     pub realistic: bool,
+    /// Users a generated file draws from (with --realistic, each event from
+    /// an independent random one: 1000000000 makes nearly every event a new user).
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u64,
+    /// Compute the spec's count_distinct aggregates by HyperLogLog (precision
+    /// 14; on immutable domains, as the spec allows) and its quantiles by
+    /// DDSketch (relative accuracy 1%), instead of exactly: compare a run with
+    /// and one without.
+    #[arg(long)]
+    pub sketch: bool,
+}
+
+/// The spec with its count_distinct and quantile aggregates switched to sketches
+/// (`hll` where the domain is immutable, `ddsketch` everywhere).
+pub fn with_sketches(mut spec: pulse_model::Spec) -> pulse_model::Spec {
+    use pulse_model::spec::{AggKind, AggMethod, DEFAULT_DDSKETCH_ACCURACY, DEFAULT_HLL_PRECISION};
+    for m in &mut spec.metrics {
+        let mutable = spec.domains.get(m.domain).is_some_and(|d| d.mutable);
+        for a in &mut m.aggregates {
+            match a.kind {
+                AggKind::CountDistinct(_) if !mutable => a.method = AggMethod::Hll { precision: DEFAULT_HLL_PRECISION },
+                AggKind::Quantile(..) => a.method = AggMethod::DdSketch { relative_accuracy: DEFAULT_DDSKETCH_ACCURACY },
+                _ => {}
+            }
+        }
+    }
+    spec
 }
 
 /// What one bench configuration measured (one line a parent process parses).
@@ -142,16 +170,18 @@ struct Figures {
     events_per_cpu_s: f64,
     peak_rss_mb: f64,
     state_bytes_per_event: Option<f64>,
+    state_bytes_per_window: Option<f64>,
 }
 
 impl Figures {
     fn line(&self) -> String {
         format!(
-            "figures epoch_records={} events_per_cpu_s={:.0} peak_rss_mb={:.0} state_bytes_per_open_event={}",
+            "figures epoch_records={} events_per_cpu_s={:.0} peak_rss_mb={:.0} state_bytes_per_open_event={} state_bytes_per_open_window={}",
             self.epoch_records,
             self.events_per_cpu_s,
             self.peak_rss_mb,
-            self.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.1}"))
+            self.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.1}")),
+            self.state_bytes_per_window.map_or("n/a".to_string(), |b| format!("{b:.0}"))
         )
     }
 
@@ -163,17 +193,19 @@ impl Figures {
             events_per_cpu_s: field("events_per_cpu_s")?.parse().ok()?,
             peak_rss_mb: field("peak_rss_mb")?.parse().ok()?,
             state_bytes_per_event: field("state_bytes_per_open_event")?.parse().ok(),
+            state_bytes_per_window: field("state_bytes_per_open_window").and_then(|v| v.parse().ok()),
         })
     }
 }
 
 pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCode> {
-    let spec = Arc::new(global.load_spec()?);
+    let spec = global.load_spec()?;
+    let spec = Arc::new(if args.sketch { with_sketches(spec) } else { spec });
     let domain = spec.domain_index(&args.domain).with_context(|| format!("spec has no domain `{}`", args.domain))?;
     if let Some(n) = args.generate
         && !args.input.exists()
     {
-        generate(&args.input, &args.domain, n, args.rate, args.realistic)?;
+        generate(&args.input, &args.domain, n, args.rate, args.realistic, args.users)?;
     }
     anyhow::ensure!(args.input.exists(), "{} does not exist (pass --generate N to create it)", args.input.display());
     let epochs: Vec<usize> = match args.live_rate {
@@ -193,7 +225,14 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
     let records = result.total(|w| w.records);
     let events = result.total(|w| w.events);
     let pace = args.live_rate.map_or(String::new(), |r| format!(" (live-paced: {r} events/s, 200 ms ticks)"));
-    println!("bench dataflow: {} ({} records) on {} worker(s), {} records per epoch{pace}", args.input.display(), records, args.workers, epoch_records);
+    let methods = if args.sketch { "sketches (hll, ddsketch)" } else { "exact aggregates" };
+    println!(
+        "bench dataflow: {} ({} records) on {} worker(s), {} records per epoch{pace}, {methods}",
+        args.input.display(),
+        records,
+        args.workers,
+        epoch_records
+    );
     println!(
         "  events counted {events}, late {}, stale {}, dead-lettered {}",
         result.total(|w| w.late),
@@ -213,7 +252,22 @@ pub fn bench(global: &Global, args: &BenchDataflowArgs) -> anyhow::Result<ExitCo
             state.bytes, state.open_events
         );
     }
-    println!("{}", Figures { epoch_records, events_per_cpu_s: records as f64 / cpu.max(0.001), peak_rss_mb, state_bytes_per_event: per_event }.line());
+    let per_window = (state.open_windows > 0).then(|| state.bytes as f64 / state.open_windows as f64);
+    if let Some(b) = per_window {
+        println!(
+            "  ... and {} open windows (every metric): {b:.0} bytes per open window, of which sketches {:.0}",
+            state.open_windows,
+            state.sketch_bytes as f64 / state.open_windows as f64
+        );
+    }
+    let figures = Figures {
+        epoch_records,
+        events_per_cpu_s: records as f64 / cpu.max(0.001),
+        peak_rss_mb,
+        state_bytes_per_event: per_event,
+        state_bytes_per_window: per_window,
+    };
+    println!("{}", figures.line());
     if let Some(out) = &args.output {
         let shapes = RowShape::all(&spec);
         let mut rows = result.rows;
@@ -261,28 +315,38 @@ fn bench_each(epochs: &[usize]) -> anyhow::Result<ExitCode> {
         rows.extend(text.lines().find_map(Figures::parse));
     }
     println!();
-    println!("| records per epoch | events / CPU-s | peak RSS | state bytes per open event per metric |");
-    println!("|---|---|---|---|");
+    println!("| records per epoch | events / CPU-s | peak RSS | state bytes per open event per metric | state bytes per open window |");
+    println!("|---|---|---|---|---|");
     for f in &rows {
         println!(
-            "| {} | {:.2} M | {:.0} MB | {} |",
+            "| {} | {:.2} M | {:.0} MB | {} | {} |",
             f.epoch_records,
             f.events_per_cpu_s / 1e6,
             f.peak_rss_mb,
-            f.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.0}"))
+            f.state_bytes_per_event.map_or("n/a".to_string(), |b| format!("{b:.0}")),
+            f.state_bytes_per_window.map_or("n/a".to_string(), |b| format!("{b:.0}"))
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn generate(path: &PathBuf, domain: &str, n: usize, rate: f64, realistic: bool) -> anyhow::Result<()> {
+fn generate(path: &PathBuf, domain: &str, n: usize, rate: f64, realistic: bool, users: u64) -> anyhow::Result<()> {
     let gd = match domain {
         "rides" => GenDomain::Rides,
         "driver_locations" => GenDomain::DriverLocations,
         "app_events" => GenDomain::AppEvents,
         other => anyhow::bail!("the generator has no domain `{other}`"),
     };
-    let cfg = GenConfig { disorder_ms: 10_000, users: 100_000, cities: 20, rate, independent_users: realistic, rfc3339: realistic, ..GenConfig::default() };
+    let cfg = GenConfig {
+        disorder_ms: 10_000,
+        users: users.max(1),
+        cities: 20,
+        rate,
+        independent_users: realistic,
+        rfc3339: realistic,
+        float_latencies: realistic,
+        ..GenConfig::default()
+    };
     let mut w = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
     for op in Generator::new(cfg).only(gd).take(n) {
         match op {

@@ -216,10 +216,17 @@ fn live_page_fills_and_updates_from_the_stream() {
         for w in 0..3 {
             rows.push(row(&spec, "city_metrics", city, base + w * 60_000, city_values(20 + i as u64 + w as u64, 2 + w as u64, 12.5), w < 2, 5));
         }
-        rows.push(row(&spec, "city_supply", city, base + 120_000, vec![AggValue::Count(7 + i as u64), AggValue::Count(100)], false, 3));
+        let (requests, drivers) = (22.0 + i as f64, 7.0 + i as f64);
+        let balance = vec![
+            AggValue::Float(Some(requests)),
+            AggValue::Float(Some(drivers)),
+            AggValue::Float(Some(requests / drivers)),
+            AggValue::Float(Some(requests - drivers)),
+        ];
+        rows.push(row(&spec, "city_balance", city, base + 120_000, balance, false, 3));
     }
     rt.block_on(async {
-        for name in ["city_metrics", "city_supply"] {
+        for name in ["city_metrics", "city_balance"] {
             let t = metric_table(&spec, spec.metric(name).expect("metric"));
             let mut buf = BytesMut::new();
             for r in rows.iter().filter(|r| spec.metrics[r.metric].name == name) {
@@ -251,6 +258,7 @@ fn live_page_fills_and_updates_from_the_stream() {
     assert_eq!(cdp.eval(&cell("Lima", "requests")), json!("23"));
     assert_eq!(cdp.eval(&cell("Lima", "cancellation_rate")), json!("17.4%"));
     assert_eq!(cdp.eval(&cell("Lima", "active_drivers")), json!("8"));
+    assert_eq!(cdp.eval(&cell("Lima", "requests_per_driver")), json!("2.88"));
     assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"), json!(false));
     assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"] svg').dataset.points"), json!("3"));
     cdp.wait_for("document.getElementById('status').className === 'live'", "the stream to connect");
@@ -265,9 +273,11 @@ fn live_page_fills_and_updates_from_the_stream() {
         async move { producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("ack") }
     };
     rt.block_on(send(row(&spec, "city_metrics", "Lima", base + 120_000, city_values(999, 500, 14.0), false, 6)));
-    rt.block_on(send(row(&spec, "city_supply", "Lima", base + 120_000, vec![AggValue::Count(42), AggValue::Count(120)], false, 4)));
+    let balance = vec![AggValue::Float(Some(999.0)), AggValue::Float(Some(42.0)), AggValue::Float(Some(999.0 / 42.0)), AggValue::Float(Some(957.0))];
+    rt.block_on(send(row(&spec, "city_balance", "Lima", base + 120_000, balance, false, 4)));
     cdp.wait_for(&format!("{} === '999'", cell("Lima", "requests")), "Lima's requests to change");
     cdp.wait_for(&format!("{} === '42'", cell("Lima", "active_drivers")), "Lima's active drivers to change");
+    assert_eq!(cdp.eval(&cell("Lima", "requests_per_driver")), json!("23.79"));
     assert_eq!(cdp.eval(&cell("Lima", "cancellation_rate")), json!("50.1%"));
     assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Lima\"]').classList.contains('alert')"), json!(true));
     assert_eq!(cdp.eval("document.querySelector('tr[data-city=\"Paris\"]').classList.contains('alert')"), json!(false));

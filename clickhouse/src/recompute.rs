@@ -2,6 +2,12 @@
 //! windows and aggregates the dataflow maintains incrementally, computed from
 //! scratch by ClickHouse. `pulse backfill` writes it as finals; the tests
 //! compare it with the dataflow's.
+//!
+//! Sketch aggregates (`method = "hll"` count_distinct, `method = "ddsketch"`
+//! quantiles) are recomputed exactly here (`uniqExact`, `quantileExact`): the
+//! exact value is what the sketch estimates, so a backfilled window is within
+//! the sketch's stated error of what the dataflow would have written (better,
+//! in fact), and the tests measure the sketches' error against it.
 
 use pulse_model::spec::{AggKind, Domain, FieldType, Filter, Literal, Metric, Spec};
 
@@ -73,6 +79,8 @@ fn sql(spec: &Spec, metric: &Metric, database: &str, read_final: bool) -> String
             (AggKind::Quantile(f, q), None) => format!("if(count({0}) = 0, NULL, toFloat64(quantileExact({q})({0})))", field(*f)),
             (AggKind::Quantile(f, q), Some(c)) => format!("if(countIf({0}, {c}) = 0, NULL, toFloat64(quantileExactIf({q})({0}, {c})))", field(*f)),
             (AggKind::Ratio(..), _) => String::new(),
+            // Derived metrics join their inputs' windows (the dataflow's `backfill::recompute`).
+            (AggKind::Expr(_), _) => "CAST(NULL AS Nullable(Float64))".to_string(),
         };
         exprs.push(e);
     }

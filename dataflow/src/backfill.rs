@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pulse_clickhouse::recompute::recompute_sql_exact;
-use pulse_clickhouse::schema::{is_count, metric_table};
+use pulse_clickhouse::schema::{ident, is_count, metric_table};
 use pulse_clickhouse::{ClickHouseConfig, Writer};
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow, RowShape};
 use pulse_model::{FieldType, Spec};
 use pulse_ops::Shutdown;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::derived::{DerivedPlan, join_batch};
 use crate::emit::FINAL_BIT;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,14 +30,51 @@ pub enum BackfillError {
 }
 
 /// The windows of metric `m` starting in `[from, to)`, recomputed by ClickHouse
-/// as final rows with `revision` (final bit added).
+/// as final rows with `revision` (final bit added). A derived metric's are the
+/// join of its inputs' recomputations.
 pub async fn recompute(spec: &Spec, m: usize, ch: &ClickHouseConfig, from: i64, to: i64, revision: u64) -> Result<Vec<MetricRow>, BackfillError> {
     let metric = &spec.metrics[m];
-    let domain = spec.metric_domain(metric);
+    if let Some(d) = &metric.derived {
+        let mut inputs = Vec::with_capacity(d.inputs.len());
+        for &i in &d.inputs {
+            inputs.push(Box::pin(recompute(spec, i, ch, from, to, revision)).await?);
+        }
+        return Ok(join(spec, m, &inputs, revision));
+    }
     let sql = format!("SELECT * FROM ({}) FORMAT JSONEachRow", recompute_sql_exact(spec, metric, &ch.database));
+    rows_of(spec, m, ch, &sql, from, to, revision).await
+}
+
+/// The final rows metric `m`'s table holds for windows starting in `[from, to)`
+/// (what the job emitted). A derived metric rebuilt from its inputs reads these.
+pub async fn stored_finals(spec: &Spec, m: usize, ch: &ClickHouseConfig, from: i64, to: i64) -> Result<Vec<MetricRow>, BackfillError> {
+    let metric = &spec.metrics[m];
+    let domain = spec.metric_domain(metric);
+    let mut cols: Vec<String> = metric.group_by.iter().map(|&g| ident(&domain.fields[g].name)).collect();
+    cols.push("toUnixTimestamp64Milli(window_start) AS window_start".into());
+    cols.extend(metric.aggregates.iter().map(|a| ident(&a.name)));
+    let sql = format!(
+        "SELECT {} FROM {}.{} FINAL WHERE window_start >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND window_start < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC') AND final FORMAT JSONEachRow",
+        cols.join(", "),
+        ident(&ch.database),
+        ident(&metric.name)
+    );
+    rows_of(spec, m, ch, &sql, from, to, 0).await
+}
+
+/// The derived metric `m`'s finals: its inputs' rows (one list per input, in its inputs' order) joined.
+pub fn join(spec: &Spec, m: usize, inputs: &[Vec<MetricRow>], revision: u64) -> Vec<MetricRow> {
+    let plans = DerivedPlan::all(spec);
+    let Some((d, plan)) = plans.iter().enumerate().find(|(_, p)| p.metric == m) else { return Vec::new() };
+    join_batch(plan, d, inputs, revision, pulse_model::now_ms())
+}
+
+async fn rows_of(spec: &Spec, m: usize, ch: &ClickHouseConfig, sql: &str, from: i64, to: i64, revision: u64) -> Result<Vec<MetricRow>, BackfillError> {
+    let metric = &spec.metrics[m];
+    let domain = spec.metric_domain(metric);
     let mut cursor = ch
         .client()
-        .query_raw(&sql)
+        .query_raw(sql)
         .with_setting("output_format_json_quote_64bit_integers", "0")
         .param("from", from)
         .param("to", to)
@@ -96,7 +134,17 @@ pub async fn backfill(
     revision: u64,
 ) -> Result<usize, BackfillError> {
     let metric = &spec.metrics[m];
-    let rows = recompute(spec, m, ch, from, to, revision).await?;
+    let rows = match &metric.derived {
+        // A derived metric is rebuilt from what its inputs emitted (their tables keep longer than raw events).
+        Some(d) => {
+            let mut inputs = Vec::with_capacity(d.inputs.len());
+            for &i in &d.inputs {
+                inputs.push(stored_finals(spec, i, ch, from, to).await?);
+            }
+            join(spec, m, &inputs, revision)
+        }
+        None => recompute(spec, m, ch, from, to, revision).await?,
+    };
     if rows.is_empty() {
         return Ok(0);
     }

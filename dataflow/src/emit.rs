@@ -9,6 +9,7 @@ use std::sync::Arc;
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
 use pulse_model::value::FxHashMap;
 
+use crate::derived::InputRow;
 use crate::plan::{JobPlan, Readout};
 use crate::store::{Evaluated, MetricStore, StoreSize, WindowValues};
 use crate::types::{Delta, WM_START};
@@ -30,12 +31,34 @@ pub struct EmitterStats {
     pub state: Vec<StoreSize>,
 }
 
+/// Revision numbers of one emitting operator: each above every earlier one.
+#[derive(Debug, Clone)]
+pub struct Revisions {
+    last: u64,
+}
+
+impl Revisions {
+    /// Revisions continue above `floor`, the highest one already written.
+    pub fn new(floor: u64) -> Revisions {
+        Revisions { last: floor }
+    }
+
+    /// A revision above every earlier one: the wall clock in µs when it is
+    /// ahead (revisions then say when), else the next number.
+    pub fn next(&mut self, now_us: u64) -> u64 {
+        self.last = (self.last + 1).max(now_us);
+        self.last
+    }
+}
+
 pub struct Emitter {
     plan: Arc<JobPlan>,
     /// Group values per group id, with how many workers hold the group open.
     names: FxHashMap<u64, (i64, Vec<GroupValue>)>,
     stores: Vec<MetricStore>,
-    last_revision: u64,
+    revisions: Revisions,
+    /// Input windows of derived metrics handed in directly (a restart's seed), passed on.
+    forward: Vec<InputRow>,
     pub stats: EmitterStats,
 }
 
@@ -55,7 +78,7 @@ impl Emitter {
                 MetricStore::new(from_domain.max(metric_floor.get(i).copied().unwrap_or(WM_START)))
             })
             .collect();
-        Emitter { stores, names: FxHashMap::default(), last_revision: revision_floor, stats: EmitterStats::default(), plan }
+        Emitter { stores, names: FxHashMap::default(), revisions: Revisions::new(revision_floor), forward: Vec::new(), stats: EmitterStats::default(), plan }
     }
 
     /// Applies the changes of one epoch.
@@ -70,6 +93,7 @@ impl Emitter {
                         self.names.remove(&gid);
                     }
                 }
+                Delta::Input(r) => self.forward.push(r),
                 Delta::Pane(d) => {
                     let m = d.metric as usize;
                     if let (Some(plan), Some(store)) = (self.plan.metrics.get(m), self.stores.get_mut(m)) {
@@ -80,19 +104,19 @@ impl Emitter {
         }
     }
 
-    /// A revision above every earlier one: the wall clock in µs when it is
-    /// ahead (revisions then say when), else the next number.
     fn next_revision(&mut self, now_us: u64) -> u64 {
-        self.last_revision = (self.last_revision + 1).max(now_us);
-        self.last_revision
+        self.revisions.next(now_us)
     }
 
     /// Ends an epoch: closes the windows the closed watermarks (per domain) now
-    /// cover, emitting them as final, and emits every other changed window as a revision.
-    pub fn finish_epoch(&mut self, closed: &[i64], now_ms: i64, rows: &mut Vec<MetricRow>) {
+    /// cover, emitting them as final, and emits every other changed window as a
+    /// revision. What derived metrics read of them goes to `derived`.
+    pub fn finish_epoch(&mut self, closed: &[i64], now_ms: i64, rows: &mut Vec<MetricRow>, derived: &mut Vec<InputRow>) {
         let now_us = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
         let plan = Arc::clone(&self.plan);
+        derived.append(&mut self.forward);
         for (m, mp) in plan.metrics.iter().enumerate() {
+            let first_row = rows.len();
             let limit = closed.get(mp.domain).copied().unwrap_or(WM_START).saturating_sub(mp.lateness);
             let mut evaluated = Vec::new();
             self.stores[m].finish_epoch(mp, limit, &mut |e| evaluated.push(e));
@@ -119,6 +143,9 @@ impl Emitter {
                     self.stats.revisions += 1;
                 }
             }
+            for &(d, position) in &plan.feeds[m] {
+                derived.extend(rows[first_row..].iter().map(|r| plan.derived[d].input_row(d, position, r)));
+            }
         }
         self.stats.ignored = self.stores.iter().map(|s| s.ignored).sum();
         self.stats.open_windows = self.stores.iter().map(MetricStore::open_windows).sum();
@@ -140,7 +167,7 @@ impl Emitter {
                 Readout::Avg(s) => AggValue::Float(w.add.get(s).and_then(|a| (a.n > 0).then(|| a.sum.to_f64() / a.n as f64))),
                 Readout::Distinct(s) => AggValue::Count(w.distinct.get(s).map_or(0, |&n| n.max(0) as u64)),
                 Readout::Stat(s, p) => AggValue::Float(w.stats.get(s).and_then(|v| v.get(p)).copied().flatten()),
-                Readout::Ratio(..) => AggValue::Float(None),
+                Readout::Ratio(..) | Readout::Derived => AggValue::Float(None),
             }
         };
         let values = mp
@@ -198,13 +225,13 @@ mod tests {
             }),
         ]);
         let mut rows = Vec::new();
-        emitter.finish_epoch(&[WM_START, WM_START, WM_START], 1_000, &mut rows);
+        emitter.finish_epoch(&[WM_START, WM_START, WM_START], 1_000, &mut rows, &mut Vec::new());
         assert!(!rows.is_empty());
         assert!(rows.iter().all(|r| r.revision > floor && r.revision & FINAL_BIT == 0), "{:?}", rows.iter().map(|r| r.revision).collect::<Vec<_>>());
         // Closing them: finals carry the final bit over a revision still above the floor.
         let revisions: Vec<u64> = rows.iter().map(|r| r.revision).collect();
         rows.clear();
-        emitter.finish_epoch(&[i64::MAX / 4; 3], 2_000, &mut rows);
+        emitter.finish_epoch(&[i64::MAX / 4; 3], 2_000, &mut rows, &mut Vec::new());
         assert!(rows.iter().all(|r| r.is_final && (r.revision & !FINAL_BIT) > revisions.iter().copied().max().unwrap_or(0)));
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! deltas  (pane changes, group names) ── exchange(group) ──┐
-//!                                                          ├─ emitter (window store) ─ probe
-//! reports (per-worker watermark reports) ── broadcast ─────┘
+//!                                                          ├─ emitter (window store) ── exchange(join key) ──┐
+//! reports (per-worker watermark reports) ── broadcast ─────┤                                                 ├─ derived (join) ─ probe
+//!                                                          └─────────────────────────────────────────────────┘
 //! durable (empty input; its frontier says "my outputs are durable through t") ─ durable probe
 //! ```
 //!
-//! Both operators are timely's: ingestion pre-aggregates an epoch's events per
-//! pane on the worker that read them, and the emitter keeps each pane once and
-//! re-evaluates only the windows an epoch changed (see `store`).
+//! The operators are timely's: ingestion pre-aggregates an epoch's events per
+//! pane on the worker that read them, the emitter keeps each pane once and
+//! re-evaluates only the windows an epoch changed (see `store`), and the
+//! derived stage joins the windows of derived metrics' inputs (see `derived`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,7 +27,8 @@ use timely::dataflow::operators::probe::{Handle as ProbeHandle, Probe};
 use timely::dataflow::operators::vec::broadcast::Broadcast;
 use timely::worker::Worker;
 
-use crate::emit::{Emitter, EmitterStats};
+use crate::derived::{DerivedStore, InputRow};
+use crate::emit::{Emitter, EmitterStats, Revisions};
 use crate::plan::JobPlan;
 use crate::state::Updates;
 use crate::types::{Delta, NamedValue, PaneDelta, WmReport};
@@ -39,6 +42,10 @@ pub struct Shared {
     pub clock: GlobalClock,
     /// Last epoch the emitter completed.
     pub completed: Option<u64>,
+    /// The closed watermarks as of each epoch the emitter completed and the
+    /// driver has not taken yet: the probe passes an epoch only once the
+    /// derived stage completed it too, by which time the emitter may be ahead.
+    pub closed_at: std::collections::VecDeque<(u64, Vec<i64>)>,
     pub emitter_stats: EmitterStats,
 }
 
@@ -93,6 +100,7 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
         rows: Vec::new(),
         clock: GlobalClock::new(peers, domains, start),
         completed: None,
+        closed_at: std::collections::VecDeque::new(),
         emitter_stats: EmitterStats::default(),
     }));
     let probe = ProbeHandle::new();
@@ -107,20 +115,95 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
         let reports = reports.broadcast();
 
         let mut emitter = emitter;
-        deltas
+        let inputs = deltas.binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<InputRow>>, _, _, _, _>(
+            reports.clone(),
+            Exchange::new(|x: &Delta| x.gid()),
+            Pipeline,
+            "Emitter",
+            move |_capability, _info| {
+                let mut derived_out: Vec<InputRow> = Vec::new();
+                let mut pending: BTreeMap<u64, Vec<Delta>> = BTreeMap::new();
+                let mut pending_reports: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
+                // Held at the oldest pending epoch, so that the probe passes an epoch
+                // only after the emitter completed it.
+                let mut held: Option<timely::dataflow::operators::Capability<u64>> = None;
+                move |(changes, frontier1), (reports, frontier2), output| {
+                    changes.for_each(|cap, data| {
+                        if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
+                            held = cap.retain_least(0);
+                        }
+                        if let Some(t) = cap.least() {
+                            pending.entry(*t).or_default().append(data);
+                        }
+                    });
+                    reports.for_each(|cap, data| {
+                        if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
+                            held = cap.retain_least(0);
+                        }
+                        for r in data.drain(..) {
+                            pending_reports.entry(r.epoch).or_default().push(r);
+                        }
+                    });
+                    let ready = |t: &u64| !frontier1.less_equal(t) && !frontier2.less_equal(t);
+                    let mut times: Vec<u64> = pending.keys().chain(pending_reports.keys()).copied().filter(|t| ready(t)).collect();
+                    times.sort_unstable();
+                    times.dedup();
+                    if !times.is_empty() {
+                        let now_ms = now_ms();
+                        let mut shared = emitter_shared.borrow_mut();
+                        for t in times {
+                            if let Some(changes) = pending.remove(&t) {
+                                emitter.apply(changes);
+                            }
+                            let reports = pending_reports.remove(&t).unwrap_or_default();
+                            shared.clock.complete_epoch(t, reports);
+                            let closed = shared.clock.closed_all().to_vec();
+                            let mut rows = Vec::new();
+                            emitter.finish_epoch(&closed, now_ms, &mut rows, &mut derived_out);
+                            shared.closed_at.push_back((t, closed));
+                            shared.rows.extend(rows.into_iter().map(|r| (t, r)));
+                            shared.completed = Some(t);
+                            if !derived_out.is_empty()
+                                && let Some(h) = held.as_ref()
+                            {
+                                output.session(&h.delayed(&t)).give_container(&mut derived_out);
+                            }
+                        }
+                        emitter.measure();
+                        shared.emitter_stats = emitter.stats.clone();
+                    }
+                    // Hold only what is still pending.
+                    let oldest = pending.keys().chain(pending_reports.keys()).min().copied();
+                    match (oldest, held.as_mut()) {
+                        (Some(t), Some(h)) if *h.time() < t => h.downgrade(&t),
+                        (None, _) => held = None,
+                        _ => {}
+                    }
+                }
+            },
+        );
+        let derived_plan = Arc::clone(&plan);
+        let derived_shared = Rc::clone(&shared);
+        let mut clock = GlobalClock::new(peers, domains, start);
+        // Each input metric's closed limit as its store computes it; a derived
+        // metric's is the smallest of its inputs' (and never below its own floor).
+        let floor = |m: usize| metric_floor.get(m).copied().unwrap_or(crate::types::WM_START);
+        let input_floor: Vec<i64> = (0..plan.metrics.len()).map(floor).collect();
+        let mut stores: Vec<DerivedStore> =
+            plan.derived.iter().map(|d| DerivedStore::new(floor(d.metric).max(crate::derived::limit(d, |m| input_floor[m])))).collect();
+        let mut revisions = Revisions::new(revision_floor);
+        inputs
             .binary_frontier::<_, timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
                 reports,
-                Exchange::new(|x: &Delta| x.gid()),
+                Exchange::new(|r: &InputRow| r.key),
                 Pipeline,
-                "Emitter",
+                "Derived",
                 move |_capability, _info| {
-                    let mut pending: BTreeMap<u64, Vec<Delta>> = BTreeMap::new();
+                    let mut pending: BTreeMap<u64, Vec<InputRow>> = BTreeMap::new();
                     let mut pending_reports: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
-                    // Held at the oldest pending epoch, so that the probe passes an epoch
-                    // only after the emitter completed it.
                     let mut held: Option<timely::dataflow::operators::Capability<u64>> = None;
-                    move |(changes, frontier1), (reports, frontier2), _output| {
-                        changes.for_each(|cap, data| {
+                    move |(rows, frontier1), (reports, frontier2), _output| {
+                        rows.for_each(|cap, data| {
                             if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
                                 held = cap.retain_least(0);
                             }
@@ -140,25 +223,27 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
                         let mut times: Vec<u64> = pending.keys().chain(pending_reports.keys()).copied().filter(|t| ready(t)).collect();
                         times.sort_unstable();
                         times.dedup();
-                        if !times.is_empty() {
-                            let now_ms = now_ms();
-                            let mut shared = emitter_shared.borrow_mut();
-                            for t in times {
-                                if let Some(changes) = pending.remove(&t) {
-                                    emitter.apply(changes);
+                        let now_ms = now_ms();
+                        for t in times {
+                            for r in pending.remove(&t).unwrap_or_default() {
+                                if let (Some(d), Some(store)) = (derived_plan.derived.get(usize::from(r.derived)), stores.get_mut(usize::from(r.derived))) {
+                                    store.apply(d, r);
                                 }
-                                let reports = pending_reports.remove(&t).unwrap_or_default();
-                                shared.clock.complete_epoch(t, reports);
-                                let closed = shared.clock.closed_all().to_vec();
-                                let mut rows = Vec::new();
-                                emitter.finish_epoch(&closed, now_ms, &mut rows);
-                                shared.rows.extend(rows.into_iter().map(|r| (t, r)));
-                                shared.completed = Some(t);
                             }
-                            emitter.measure();
-                            shared.emitter_stats = emitter.stats.clone();
+                            clock.complete_epoch(t, pending_reports.remove(&t).unwrap_or_default());
+                            let closed = clock.closed_all();
+                            let input_limit = |m: usize| {
+                                let mp = &derived_plan.metrics[m];
+                                closed.get(mp.domain).copied().unwrap_or(crate::types::WM_START).saturating_sub(mp.lateness).max(input_floor[m])
+                            };
+                            let mut rows = Vec::new();
+                            for (d, store) in derived_plan.derived.iter().zip(&mut stores) {
+                                store.finish_epoch(d, crate::derived::limit(d, input_limit), &mut revisions, now_ms, &mut rows);
+                            }
+                            if !rows.is_empty() {
+                                derived_shared.borrow_mut().rows.extend(rows.into_iter().map(|r| (t, r)));
+                            }
                         }
-                        // Hold only what is still pending.
                         let oldest = pending.keys().chain(pending_reports.keys()).min().copied();
                         match (oldest, held.as_mut()) {
                             (Some(t), Some(h)) if *h.time() < t => h.downgrade(&t),

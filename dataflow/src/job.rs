@@ -103,6 +103,9 @@ pub struct WorkerConfig {
     pub revision_floor: u64,
     /// Per metric (or empty): windows ending at or below this are already final.
     pub metric_floor: Vec<i64>,
+    /// Finals of input windows that derived metrics have not closed yet
+    /// (windows an input closed before a restart): worker 0 hands them in.
+    pub derived_seed: Arc<Vec<crate::derived::InputRow>>,
     pub max_poll: usize,
 }
 
@@ -117,6 +120,7 @@ impl WorkerConfig {
             start: Vec::new(),
             revision_floor: 0,
             metric_floor: Vec::new(),
+            derived_seed: Arc::default(),
             max_poll: 5_000,
         }
     }
@@ -148,6 +152,9 @@ pub struct WorkerSummary {
     /// Window state at its largest (bytes), and the events it held then.
     pub peak_state_bytes: u64,
     pub peak_open_events: u64,
+    /// Open windows then, and the bytes of sketches (`hll`, `ddsketch`) among the state's.
+    pub peak_open_windows: u64,
+    pub peak_sketch_bytes: u64,
 }
 
 /// Runs one worker until its source ends (and every window is closed and
@@ -181,6 +188,11 @@ pub fn run_worker(
     let mut epoch: u64 = if replay { 1 } else { epoch_of() };
     let first_epoch = epoch;
     graph.advance_to(epoch);
+    if index == 0 {
+        for r in cfg.derived_seed.iter() {
+            graph.deltas.send(crate::types::Delta::Input(r.clone()));
+        }
+    }
     let mut in_epoch = 0usize;
     let mut adopted = true;
     let mut ended = false;
@@ -342,7 +354,13 @@ pub fn run_worker(
             let (rows, closed, stats) = {
                 let mut shared = graph.shared.borrow_mut();
                 let rows: Vec<MetricRow> = std::mem::take(&mut shared.rows).into_iter().map(|(_, r)| r).collect();
-                (rows, shared.clock.closed_all().to_vec(), shared.emitter_stats.clone())
+                // The closed watermarks of the completed epoch (the emitter may have completed later ones).
+                let mut closed = None;
+                while shared.closed_at.front().is_some_and(|(t, _)| *t <= completed) {
+                    closed = shared.closed_at.pop_front().map(|(_, c)| c);
+                }
+                let closed = closed.unwrap_or_else(|| shared.clock.closed_all().to_vec());
+                (rows, closed, shared.emitter_stats.clone())
             };
             let mut dead = Vec::new();
             while dead_by_epoch.front().is_some_and(|(e, _)| *e <= completed) {
@@ -356,6 +374,8 @@ pub fn run_worker(
             if bytes as u64 > summary.peak_state_bytes {
                 summary.peak_state_bytes = bytes as u64;
                 summary.peak_open_events = stats.state.iter().map(|s| s.events).sum();
+                summary.peak_open_windows = stats.state.iter().map(|s| s.windows as u64).sum();
+                summary.peak_sketch_bytes = stats.state.iter().map(|s| s.sketch_bytes as u64).sum();
             }
             metrics.observe_emitter(&stats, &spec.metrics, index);
             sink.send(completed, rows, dead);

@@ -12,9 +12,12 @@
 
 pub mod alerts;
 pub mod backfill;
+pub mod ddsketch;
+pub mod derived;
 pub mod distinct;
 pub mod emit;
 pub mod graph;
+pub mod hll;
 pub mod job;
 pub mod kafka;
 pub mod lease;

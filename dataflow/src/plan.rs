@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use pulse_model::metric_row::GroupValue;
-use pulse_model::spec::{AggKind, Domain, FieldType, Filter, Literal, Metric, Spec};
+use pulse_model::spec::{AggKind, AggMethod, Domain, FieldType, Filter, Literal, Metric, Spec};
 use pulse_model::{Event, Value, Windows};
+
+use crate::derived::DerivedPlan;
 
 /// An additive accumulator: a (filtered) count, or a (filtered) sum with its count.
 #[derive(Debug, Clone)]
@@ -21,6 +23,9 @@ pub struct AddSlot {
 pub struct DistinctSlot {
     pub field: usize,
     pub filter: Option<CompiledFilter>,
+    /// `Some(precision)`: a HyperLogLog sketch per pane (see `hll`) instead
+    /// of exact presence (see `distinct`).
+    pub hll: Option<u8>,
 }
 
 /// A multiset of numbers for order statistics (quantiles, min, max); aggregates
@@ -31,6 +36,9 @@ pub struct MultisetSlot {
     pub filter: Option<CompiledFilter>,
     /// (aggregate index, statistic) computed from this multiset.
     pub stats: Vec<(usize, Stat)>,
+    /// `Some(relative accuracy)`: a DDSketch per pane (see `ddsketch`) instead
+    /// of the exact numbers; only sketch quantiles of that accuracy share it.
+    pub sketch: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +59,8 @@ pub enum Readout {
     /// (multiset slot, position in its stats)
     Stat(usize, usize),
     Ratio(usize, usize),
+    /// A derived metric's aggregate (its windows are joined, not kept in panes; see `derived`).
+    Derived,
 }
 
 #[derive(Debug, Clone)]
@@ -148,14 +158,25 @@ impl MetricPlan {
                 AggKind::Sum(f) => Readout::Sum(plan.add_slot(Some(f), filter)),
                 AggKind::Avg(f) => Readout::Avg(plan.add_slot(Some(f), filter)),
                 AggKind::CountDistinct(f) => {
-                    plan.distinct.push(DistinctSlot { field: f, filter });
+                    let hll = match agg.method {
+                        AggMethod::Hll { precision } => Some(precision),
+                        _ => None,
+                    };
+                    plan.distinct.push(DistinctSlot { field: f, filter, hll });
                     Readout::Distinct(plan.distinct.len() - 1)
                 }
-                AggKind::Quantile(f, q) => plan.stat_slot(f, filter, ai, Stat::Quantile(q)),
-                AggKind::Min(f) => plan.stat_slot(f, filter, ai, Stat::Min),
-                AggKind::Max(f) => plan.stat_slot(f, filter, ai, Stat::Max),
+                AggKind::Quantile(f, q) => {
+                    let sketch = match agg.method {
+                        AggMethod::DdSketch { relative_accuracy } => Some(relative_accuracy),
+                        _ => None,
+                    };
+                    plan.stat_slot(f, filter, ai, Stat::Quantile(q), sketch)
+                }
+                AggKind::Min(f) => plan.stat_slot(f, filter, ai, Stat::Min, None),
+                AggKind::Max(f) => plan.stat_slot(f, filter, ai, Stat::Max, None),
                 // Resolved below, once every aggregate has its slot.
                 AggKind::Ratio(..) => Readout::Ratio(usize::MAX, usize::MAX),
+                AggKind::Expr(_) => Readout::Derived,
             };
             plan.outputs.push(out);
         }
@@ -172,12 +193,14 @@ impl MetricPlan {
         self.add.len() - 1
     }
 
-    fn stat_slot(&mut self, field: usize, filter: Option<CompiledFilter>, agg: usize, stat: Stat) -> Readout {
-        let same = |m: &MultisetSlot| m.field == field && format!("{:?}", m.filter) == format!("{filter:?}");
+    fn stat_slot(&mut self, field: usize, filter: Option<CompiledFilter>, agg: usize, stat: Stat, sketch: Option<f64>) -> Readout {
+        // Exact statistics share the exact numbers; a sketch is shared only by
+        // sketch quantiles of the same accuracy.
+        let same = |m: &MultisetSlot| m.field == field && m.sketch == sketch && format!("{:?}", m.filter) == format!("{filter:?}");
         let slot = match self.multisets.iter().position(same) {
             Some(s) => s,
             None => {
-                self.multisets.push(MultisetSlot { field, filter, stats: Vec::new() });
+                self.multisets.push(MultisetSlot { field, filter, stats: Vec::new(), sketch });
                 self.multisets.len() - 1
             }
         };
@@ -203,23 +226,7 @@ impl MetricPlan {
 
     /// A stable 64-bit id of (metric, group values): the same in every process.
     pub fn group_id(&self, values: &[GroupValue]) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.index as u64);
-        for v in values {
-            match v {
-                GroupValue::Str(s) => {
-                    h.update(&[1]);
-                    h.update(s.as_bytes());
-                    h.update(&[0xff]);
-                }
-                GroupValue::Int(i) => {
-                    h.update(&[2]);
-                    h.update(&i.to_le_bytes());
-                }
-                GroupValue::Bool(b) => h.update(&[3, u8::from(*b)]),
-                GroupValue::Null => h.update(&[4]),
-            }
-        }
-        h.digest()
+        hash_group(self.index as u64, values)
     }
 
     /// Additive contributions of one event: (count, sum) per add slot; `None` when it adds nothing.
@@ -264,22 +271,55 @@ impl MetricPlan {
     }
 }
 
+/// A stable 64-bit hash of group values under `seed`: the same in every process.
+pub fn hash_group(seed: u64, values: &[GroupValue]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+    for v in values {
+        match v {
+            GroupValue::Str(s) => {
+                h.update(&[1]);
+                h.update(s.as_bytes());
+                h.update(&[0xff]);
+            }
+            GroupValue::Int(i) => {
+                h.update(&[2]);
+                h.update(&i.to_le_bytes());
+            }
+            GroupValue::Bool(b) => h.update(&[3, u8::from(*b)]),
+            GroupValue::Null => h.update(&[4]),
+        }
+    }
+    h.digest()
+}
+
 /// Every metric of the spec, grouped by the domain it reads.
 #[derive(Debug, Clone)]
 pub struct JobPlan {
     pub metrics: Vec<MetricPlan>,
-    /// Metric indexes per domain index.
+    /// Metric indexes per domain index (derived metrics read no domain).
     pub by_domain: Vec<Vec<usize>>,
+    pub derived: Vec<DerivedPlan>,
+    /// Per metric: the derived metrics it feeds, as (index in `derived`, input position).
+    pub feeds: Vec<Vec<(usize, usize)>>,
 }
 
 impl JobPlan {
     pub fn new(spec: &Spec) -> JobPlan {
         let metrics: Vec<MetricPlan> = spec.metrics.iter().enumerate().map(|(i, m)| MetricPlan::new(spec, i, m)).collect();
         let mut by_domain = vec![Vec::new(); spec.domains.len()];
-        for m in &metrics {
-            by_domain[m.domain].push(m.index);
+        for (m, metric) in metrics.iter().zip(&spec.metrics) {
+            if !metric.is_derived() {
+                by_domain[m.domain].push(m.index);
+            }
         }
-        JobPlan { metrics, by_domain }
+        let derived = DerivedPlan::all(spec);
+        let mut feeds = vec![Vec::new(); metrics.len()];
+        for (d, plan) in derived.iter().enumerate() {
+            for (position, &input) in plan.inputs.iter().enumerate() {
+                feeds[input].push((d, position));
+            }
+        }
+        JobPlan { metrics, by_domain, derived, feeds }
     }
 
     /// Largest window + lateness over a domain's metrics: how long an event can matter.
@@ -305,5 +345,34 @@ mod tests {
         assert_eq!(ev.multisets.len(), 1, "p50/p95/p99 share one multiset");
         assert_eq!(ev.multisets[0].stats.len(), 3);
         assert_eq!(plan.by_domain, vec![vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn sketches_get_slots_of_their_own() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let text = std::fs::read_to_string(&path).expect("spec");
+        let text = text
+            .replace(
+                r#"{ name = "p50_latency_ms", fn = "quantile", field = "latency_ms", q = 0.5 }"#,
+                r#"{ name = "p50_latency_ms", fn = "quantile", field = "latency_ms", q = 0.5, method = "ddsketch" }"#,
+            )
+            .replace(
+                r#"{ name = "p99_latency_ms", fn = "quantile", field = "latency_ms", q = 0.99 }"#,
+                r#"{ name = "p99_latency_ms", fn = "quantile", field = "latency_ms", q = 0.99, method = "ddsketch" }"#,
+            )
+            .replace(
+                r#"{ name = "unique_riders", fn = "count_distinct", field = "user_id" }"#,
+                r#"{ name = "unique_riders", fn = "count_distinct", field = "user_id", method = "hll", precision = 12 }"#,
+            );
+        let spec = Spec::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let plan = JobPlan::new(&spec);
+        assert_eq!(plan.metrics[0].distinct[0].hll, Some(12));
+        let ev = &plan.metrics[2];
+        assert_eq!(ev.multisets.len(), 2, "p95 exact alone; p50 and p99 share one sketch");
+        let sketch = ev.multisets.iter().find(|m| m.sketch.is_some()).expect("a sketch slot");
+        assert_eq!(sketch.sketch, Some(0.01));
+        assert_eq!(sketch.stats.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [Stat::Quantile(0.5), Stat::Quantile(0.99)]);
+        let exact = ev.multisets.iter().find(|m| m.sketch.is_none()).expect("an exact slot");
+        assert_eq!(exact.stats.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [Stat::Quantile(0.95)]);
     }
 }

@@ -34,7 +34,13 @@ pub async fn load(client: &clickhouse::Client, database: &str, group: &str, spec
 /// What a metric's definition is, for its progress: everything that decides
 /// its windows' values (not its lateness, retention or group cap).
 pub fn fingerprint(spec: &Spec, m: &pulse_model::Metric) -> String {
-    let canonical = format!("{}|{:?}|{}|{}|{:?}", spec.metric_domain(m).name, m.group_by, m.window.ms(), m.slide.ms(), m.aggregates);
+    let mut canonical = format!("{}|{:?}|{}|{}|{:?}", spec.metric_domain(m).name, m.group_by, m.window.ms(), m.slide.ms(), m.aggregates);
+    if let Some(d) = &m.derived {
+        // What its inputs compute decides its values too.
+        for &i in &d.inputs {
+            canonical.push_str(&format!("|{}={}", spec.metrics[i].name, fingerprint(spec, &spec.metrics[i])));
+        }
+    }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()))
 }
 
@@ -59,21 +65,42 @@ pub enum MetricStart {
 /// every metric from its domain.
 pub async fn metric_starts(client: &clickhouse::Client, database: &str, group: &str, spec: &Spec) -> Result<Vec<MetricStart>, clickhouse::error::Error> {
     let rows = rows(client, database, group).await?;
+    Ok(starts_from(spec, &rows))
+}
+
+fn starts_from(spec: &Spec, rows: &[(String, i64)]) -> Vec<MetricStart> {
     let any_metric_row = rows.iter().any(|(k, _)| k.starts_with("metric/"));
-    Ok(spec
-        .metrics
-        .iter()
-        .map(|m| {
-            let domain = rows.iter().find(|(k, _)| *k == spec.metric_domain(m).name).map(|(_, c)| c.saturating_sub(m.lateness.ms()));
-            let own = rows.iter().find(|(k, _)| *k == metric_key(spec, m)).map(|(_, c)| *c);
-            match (domain, own) {
-                (None, _) => MetricStart::Fresh,
-                (Some(d), Some(o)) => MetricStart::Resume(o.max(d)),
-                (Some(d), None) if !any_metric_row => MetricStart::Resume(d),
-                (Some(d), None) => MetricStart::Rebuild(d),
+    let mut starts: Vec<MetricStart> = Vec::with_capacity(spec.metrics.len());
+    for m in &spec.metrics {
+        let own = rows.iter().find(|(k, _)| *k == metric_key(spec, m)).map(|(_, c)| *c);
+        let start = match &m.derived {
+            // Inputs come first in the spec. A derived metric resumes from its own
+            // row; without one it is rebuilt up to where its slowest input got.
+            Some(d) => {
+                let inputs: Vec<MetricStart> = d.inputs.iter().map(|&i| starts[i]).collect();
+                let reached = inputs.iter().map(|s| match *s {
+                    MetricStart::Fresh => None,
+                    MetricStart::Resume(c) | MetricStart::Rebuild(c) => Some(c),
+                });
+                match (reached.collect::<Option<Vec<i64>>>().and_then(|r| r.into_iter().min()), own) {
+                    (None, _) => MetricStart::Fresh,
+                    (Some(_), Some(o)) => MetricStart::Resume(o),
+                    (Some(r), None) => MetricStart::Rebuild(r),
+                }
             }
-        })
-        .collect())
+            None => {
+                let domain = rows.iter().find(|(k, _)| *k == spec.metric_domain(m).name).map(|(_, c)| c.saturating_sub(m.lateness.ms()));
+                match (domain, own) {
+                    (None, _) => MetricStart::Fresh,
+                    (Some(d), Some(o)) => MetricStart::Resume(o.max(d)),
+                    (Some(d), None) if !any_metric_row => MetricStart::Resume(d),
+                    (Some(d), None) => MetricStart::Rebuild(d),
+                }
+            }
+        };
+        starts.push(start);
+    }
+    starts
 }
 
 /// The highest revision (final bit aside) any row of the spec's metric tables
@@ -91,6 +118,8 @@ pub async fn revision_floor(client: &clickhouse::Client, database: &str, spec: &
 /// Decides when a progress row is due and encodes it.
 pub struct Progress {
     group: String,
+    /// Per derived metric: its progress key and its inputs' (domain, lateness).
+    derived: Vec<(String, Vec<(usize, i64)>)>,
     /// Per domain: (progress key, lateness) of each of its metrics.
     metric_keys: Vec<Vec<(String, i64)>>,
     /// Per domain: (lateness, window size, slide) of each of its metrics.
@@ -103,12 +132,22 @@ pub struct Progress {
 impl Progress {
     pub fn new(spec: &Spec, group: &str) -> Progress {
         let shapes = (0..spec.domains.len())
-            .map(|d| spec.metrics.iter().filter(|m| m.domain == d).map(|m| (m.lateness.ms(), m.window.ms(), m.slide.ms().max(1))).collect())
+            .map(|d| spec.metrics.iter().filter(|m| m.domain == d && !m.is_derived()).map(|m| (m.lateness.ms(), m.window.ms(), m.slide.ms().max(1))).collect())
             .collect();
-        let metric_keys =
-            (0..spec.domains.len()).map(|d| spec.metrics.iter().filter(|m| m.domain == d).map(|m| (metric_key(spec, m), m.lateness.ms())).collect()).collect();
+        let metric_keys = (0..spec.domains.len())
+            .map(|d| spec.metrics.iter().filter(|m| m.domain == d && !m.is_derived()).map(|m| (metric_key(spec, m), m.lateness.ms())).collect())
+            .collect();
+        let derived = spec
+            .metrics
+            .iter()
+            .filter_map(|m| {
+                let d = m.derived.as_ref()?;
+                Some((metric_key(spec, m), d.inputs.iter().map(|&i| (spec.metrics[i].domain, spec.metrics[i].lateness.ms())).collect()))
+            })
+            .collect();
         Progress {
             group: group.to_string(),
+            derived,
             metric_keys,
             shapes,
             names: spec.domains.iter().map(|d| d.name.clone()).collect(),
@@ -138,6 +177,16 @@ impl Progress {
                 }
                 due.rows += 1 + self.metric_keys[d].len();
                 due.marks.push((d, f));
+            }
+        }
+        if !due.marks.is_empty() {
+            // A derived metric's windows close when its slowest input's do.
+            for (key, inputs) in &self.derived {
+                let closed_below = inputs.iter().map(|&(d, lateness)| closed.get(d).copied().unwrap_or(i64::MIN).saturating_sub(lateness)).min();
+                if let Some(c) = closed_below {
+                    encode_progress(&self.group, key, c, now_ms, &mut due.body);
+                    due.rows += 1;
+                }
             }
         }
         (!due.marks.is_empty()).then_some(due)
@@ -189,5 +238,22 @@ mod tests {
         p.written(due);
         assert!(p.due(&[t + 89_999, WM_START, WM_START], t).is_none(), "no window end crossed");
         assert!(p.due(&[t + 90_000, WM_START, WM_START], t).is_some(), "the window ending at t + 60 s closes at t + 90 s");
+    }
+
+    #[test]
+    fn a_changed_method_changes_the_fingerprint() {
+        use pulse_model::spec::AggMethod;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
+        let mut spec = Spec::load(&path).expect("spec");
+        let m = spec.metrics.iter().position(|x| x.name == "city_metrics").expect("city_metrics");
+        let a = spec.metrics[m].aggregate_index("unique_riders").expect("unique_riders");
+        let exact = fingerprint(&spec, &spec.metrics[m]);
+        spec.metrics[m].aggregates[a].method = AggMethod::Hll { precision: 14 };
+        let hll14 = fingerprint(&spec, &spec.metrics[m]);
+        spec.metrics[m].aggregates[a].method = AggMethod::Hll { precision: 12 };
+        let hll12 = fingerprint(&spec, &spec.metrics[m]);
+        spec.metrics[m].aggregates[a].method = AggMethod::Exact;
+        assert_eq!(fingerprint(&spec, &spec.metrics[m]), exact);
+        assert!(exact != hll14 && hll14 != hll12 && exact != hll12);
     }
 }

@@ -215,6 +215,9 @@ pub struct StateSize {
     pub bytes: u64,
     /// Events held in open panes, counted once per metric.
     pub open_events: u64,
+    /// Open windows (over every metric), and the bytes of sketches among `bytes`.
+    pub open_windows: u64,
+    pub sketch_bytes: u64,
 }
 
 impl ReplayResult {
@@ -265,6 +268,8 @@ pub fn run(spec: Arc<Spec>, input: ReplayInput, workers: usize, epoch_records: u
     for (summary, sink) in collected {
         result.peak_state.bytes += summary.peak_state_bytes;
         result.peak_state.open_events += summary.peak_open_events;
+        result.peak_state.open_windows += summary.peak_open_windows;
+        result.peak_state.sketch_bytes += summary.peak_sketch_bytes;
         result.workers.push(summary);
         result.rows.extend(sink.rows);
         result.dead.extend(sink.dead);

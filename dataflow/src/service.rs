@@ -226,6 +226,7 @@ pub fn run(
         };
         metric_floor.push(floor);
     }
+    let derived_seed = Arc::new(derived_start(&spec, clickhouse, &output, rebuilds_here, revision_floor, &mut metric_floor, rt)?);
     // The workers poll this flag; the shutdown signal sets it.
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -278,6 +279,7 @@ pub fn run(
         wcfg.start = start;
         wcfg.revision_floor = revision_floor;
         wcfg.metric_floor = metric_floor.clone();
+        wcfg.derived_seed = Arc::clone(&derived_seed);
         if let Some(e) = emit_interval {
             wcfg.emit_interval = e;
         }
@@ -306,6 +308,61 @@ pub fn run(
     }
     let out = summaries.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(out)
+}
+
+/// Where each derived metric starts. Windows every input closed are final:
+/// those its own progress does not cover yet are rebuilt from the inputs'
+/// stored finals (process 0 writes them). Windows only some inputs closed get
+/// those inputs' stored finals as the join's seed (returned); the others'
+/// windows come again from their rebuilt stores.
+fn derived_start(
+    spec: &Spec,
+    clickhouse: &ClickHouseConfig,
+    output: &Output,
+    rebuilds_here: bool,
+    revision_floor: u64,
+    metric_floor: &mut [i64],
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<crate::derived::InputRow>, DataflowError> {
+    let mut seed = Vec::new();
+    for (d, plan) in crate::derived::DerivedPlan::all(spec).iter().enumerate() {
+        let size = plan.size;
+        let all_closed = crate::derived::limit(plan, |m| metric_floor[m]);
+        let own = metric_floor[plan.metric];
+        if own <= crate::types::WM_START || all_closed <= crate::types::WM_START {
+            continue;
+        }
+        if own < all_closed {
+            if rebuilds_here {
+                let range = (own.saturating_sub(size).saturating_add(1), all_closed.saturating_sub(size).saturating_add(1));
+                let written = rt
+                    .block_on(crate::backfill::backfill(
+                        spec,
+                        plan.metric,
+                        clickhouse,
+                        &output.writer,
+                        Some(&output.producer),
+                        range,
+                        revision_floor.saturating_add(1),
+                    ))
+                    .map_err(DataflowError::Rebuild)?;
+                tracing::info!(metric = %spec.metrics[plan.metric].name, windows = written, "windows every input closed: rebuilt from the inputs' finals");
+            }
+            metric_floor[plan.metric] = all_closed;
+        }
+        let own = metric_floor[plan.metric];
+        for (position, &input) in plan.inputs.iter().enumerate() {
+            let reached = metric_floor[input];
+            if reached <= own {
+                continue;
+            }
+            let (from, to) = (own.saturating_sub(size).saturating_add(1), reached.saturating_sub(size).saturating_add(1));
+            let rows = rt.block_on(crate::backfill::stored_finals(spec, input, clickhouse, from, to)).map_err(DataflowError::Rebuild)?;
+            tracing::info!(metric = %spec.metrics[plan.metric].name, input = %spec.metrics[input].name, windows = rows.len(), "seeding the join with the input's finals");
+            seed.extend(rows.iter().map(|r| plan.input_row(d, position, r)));
+        }
+    }
+    Ok(seed)
 }
 
 /// In cluster mode, a process that loses a peer (it died, or its connection

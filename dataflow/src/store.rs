@@ -2,7 +2,9 @@
 //!
 //! Every event's contribution is kept once, in its slide-sized pane (as
 //! Flink's sliced windows do): additive accumulators, the numbers of order
-//! statistics (see `multiset`) and distinct-value presence (see `distinct`).
+//! statistics (see `multiset`) and distinct-value presence (see `distinct`),
+//! or, for the aggregates that ask for it, a sketch per pane (`hll`,
+//! `ddsketch`) whose window value is the merge of its panes' sketches.
 //! A window is the merge of its panes, computed when it changed, never copied:
 //!
 //! - a pane change marks the open windows holding the pane dirty (a list, so
@@ -17,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::value::FxHashMap;
 
+use crate::ddsketch::{self, DdSketch, Mapping};
 use crate::distinct::{PaneIdx, Presence, Transition, pane_diff};
+use crate::hll::{self, Hll};
 use crate::multiset::{self, PaneValues};
 use crate::plan::MetricPlan;
 use crate::types::{Acc, PaneDelta};
@@ -28,12 +32,40 @@ struct Pane {
     events: i64,
     add: Vec<Acc>,
     values: Vec<PaneValues>,
+    /// Per distinct slot, the HyperLogLog of an `hll` slot (empty when the metric has none).
+    hll: Vec<Option<Hll>>,
+    /// Per multiset slot, the DDSketch of a `ddsketch` slot (empty when the metric has none).
+    sketches: Vec<Option<DdSketch>>,
 }
 
 impl Pane {
     fn new(plan: &MetricPlan) -> Pane {
-        Pane { events: 0, add: vec![Acc::ZERO; plan.add.len()], values: vec![PaneValues::default(); plan.multisets.len()] }
+        let hll = if plan.distinct.iter().any(|d| d.hll.is_some()) { plan.distinct.iter().map(|d| d.hll.map(Hll::new)).collect() } else { Vec::new() };
+        let sketches = if plan.multisets.iter().any(|m| m.sketch.is_some()) {
+            plan.multisets.iter().map(|m| m.sketch.map(|a| DdSketch::new(Mapping::new(a)))).collect()
+        } else {
+            Vec::new()
+        };
+        Pane { events: 0, add: vec![Acc::ZERO; plan.add.len()], values: vec![PaneValues::default(); plan.multisets.len()], hll, sketches }
     }
+
+    /// Bytes of its sketches (structs and contents).
+    fn sketch_bytes(&self) -> usize {
+        self.hll.capacity() * std::mem::size_of::<Option<Hll>>()
+            + self.hll.iter().flatten().map(Hll::heap_bytes).sum::<usize>()
+            + self.sketches.capacity() * std::mem::size_of::<Option<DdSketch>>()
+            + self.sketches.iter().flatten().map(DdSketch::heap_bytes).sum::<usize>()
+    }
+}
+
+/// Reusable buffers for evaluating windows.
+#[derive(Debug, Default)]
+struct Scratch {
+    stats: Vec<Option<f64>>,
+    hll: hll::Scratch,
+    dd: ddsketch::Scratch,
+    /// Register words of one `hll` slot of a pane delta.
+    words: Vec<u32>,
 }
 
 /// What the store keeps of an open window beyond its panes.
@@ -85,7 +117,7 @@ pub struct MetricStore {
     closed_below: i64,
     /// Pane deltas that arrived for panes whose windows were all closed.
     pub ignored: u64,
-    scratch: Vec<Option<f64>>,
+    scratch: Scratch,
     others: Vec<PaneIdx>,
 }
 
@@ -97,7 +129,7 @@ impl MetricStore {
             dirty: Vec::new(),
             closed_below,
             ignored: 0,
-            scratch: Vec::new(),
+            scratch: Scratch::default(),
             others: Vec::new(),
         }
     }
@@ -131,12 +163,24 @@ impl MetricStore {
             a.plus(b);
         }
         for &(slot, v, c) in &d.multiset {
-            if let Some(values) = pane.values.get_mut(slot as usize) {
+            if let Some(Some(sketch)) = pane.sketches.get_mut(slot as usize) {
+                sketch.change(v, c);
+            } else if let Some(values) = pane.values.get_mut(slot as usize) {
                 values.change(v, c);
             }
         }
         if d.distinct.is_empty() {
             return;
+        }
+        // HyperLogLog slots: the pane's sketch takes the delta's values at once.
+        // Their domains are immutable (the spec refuses `hll` on mutable ones):
+        // nothing is ever retracted from them.
+        for (slot, h) in pane.hll.iter_mut().enumerate() {
+            let Some(h) = h else { continue };
+            let p = h.precision();
+            let words = &mut self.scratch.words;
+            words.extend(d.distinct.iter().filter(|&&(s, _, c)| s as usize == slot && c > 0).map(|&(_, v, _)| hll::encode(p, v)));
+            h.insert_words(words);
         }
         let p = Self::pane_idx(plan, d.pane);
         let k = w.per_event() as i32;
@@ -147,6 +191,9 @@ impl MetricStore {
         let mut gained = vec![0i64; windows.len() * slots];
         let others = &mut self.others;
         for &(slot, v, c) in &d.distinct {
+            if plan.distinct.get(slot as usize).is_none_or(|s| s.hll.is_some()) {
+                continue;
+            }
             let Some(presence) = group.distinct.get_mut(slot as usize) else { continue };
             let Some(t) = presence.change(v, p, c, others) else { continue };
             let step = if t == Transition::Appeared { 1 } else { -1 };
@@ -167,7 +214,7 @@ impl MetricStore {
     }
 
     /// A window's values from its panes.
-    fn evaluate(plan: &MetricPlan, group: &mut Group, start: i64, distinct: &[i64], scratch: &mut Vec<Option<f64>>) -> WindowValues {
+    fn evaluate(plan: &MetricPlan, group: &mut Group, start: i64, distinct: &[i64], scratch: &mut Scratch) -> WindowValues {
         let end = plan.windows.end(start);
         let mut v =
             WindowValues { events: 0, add: vec![Acc::ZERO; plan.add.len()], distinct: distinct.to_vec(), stats: Vec::with_capacity(plan.multisets.len()) };
@@ -177,12 +224,27 @@ impl MetricStore {
                 a.plus(b);
             }
             pane.values.iter_mut().for_each(PaneValues::settle);
+            pane.sketches.iter_mut().flatten().for_each(DdSketch::shrink);
+        }
+        for (slot, ds) in plan.distinct.iter().enumerate() {
+            if ds.hll.is_none() {
+                continue;
+            }
+            let sketches: Vec<&Hll> = group.panes.range(start..end).filter_map(|(_, p)| p.hll.get(slot)?.as_ref()).collect();
+            if let Some(n) = v.distinct.get_mut(slot) {
+                *n = hll::union_estimate(&sketches, &mut scratch.hll).round() as i64;
+            }
         }
         for (slot, ms) in plan.multisets.iter().enumerate() {
-            let sorted: Vec<&[f64]> = group.panes.range(start..end).filter_map(|(_, p)| p.values.get(slot)).map(PaneValues::sorted).collect();
             let wanted: Vec<_> = ms.stats.iter().map(|(_, s)| *s).collect();
-            multiset::stats(&sorted, &wanted, scratch);
-            v.stats.push(scratch.clone());
+            if ms.sketch.is_some() {
+                let sketches: Vec<&DdSketch> = group.panes.range(start..end).filter_map(|(_, p)| p.sketches.get(slot)?.as_ref()).collect();
+                ddsketch::stats(&sketches, &wanted, &mut scratch.stats, &mut scratch.dd);
+            } else {
+                let sorted: Vec<&[f64]> = group.panes.range(start..end).filter_map(|(_, p)| p.values.get(slot)).map(PaneValues::sorted).collect();
+                multiset::stats(&sorted, &wanted, &mut scratch.stats);
+            }
+            v.stats.push(scratch.stats.clone());
         }
         v
     }
@@ -239,16 +301,19 @@ impl MetricStore {
         self.open.len()
     }
 
-    /// Bytes held, and the events they hold.
+    /// Bytes held, and the events and open windows they hold.
     pub fn size(&self) -> StoreSize {
-        let mut s = StoreSize { bytes: self.open.len() * 24 + self.dirty.capacity() * 16, ..StoreSize::default() };
+        let mut s = StoreSize { bytes: self.open.len() * 24 + self.dirty.capacity() * 16, windows: self.open.len(), ..StoreSize::default() };
         s.bytes += self.groups.capacity() * (std::mem::size_of::<(u64, Group)>() + 1);
         for g in self.groups.values() {
             for p in g.panes.values() {
                 s.events += p.events.max(0) as u64;
+                let sketches = p.sketch_bytes();
+                s.sketch_bytes += sketches;
                 s.bytes += std::mem::size_of::<(i64, Pane)>()
                     + p.add.capacity() * std::mem::size_of::<Acc>()
-                    + p.values.iter().map(|v| v.bytes() + std::mem::size_of::<PaneValues>()).sum::<usize>();
+                    + p.values.iter().map(|v| v.bytes() + std::mem::size_of::<PaneValues>()).sum::<usize>()
+                    + sketches;
             }
             s.bytes += g.distinct.iter().map(Presence::bytes).sum::<usize>();
             s.bytes += g.windows.len() * (std::mem::size_of::<(i64, WindowMeta)>() + g.distinct.len() * 8);
@@ -263,4 +328,8 @@ pub struct StoreSize {
     pub bytes: usize,
     /// Events held in open panes.
     pub events: u64,
+    /// Open windows.
+    pub windows: usize,
+    /// Of `bytes`, those of the panes' sketches (`hll`, `ddsketch`).
+    pub sketch_bytes: usize,
 }

@@ -40,6 +40,9 @@ pub enum Delta {
         values: Vec<NamedValue>,
         diff: i32,
     },
+    /// An input window of a derived metric handed in directly (a restart's seed:
+    /// finals of windows the input closed before the derived metric did).
+    Input(crate::derived::InputRow),
 }
 
 impl Delta {
@@ -48,6 +51,7 @@ impl Delta {
         match self {
             Delta::Pane(p) => p.gid,
             Delta::Names { gid, .. } => *gid,
+            Delta::Input(r) => r.key,
         }
     }
 }

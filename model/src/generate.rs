@@ -74,6 +74,9 @@ pub struct GenConfig {
     /// Event times as RFC 3339 strings with milliseconds (`2026-12-02T06:12:47.123Z`)
     /// instead of epoch milliseconds.
     pub rfc3339: bool,
+    /// App event latencies as unrounded floats (nearly every one unique), as
+    /// measured latencies are, instead of whole milliseconds.
+    pub float_latencies: bool,
 }
 
 /// The default first event time: the start of the previous hour (UTC), fixed
@@ -111,6 +114,7 @@ impl Default for GenConfig {
             change_pool: 1000,
             independent_users: false,
             rfc3339: false,
+            float_latencies: false,
         }
     }
 }
@@ -315,7 +319,8 @@ impl Generator {
 
     fn app_json(&mut self, id: u64, ts: i64, name: usize, session: u64) -> String {
         let ts = self.ts_json(ts);
-        let latency = (self.rng.random_range(0.0f64..1.0).powi(3) * 900.0 + 5.0 + name as f64 * 3.0).round();
+        let latency = self.rng.random_range(0.0f64..1.0).powi(3) * 900.0 + 5.0 + name as f64 * 3.0;
+        let latency = if self.cfg.float_latencies { latency } else { latency.round() };
         let error = if self.rng.random_bool(0.03 + 0.02 * (name % 3) as f64) { ",\"error\":\"timeout\"" } else { "" };
         format!(
             "{{\"event_id\":\"app-{id}\",\"session_id\":\"s-{session}\",\"event_name\":\"{}\",\"input\":\"q{id}\",\"latency_ms\":{latency}{error},\"timestamp\":{ts}}}",

@@ -4,6 +4,7 @@
 pub mod bounds;
 pub mod decode;
 pub mod duration;
+pub mod expr;
 pub mod generate;
 pub mod metric_row;
 pub mod process;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::duration::{Millis, parse_duration};
+use crate::expr::Expr;
 
 /// Columns every raw table and every metric table has besides the spec's fields.
 pub const RESERVED_RAW_COLUMNS: &[&str] = &["ingested_at", "version", "is_deleted"];
@@ -191,6 +192,20 @@ pub struct Metric {
     /// table's TTL, on its ordering key's time column); default
     /// [`DEFAULT_METRIC_RETENTION`].
     pub retention: Millis,
+    /// A derived metric reads other metrics' windows, not a domain's events.
+    /// Its `domain` and `group_by` are then its first input's (the domain its
+    /// group fields come from); its window and slide are its inputs'.
+    pub derived: Option<Derived>,
+}
+
+/// The inputs of a derived metric: other metrics' windows, joined on the
+/// derived metric's group fields and the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    /// Indexes into `Spec::metrics` (never derived ones).
+    pub inputs: Vec<usize>,
+    /// Per input, per group field of the derived metric: its position in the input's `group_by`.
+    pub key_positions: Vec<Vec<usize>>,
 }
 
 /// A comparison of an alert rule: `gt`, `ge`, `lt`, `le`.
@@ -282,13 +297,67 @@ impl Metric {
     pub fn aggregate_index(&self, name: &str) -> Option<usize> {
         self.aggregates.iter().position(|a| a.name == name)
     }
+
+    pub fn is_derived(&self) -> bool {
+        self.derived.is_some()
+    }
 }
 
-#[derive(Debug, Clone)]
+/// One aggregate of a metric. Its `Debug` form is part of the metric's
+/// definition fingerprint (see the dataflow's `progress`): a new field must
+/// appear there too (and leave the form of existing definitions unchanged).
+#[derive(Clone)]
 pub struct Aggregate {
     pub name: String,
     pub kind: AggKind,
     pub filter: Option<Filter>,
+    /// How it is computed: exactly (the default) or by a sketch.
+    pub method: AggMethod,
+}
+
+impl fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Aggregate");
+        s.field("name", &self.name).field("kind", &self.kind).field("filter", &self.filter);
+        // Only a sketch shows: an exact aggregate keeps the form (and the
+        // fingerprint) it had before methods existed.
+        if self.method != AggMethod::Exact {
+            s.field("method", &self.method);
+        }
+        s.finish()
+    }
+}
+
+/// How an aggregate is computed (`method` in the spec).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum AggMethod {
+    /// Every value of every open window is kept (the default).
+    #[default]
+    Exact,
+    /// `count_distinct` by a HyperLogLog sketch of 2^precision registers
+    /// (relative standard error about 1.04 / sqrt(2^precision)). Insert-only:
+    /// refused on mutable domains.
+    Hll { precision: u8 },
+    /// `quantile` by a DDSketch: within `relative_accuracy` of the exact
+    /// element of the same rank. Supports retractions.
+    DdSketch { relative_accuracy: f64 },
+}
+
+/// Default `precision` of an `hll` count_distinct.
+pub const DEFAULT_HLL_PRECISION: u8 = 14;
+/// Accepted `precision` of an `hll` count_distinct.
+pub const HLL_PRECISIONS: std::ops::RangeInclusive<u8> = 4..=18;
+/// Default `relative_accuracy` of a `ddsketch` quantile.
+pub const DEFAULT_DDSKETCH_ACCURACY: f64 = 0.01;
+
+impl AggMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AggMethod::Exact => "exact",
+            AggMethod::Hll { .. } => "hll",
+            AggMethod::DdSketch { .. } => "ddsketch",
+        }
+    }
 }
 
 /// Aggregate functions. Field arguments are indexes into the domain's fields;
@@ -305,6 +374,8 @@ pub enum AggKind {
     /// the definition of ClickHouse's `quantileExact`.
     Quantile(usize, f64),
     Ratio(usize, usize),
+    /// An aggregate of a derived metric: arithmetic over its inputs' aggregates.
+    Expr(Expr),
 }
 
 impl AggKind {
@@ -318,6 +389,7 @@ impl AggKind {
             AggKind::CountDistinct(_) => "count_distinct",
             AggKind::Quantile(..) => "quantile",
             AggKind::Ratio(..) => "ratio",
+            AggKind::Expr(_) => "expr",
         }
     }
 
@@ -325,7 +397,7 @@ impl AggKind {
     pub fn field(&self) -> Option<usize> {
         match *self {
             AggKind::Sum(f) | AggKind::Avg(f) | AggKind::Min(f) | AggKind::Max(f) | AggKind::CountDistinct(f) | AggKind::Quantile(f, _) => Some(f),
-            AggKind::Count | AggKind::Ratio(..) => None,
+            AggKind::Count | AggKind::Ratio(..) | AggKind::Expr(_) => None,
         }
     }
 }
@@ -492,9 +564,11 @@ struct RawField {
 #[serde(deny_unknown_fields)]
 struct RawMetric {
     name: S<String>,
-    domain: S<String>,
+    domain: Option<S<String>>,
+    /// A derived metric's input metrics (instead of `domain`).
+    inputs: Option<S<Vec<String>>>,
     group_by: Option<S<Vec<String>>>,
-    window: S<String>,
+    window: Option<S<String>>,
     slide: Option<S<String>>,
     lateness: Option<S<String>>,
     aggregates: Vec<S<RawAggregate>>,
@@ -507,12 +581,17 @@ struct RawMetric {
 struct RawAggregate {
     name: S<String>,
     #[serde(rename = "fn")]
-    func: S<String>,
+    func: Option<S<String>>,
+    /// A derived metric's aggregate: an expression over its inputs' aggregates.
+    expr: Option<S<String>>,
     field: Option<S<String>>,
     filter: Option<S<RawFilter>>,
     q: Option<S<f64>>,
     numerator: Option<S<String>>,
     denominator: Option<S<String>>,
+    method: Option<S<String>>,
+    precision: Option<S<i64>>,
+    relative_accuracy: Option<S<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -639,7 +718,12 @@ impl Validator {
             if name == "alerts" {
                 self.err(&m.get_ref().name, "metric name `alerts` is reserved (GET /v1/stream/alerts streams alert notifications)");
             }
-            if let Some(metric) = self.metric(m.get_ref(), &domains, &raw.domain) {
+            let metric = if m.get_ref().inputs.is_some() {
+                self.derived(m.get_ref(), &domains, &metrics, &raw.metric)
+            } else {
+                self.metric(m.get_ref(), &domains, &raw.domain)
+            };
+            if let Some(metric) = metric {
                 metrics.push(metric);
             }
         }
@@ -1006,10 +1090,18 @@ impl Validator {
         if !is_identifier(&name) {
             self.err(&raw.name, format!("metric name `{name}` must be a lowercase identifier"));
         }
-        let Some(domain_index) = domains.iter().position(|d| &d.name == raw.domain.get_ref()) else {
+        let Some(raw_domain) = &raw.domain else {
+            self.err(&raw.name, format!("metric `{name}` needs `domain` (or `inputs`, for a metric derived from other metrics)"));
+            return None;
+        };
+        let Some(raw_window) = &raw.window else {
+            self.err(&raw.name, format!("metric `{name}` needs `window`"));
+            return None;
+        };
+        let Some(domain_index) = domains.iter().position(|d| &d.name == raw_domain.get_ref()) else {
             // A domain that failed validation has already been reported; do not pile on.
-            if !raw_domains.iter().any(|d| d.get_ref().name.get_ref() == raw.domain.get_ref()) {
-                self.err(&raw.domain, format!("metric `{name}`: unknown domain `{}`", raw.domain.get_ref()));
+            if !raw_domains.iter().any(|d| d.get_ref().name.get_ref() == raw_domain.get_ref()) {
+                self.err(raw_domain, format!("metric `{name}`: unknown domain `{}`", raw_domain.get_ref()));
             }
             return None;
         };
@@ -1040,14 +1132,14 @@ impl Validator {
             }
         }
 
-        let window = self.duration(&raw.window, &format!("metric `{name}`: window"));
+        let window = self.duration(raw_window, &format!("metric `{name}`: window"));
         let slide = match &raw.slide {
             Some(s) => self.duration(s, &format!("metric `{name}`: slide")),
             None => window,
         };
         let lateness = self.opt_duration(&raw.lateness, &format!("metric `{name}`: lateness"), Millis(0));
         if let (Some(w), Some(s)) = (window, slide) {
-            let at = raw.slide.as_ref().unwrap_or(&raw.window);
+            let at = raw.slide.as_ref().unwrap_or(raw_window);
             if w.ms() <= 0 || s.ms() <= 0 {
                 self.err(at, format!("metric `{name}`: window and slide must be greater than 0"));
             } else if w.ms() % s.ms() != 0 {
@@ -1073,12 +1165,20 @@ impl Validator {
             if group_names.contains(&aname) || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
                 self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` clashes with a column of the metric table"));
             }
-            let func = a.func.get_ref().as_str();
+            if let Some(e) = &a.expr {
+                self.err(e, format!("metric `{name}`: only derived metrics (with `inputs`) have `expr` aggregates; `{aname}` needs `fn`"));
+                continue;
+            }
+            let Some(func_at) = &a.func else {
+                self.err(&a.name, format!("metric `{name}`: aggregate `{aname}` needs `fn`"));
+                continue;
+            };
+            let func = func_at.get_ref().as_str();
             let needs_field = matches!(func, "sum" | "avg" | "min" | "max" | "count_distinct" | "quantile");
             let f = match (&a.field, needs_field) {
                 (Some(fld), true) => field(self, fld, "field"),
                 (None, true) => {
-                    self.err(&a.func, format!("metric `{name}`: aggregate `{aname}` ({func}) needs `field`"));
+                    self.err(func_at, format!("metric `{name}`: aggregate `{aname}` ({func}) needs `field`"));
                     None
                 }
                 (Some(fld), false) => {
@@ -1131,31 +1231,32 @@ impl Validator {
                         None
                     }
                     None => {
-                        self.err(&a.func, format!("metric `{name}`: quantile `{aname}` needs `q` (e.g. q = 0.95)"));
+                        self.err(func_at, format!("metric `{name}`: quantile `{aname}` needs `q` (e.g. q = 0.95)"));
                         None
                     }
                 },
                 "ratio" => {
                     match (&a.numerator, &a.denominator) {
                         (Some(n), Some(d)) => ratios.push((aggregates.len(), n, d)),
-                        _ => self.err(&a.func, format!("metric `{name}`: ratio `{aname}` needs numerator and denominator (names of other aggregates)")),
+                        _ => self.err(func_at, format!("metric `{name}`: ratio `{aname}` needs numerator and denominator (names of other aggregates)")),
                     }
                     if a.filter.is_some() {
-                        self.err(&a.func, format!("metric `{name}`: a ratio takes its filters from its numerator and denominator"));
+                        self.err(func_at, format!("metric `{name}`: a ratio takes its filters from its numerator and denominator"));
                     }
                     Some(AggKind::Ratio(usize::MAX, usize::MAX))
                 }
                 other => {
                     self.err(
-                        &a.func,
+                        func_at,
                         format!("metric `{name}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"),
                     );
                     None
                 }
             };
             let filter = a.filter.as_ref().and_then(|flt| self.filter(flt, &name, domain));
+            let method = self.method(a, &name, &aname, domain);
             if let Some(kind) = kind {
-                aggregates.push(Aggregate { name: aname, kind, filter });
+                aggregates.push(Aggregate { name: aname, kind, filter, method });
             }
         }
         for (slot, n, d) in ratios {
@@ -1220,7 +1321,273 @@ impl Validator {
         if self.errors.len() > before {
             return None;
         }
-        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups, retention })
+        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups, retention, derived: None })
+    }
+
+    /// An aggregate's `method` and its parameters (`precision`, `relative_accuracy`).
+    fn method(&mut self, a: &RawAggregate, metric: &str, aname: &str, domain: &Domain) -> AggMethod {
+        let func = a.func.as_ref().map_or("", |f| f.get_ref().as_str());
+        let method = match &a.method {
+            None => AggMethod::Exact,
+            Some(m) => match (m.get_ref().as_str(), func) {
+                (_, f) if !matches!(f, "count_distinct" | "quantile") => {
+                    self.err(m, format!("metric `{metric}`: aggregate `{aname}` ({func}) takes no `method` (only count_distinct and quantile do)"));
+                    AggMethod::Exact
+                }
+                ("exact", _) => AggMethod::Exact,
+                ("hll", "count_distinct") => {
+                    if domain.mutable {
+                        self.err(
+                            m,
+                            format!(
+                                "metric `{metric}`: aggregate `{aname}`: method `hll` cannot forget a value, and domain `{}` is mutable (updates and deletes retract values); use the exact count_distinct",
+                                domain.name
+                            ),
+                        );
+                    }
+                    AggMethod::Hll { precision: DEFAULT_HLL_PRECISION }
+                }
+                ("ddsketch", "quantile") => AggMethod::DdSketch { relative_accuracy: DEFAULT_DDSKETCH_ACCURACY },
+                ("hll" | "ddsketch", _) => {
+                    let wants = if m.get_ref() == "hll" { "count_distinct" } else { "quantile" };
+                    self.err(m, format!("metric `{metric}`: aggregate `{aname}` ({func}): method `{}` is only for {wants}", m.get_ref()));
+                    AggMethod::Exact
+                }
+                (other, _) => {
+                    self.err(
+                        m,
+                        format!("metric `{metric}`: aggregate `{aname}`: unknown method `{other}` (exact; hll for count_distinct; ddsketch for quantile)"),
+                    );
+                    AggMethod::Exact
+                }
+            },
+        };
+        let method = match (method, &a.precision) {
+            (AggMethod::Hll { .. }, Some(p)) => match u8::try_from(*p.get_ref()) {
+                Ok(precision) if HLL_PRECISIONS.contains(&precision) => AggMethod::Hll { precision },
+                _ => {
+                    self.err(
+                        p,
+                        format!(
+                            "metric `{metric}`: aggregate `{aname}`: precision must be an integer between {} and {}",
+                            HLL_PRECISIONS.start(),
+                            HLL_PRECISIONS.end()
+                        ),
+                    );
+                    method
+                }
+            },
+            (_, Some(p)) => {
+                self.err(p, format!("metric `{metric}`: aggregate `{aname}`: only method = \"hll\" takes `precision`"));
+                method
+            }
+            (m, None) => m,
+        };
+        match (method, &a.relative_accuracy) {
+            (AggMethod::DdSketch { .. }, Some(r)) => {
+                let a = *r.get_ref();
+                if a > 0.0 && a < 1.0 {
+                    AggMethod::DdSketch { relative_accuracy: a }
+                } else {
+                    self.err(r, format!("metric `{metric}`: aggregate `{aname}`: relative_accuracy must be between 0 and 1 (exclusive), e.g. 0.01"));
+                    method
+                }
+            }
+            (_, Some(r)) => {
+                self.err(r, format!("metric `{metric}`: aggregate `{aname}`: only method = \"ddsketch\" takes `relative_accuracy`"));
+                method
+            }
+            (m, None) => m,
+        }
+    }
+
+    /// A metric derived from other metrics' windows (`inputs` instead of `domain`).
+    fn derived(&mut self, raw: &RawMetric, domains: &[Domain], metrics: &[Metric], raw_metrics: &[S<RawMetric>]) -> Option<Metric> {
+        let name = raw.name.get_ref().clone();
+        let before = self.errors.len();
+        if !is_identifier(&name) {
+            self.err(&raw.name, format!("metric name `{name}` must be a lowercase identifier"));
+        }
+        let raw_inputs = raw.inputs.as_ref()?;
+        if let Some(d) = &raw.domain {
+            self.err(d, format!("metric `{name}`: a derived metric takes no `domain` (it reads its inputs' windows)"));
+        }
+        if let Some(at) = &raw.lateness {
+            self.err(at, format!("metric `{name}`: a derived metric takes no `lateness` (its windows close when every input's have)"));
+        }
+        if let Some(g) = &raw.max_groups {
+            self.err(g, format!("metric `{name}`: a derived metric takes no `max_groups` (its inputs' caps apply)"));
+        }
+        let mut inputs: Vec<usize> = Vec::new();
+        if raw_inputs.get_ref().is_empty() || raw_inputs.get_ref().len() > 8 {
+            self.err(raw_inputs, format!("metric `{name}`: `inputs` lists 1 to 8 metrics"));
+        }
+        for input in raw_inputs.get_ref() {
+            if *input == name {
+                self.err(raw_inputs, format!("metric `{name}`: a derived metric cannot read itself (a cycle)"));
+                continue;
+            }
+            match metrics.iter().position(|m| &m.name == input) {
+                Some(i) if metrics[i].is_derived() => self.err(
+                    raw_inputs,
+                    format!("metric `{name}`: input `{input}` is itself derived; derived metrics read metrics of domains only (no chains, so no cycles)"),
+                ),
+                Some(i) if inputs.contains(&i) => self.err(raw_inputs, format!("metric `{name}`: input `{input}` is listed twice")),
+                Some(i) => inputs.push(i),
+                None => match raw_metrics.iter().position(|m| m.get_ref().name.get_ref() == input) {
+                    // An input that failed validation has been reported already.
+                    Some(i) if raw_metrics[i].get_ref().inputs.is_some() => self.err(
+                        raw_inputs,
+                        format!("metric `{name}`: input `{input}` is itself derived; derived metrics read metrics of domains only (no chains, so no cycles)"),
+                    ),
+                    Some(i) if raw_metrics[i].span().start > raw.name.span().start => {
+                        self.err(raw_inputs, format!("metric `{name}`: input `{input}` must be declared before the metrics derived from it"))
+                    }
+                    Some(_) => {}
+                    None => self.err(raw_inputs, format!("metric `{name}`: unknown input metric `{input}`")),
+                },
+            }
+        }
+        if self.errors.len() > before || inputs.is_empty() {
+            return None;
+        }
+        let first = &metrics[inputs[0]];
+        let field_names = |m: &Metric| -> Vec<String> { m.group_by.iter().map(|&g| domains[m.domain].fields[g].name.clone()).collect() };
+        // Windows: every input's must be the same; a `window`/`slide` given must say the same.
+        for &i in &inputs[1..] {
+            let m = &metrics[i];
+            if (m.window, m.slide) != (first.window, first.slide) {
+                self.err(
+                    raw_inputs,
+                    format!(
+                        "metric `{name}`: inputs have different windows (`{}`: {} sliding {}, `{}`: {} sliding {}); joined windows must be the same",
+                        first.name, first.window, first.slide, m.name, m.window, m.slide
+                    ),
+                );
+            }
+        }
+        for (key, at, want) in [("window", &raw.window, first.window), ("slide", &raw.slide, first.slide)] {
+            if let Some(at) = at
+                && let Some(given) = self.duration(at, &format!("metric `{name}`: {key}"))
+                && given != want
+            {
+                self.err(at, format!("metric `{name}`: {key} {given} differs from its inputs' ({want}); a derived metric's windows are its inputs'"));
+            }
+        }
+        // Group fields: by name, the same set in every input, with the same types.
+        let group_names: Vec<String> = match &raw.group_by {
+            Some(g) => g.get_ref().clone(),
+            None => field_names(first),
+        };
+        let at_groups = raw.group_by.as_ref().map_or(raw_inputs.span(), |g| g.span());
+        let at_groups = S::new(at_groups, ());
+        let mut key_positions = vec![Vec::new(); inputs.len()];
+        for (k, &i) in inputs.iter().enumerate() {
+            let m = &metrics[i];
+            let names = field_names(m);
+            let mut sorted_names = names.clone();
+            sorted_names.sort();
+            let mut wanted = group_names.clone();
+            wanted.sort();
+            if sorted_names != wanted {
+                self.err(
+                    &at_groups,
+                    format!(
+                        "metric `{name}`: input `{}` groups by [{}], not by [{}]; inputs are joined on all their group fields, which must be the derived metric's",
+                        m.name,
+                        names.join(", "),
+                        group_names.join(", ")
+                    ),
+                );
+                continue;
+            }
+            for g in &group_names {
+                if let Some(p) = names.iter().position(|n| n == g) {
+                    let (ty, first_ty) = (
+                        &domains[m.domain].fields[m.group_by[p]].ty,
+                        first.group_by.iter().find(|&&f| &domains[first.domain].fields[f].name == g).map(|&f| &domains[first.domain].fields[f].ty),
+                    );
+                    if Some(ty) != first_ty {
+                        self.err(&at_groups, format!("metric `{name}`: group field `{g}` is {} in `{}` but not in `{}`", ty.name(), m.name, first.name));
+                    }
+                    key_positions[k].push(p);
+                }
+            }
+        }
+        let group_by: Vec<usize> =
+            group_names.iter().filter_map(|g| first.group_by.iter().copied().find(|&f| &domains[first.domain].fields[f].name == g)).collect();
+
+        let mut aggregates = Vec::new();
+        let mut agg_names = HashSet::new();
+        for a in &raw.aggregates {
+            let a = a.get_ref();
+            let aname = a.name.get_ref().clone();
+            if !is_identifier(&aname) {
+                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` must be a lowercase identifier"));
+            }
+            if !agg_names.insert(aname.clone()) {
+                self.err(&a.name, format!("metric `{name}`: duplicate aggregate `{aname}`"));
+            }
+            if group_names.contains(&aname) || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
+                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` clashes with a column of the metric table"));
+            }
+            if let Some(f) = &a.func
+                && f.get_ref() != "expr"
+            {
+                self.err(f, format!("metric `{name}`: a derived metric's aggregates are expressions (`expr = \"…\"`), not `fn = \"{}\"`", f.get_ref()));
+            }
+            let extra = [a.field.as_ref().map(|x| x.span()), a.filter.as_ref().map(|x| x.span()), a.q.as_ref().map(|x| x.span())];
+            if let Some(span) = extra.into_iter().flatten().next() {
+                self.err(&S::new(span, ()), format!("metric `{name}`: aggregate `{aname}` of a derived metric takes only `name` and `expr`"));
+            }
+            let Some(text) = &a.expr else {
+                self.err(&a.name, format!("metric `{name}`: aggregate `{aname}` needs `expr` (e.g. \"{}.{}\")", first.name, first.aggregates[0].name));
+                continue;
+            };
+            let mut resolve = |r: &crate::expr::RawRef| -> Result<(usize, usize), String> {
+                let Some(k) = inputs.iter().position(|&i| metrics[i].name == r.metric) else {
+                    return Err(format!("`{}` is not an input of `{name}` (inputs: {})", r.metric, raw_inputs.get_ref().join(", ")));
+                };
+                let m = &metrics[inputs[k]];
+                let Some(ai) = m.aggregate_index(&r.aggregate) else {
+                    return Err(format!("metric `{}` has no aggregate `{}`", m.name, r.aggregate));
+                };
+                Ok((k, ai))
+            };
+            match Expr::parse(text.get_ref(), &mut resolve) {
+                Ok(e) => aggregates.push(Aggregate { name: aname, kind: AggKind::Expr(e), filter: None, method: AggMethod::Exact }),
+                Err(e) => self.err(text, format!("metric `{name}`: aggregate `{aname}`: {e}")),
+            }
+        }
+        if raw.aggregates.is_empty() {
+            self.err(&raw.name, format!("metric `{name}` has no aggregates"));
+        }
+        let lateness = inputs.iter().map(|&i| metrics[i].lateness).max().unwrap_or(Millis(0));
+        let retention = self.opt_duration(&raw.retention, &format!("metric `{name}`: retention"), DEFAULT_METRIC_RETENTION);
+        if let Some(r) = &raw.retention {
+            let needed = first.window.ms().saturating_add(lateness.ms());
+            if retention.ms() < 1000 || retention.ms() <= needed || retention.ms() % 1000 != 0 {
+                self.err(
+                    r,
+                    format!("metric `{name}`: retention {retention} must be a whole number of seconds longer than window + lateness ({})", Millis(needed)),
+                );
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Metric {
+            name,
+            domain: first.domain,
+            group_by,
+            window: first.window,
+            slide: first.slide,
+            lateness,
+            aggregates,
+            max_groups: DEFAULT_MAX_GROUPS,
+            retention,
+            derived: Some(Derived { inputs, key_positions }),
+        })
     }
 
     fn filter(&mut self, raw: &S<RawFilter>, metric: &str, domain: &Domain) -> Option<Filter> {
@@ -1370,6 +1737,115 @@ fields = [
     #[test]
     fn valid_metric_passes() {
         assert_eq!(errors(&format!("{METRIC_HEAD}window = \"5m\"\nslide = \"1m\"\naggregates = [{{ name = \"n\", fn = \"count\" }}]\n")), Vec::<String>::new());
+    }
+
+    const INPUTS: &str = r#"
+[[metric]]
+name = "a"
+domain = "rides"
+group_by = ["city"]
+window = "5m"
+slide = "1m"
+aggregates = [{ name = "n", fn = "count" }, { name = "fares", fn = "sum", field = "fare" }]
+
+[[metric]]
+name = "b"
+domain = "rides"
+group_by = ["city"]
+window = "5m"
+slide = "1m"
+lateness = "10s"
+aggregates = [{ name = "top", fn = "max", field = "fare" }]
+"#;
+
+    fn derived(body: &str) -> Vec<String> {
+        errors(&format!("{INPUTS}\n[[metric]]\nname = \"d\"\n{body}"))
+    }
+
+    fn assert_derived_error(body: &str, needle: &str) {
+        let errs = derived(body);
+        assert!(errs.iter().any(|e| e.contains(needle)), "expected an error containing {needle:?}, got {errs:#?}");
+    }
+
+    #[test]
+    fn derived_metrics() {
+        let ok = "inputs = [\"a\", \"b\"]\naggregates = [{ name = \"r\", expr = \"a.n / b.top\" }, { name = \"s\", expr = \"(a.fares - 1) * -2\" }]\n";
+        assert_eq!(derived(ok), Vec::<String>::new());
+        let spec = Spec::parse(Path::new("t.toml"), &format!("{BASE}{INPUTS}\n[[metric]]\nname = \"d\"\n{ok}")).expect("valid");
+        let d = spec.metric("d").expect("d");
+        let derived = d.derived.as_ref().expect("derived");
+        assert_eq!(derived.inputs, vec![0, 1]);
+        assert_eq!(derived.key_positions, vec![vec![0], vec![0]]);
+        assert_eq!((d.window, d.slide, d.lateness), (Millis(300_000), Millis(60_000), Millis(10_000)), "its inputs' windows; their largest lateness");
+        assert!(matches!(&d.aggregates[0].kind, AggKind::Expr(e) if e.to_string() == "(#0.0 / #1.0)"));
+
+        assert_derived_error("inputs = [\"d\"]\naggregates = [{ name = \"r\", expr = \"1\" }]\n", "cannot read itself (a cycle)");
+        assert_derived_error("inputs = [\"a\", \"zz\"]\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "unknown input metric `zz`");
+        assert_derived_error("inputs = [\"a\", \"a\"]\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "listed twice");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", expr = \"a.nope\" }]\n", "metric `a` has no aggregate `nope`");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", expr = \"b.top\" }]\n", "`b` is not an input of `d`");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", expr = \"a.n +\" }]\n", "ends early");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", expr = \"a.n a.n\" }]\n", "column 5");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", fn = \"count\" }]\n", "aggregates are expressions");
+        assert_derived_error("inputs = [\"a\"]\naggregates = [{ name = \"r\", expr = \"a.n\", field = \"fare\" }]\n", "takes only `name` and `expr`");
+        assert_derived_error("inputs = [\"a\"]\ndomain = \"rides\"\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "takes no `domain`");
+        assert_derived_error("inputs = [\"a\"]\nlateness = \"1m\"\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "takes no `lateness`");
+        assert_derived_error("inputs = [\"a\"]\nwindow = \"10m\"\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "differs from its inputs'");
+        assert_derived_error("inputs = [\"a\"]\ngroup_by = [\"kind\"]\naggregates = [{ name = \"r\", expr = \"a.n\" }]\n", "groups by [city], not by [kind]");
+        assert_derived_error("inputs = []\naggregates = [{ name = \"r\", expr = \"1\" }]\n", "1 to 8 metrics");
+        // An expression nested beyond the parser's depth is refused, not a stack overflow.
+        let deep = format!("inputs = [\"a\"]\naggregates = [{{ name = \"r\", expr = \"{}a.n{}\" }}]\n", "(".repeat(5000), ")".repeat(5000));
+        assert_derived_error(&deep, "nested more than");
+        // Mismatched windows between inputs, a derived input (no chains), and an input declared later.
+        let more = r#"
+[[metric]]
+name = "c"
+domain = "rides"
+group_by = ["city"]
+window = "10m"
+slide = "1m"
+aggregates = [{ name = "n", fn = "count" }]
+
+[[metric]]
+name = "e"
+inputs = ["a", "c"]
+aggregates = [{ name = "r", expr = "a.n / c.n" }]
+
+[[metric]]
+name = "f"
+inputs = ["a"]
+aggregates = [{ name = "r", expr = "a.n" }]
+
+[[metric]]
+name = "g"
+inputs = ["f"]
+aggregates = [{ name = "r", expr = "f.r" }]
+
+[[metric]]
+name = "h"
+inputs = ["later"]
+aggregates = [{ name = "r", expr = "later.n" }]
+
+[[metric]]
+name = "later"
+domain = "rides"
+window = "5m"
+aggregates = [{ name = "n", fn = "count" }]
+
+[[metric]]
+name = "k"
+inputs = ["a", "kinds"]
+aggregates = [{ name = "r", expr = "a.n" }]
+"#;
+        let errs = errors(&format!("{INPUTS}{more}"));
+        for needle in [
+            "metric `e`: inputs have different windows",
+            "metric `g`: input `f` is itself derived",
+            "metric `h`: input `later` must be declared before",
+            "metric `k`: unknown input metric `kinds`",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(needle)), "expected {needle:?} in {errs:#?}");
+        }
     }
 
     #[test]
@@ -1534,6 +2010,110 @@ fields = [
             domain("", "")
         ));
         assert!(e.iter().any(|e| e.contains("max_groups must be between")), "{e:?}");
+    }
+
+    /// `METRIC_HEAD` and one aggregate, which sits at line 21.
+    fn one_aggregate(agg: &str) -> String {
+        format!("{METRIC_HEAD}window = \"5m\"\naggregates = [\n{agg},\n]\n")
+    }
+
+    #[test]
+    fn sketch_methods_parse_with_their_defaults() {
+        let aggs = [
+            r#"{ name = "u", fn = "count_distinct", field = "ride_id", method = "hll" }"#,
+            r#"{ name = "u2", fn = "count_distinct", field = "ride_id", method = "hll", precision = 10 }"#,
+            r#"{ name = "p", fn = "quantile", field = "fare", q = 0.9, method = "ddsketch" }"#,
+            r#"{ name = "p2", fn = "quantile", field = "fare", q = 0.9, method = "ddsketch", relative_accuracy = 0.02 }"#,
+            r#"{ name = "p3", fn = "quantile", field = "fare", q = 0.9, method = "exact" }"#,
+            r#"{ name = "p4", fn = "quantile", field = "fare", q = 0.9 }"#,
+            r#"{ name = "lo", fn = "min", field = "fare" }"#,
+        ];
+        let text = format!("{BASE}{METRIC_HEAD}window = \"5m\"\naggregates = [\n{}\n]\n", aggs.join(",\n"));
+        let spec = Spec::parse(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let methods: Vec<AggMethod> = spec.metrics[0].aggregates.iter().map(|a| a.method).collect();
+        assert_eq!(
+            methods,
+            [
+                AggMethod::Hll { precision: 14 },
+                AggMethod::Hll { precision: 10 },
+                AggMethod::DdSketch { relative_accuracy: 0.01 },
+                AggMethod::DdSketch { relative_accuracy: 0.02 },
+                AggMethod::Exact,
+                AggMethod::Exact,
+                AggMethod::Exact,
+            ]
+        );
+    }
+
+    #[test]
+    fn sketch_method_errors_have_lines() {
+        let cases = [
+            (r#"{ name = "p", fn = "quantile", field = "fare", q = 0.5, method = "hll" }"#, "method `hll` is only for count_distinct"),
+            (r#"{ name = "u", fn = "count_distinct", field = "ride_id", method = "ddsketch" }"#, "method `ddsketch` is only for quantile"),
+            (r#"{ name = "u", fn = "count_distinct", field = "ride_id", method = "tdigest" }"#, "unknown method `tdigest`"),
+            (r#"{ name = "lo", fn = "min", field = "fare", method = "exact" }"#, "(min) takes no `method`"),
+            (r#"{ name = "n", fn = "count", method = "hll" }"#, "(count) takes no `method`"),
+            (r#"{ name = "u", fn = "count_distinct", field = "ride_id", method = "hll", precision = 3 }"#, "precision must be an integer between 4 and 18"),
+            (r#"{ name = "u", fn = "count_distinct", field = "ride_id", method = "hll", precision = 19 }"#, "precision must be an integer between 4 and 18"),
+            (r#"{ name = "u", fn = "count_distinct", field = "ride_id", precision = 12 }"#, "only method = \"hll\" takes `precision`"),
+            (r#"{ name = "p", fn = "quantile", field = "fare", q = 0.5, method = "ddsketch", precision = 12 }"#, "only method = \"hll\" takes `precision`"),
+            (
+                r#"{ name = "p", fn = "quantile", field = "fare", q = 0.5, method = "ddsketch", relative_accuracy = 1.0 }"#,
+                "relative_accuracy must be between 0 and 1",
+            ),
+            (
+                r#"{ name = "p", fn = "quantile", field = "fare", q = 0.5, method = "ddsketch", relative_accuracy = 0.0 }"#,
+                "relative_accuracy must be between 0 and 1",
+            ),
+            (r#"{ name = "p", fn = "quantile", field = "fare", q = 0.5, relative_accuracy = 0.01 }"#, "only method = \"ddsketch\" takes `relative_accuracy`"),
+        ];
+        for (agg, needle) in cases {
+            assert_error(&one_aggregate(agg), 21, needle);
+        }
+    }
+
+    #[test]
+    fn hll_is_refused_on_a_mutable_domain_and_ddsketch_is_not() {
+        let text = "[[domain]]\nname = \"apps\"\ntopic = \"apps\"\nkey = \"event_id\"\ntime_field = \"ts\"\nmutable = true\nfields = [\n  { name = \"event_id\", type = \"string\" },\n  { name = \"user\", type = \"string\" },\n  { name = \"ms\", type = \"float\" },\n  { name = \"ts\", type = \"timestamp\" },\n]\n\n[[metric]]\nname = \"m\"\ndomain = \"apps\"\nwindow = \"5m\"\naggregates = [\n  { name = \"p\", fn = \"quantile\", field = \"ms\", q = 0.5, method = \"ddsketch\" },\n  { name = \"u\", fn = \"count_distinct\", field = \"user\", method = \"hll\" },\n  { name = \"x\", fn = \"count_distinct\", field = \"user\" },\n]\n";
+        let errs = match Spec::parse(Path::new("t.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].starts_with("t.toml:20: ") && errs[0].contains("method `hll` cannot forget a value, and domain `apps` is mutable"), "{errs:#?}");
+        let ok = text.replace(", method = \"hll\"", "");
+        let spec = Spec::parse(Path::new("t.toml"), &ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.metrics[0].aggregates[0].method, AggMethod::DdSketch { relative_accuracy: 0.01 });
+    }
+
+    /// The derived `Debug` form of an aggregate before `method` existed.
+    mod before_methods {
+        // Its fields are read by the derived `Debug` only.
+        #[allow(dead_code)]
+        #[derive(Debug)]
+        pub struct Aggregate<'a> {
+            pub name: &'a String,
+            pub kind: &'a super::AggKind,
+            pub filter: &'a Option<super::Filter>,
+        }
+    }
+
+    #[test]
+    fn an_exact_aggregate_keeps_its_debug_form_and_a_sketch_changes_it() {
+        let spec = default_spec();
+        for m in &spec.metrics {
+            for a in &m.aggregates {
+                assert_eq!(a.method, AggMethod::Exact);
+                let old = before_methods::Aggregate { name: &a.name, kind: &a.kind, filter: &a.filter };
+                assert_eq!(format!("{a:?}"), format!("{old:?}"));
+            }
+        }
+        let mut a = spec.metrics[0].aggregates[0].clone();
+        let exact = format!("{a:?}");
+        a.method = AggMethod::Hll { precision: 14 };
+        let hll14 = format!("{a:?}");
+        a.method = AggMethod::Hll { precision: 12 };
+        assert!(exact != hll14 && hll14 != format!("{a:?}") && hll14.contains("Hll"), "{hll14}");
     }
 
     #[test]

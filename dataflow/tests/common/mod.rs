@@ -131,6 +131,17 @@ pub async fn clickhouse_finals(spec: &Spec, ch: &ClickHouseConfig) -> HashMap<(S
 
 /// ClickHouse's batch recomputation of the same windows from the raw tables.
 pub async fn recomputed(spec: &Spec, ch: &ClickHouseConfig, metric: &pulse_model::Metric, window_start: i64, group: &str) -> Option<Vec<Option<f64>>> {
+    if metric.is_derived() {
+        // A derived metric: the join of its inputs' recomputations.
+        let m = spec.metrics.iter().position(|x| x.name == metric.name)?;
+        let rows = pulse_dataflow::backfill::recompute(spec, m, ch, window_start, window_start + 1, 0).await.expect("recompute the inputs");
+        let row = rows.into_iter().find(|r| match r.group.first() {
+            Some(pulse_model::metric_row::GroupValue::Str(s)) => &**s == group,
+            Some(other) => format!("{other:?}") == group,
+            None => group.is_empty(),
+        })?;
+        return Some(row.values.iter().map(|v| v.as_f64()).collect());
+    }
     let sql = recompute_sql(spec, metric, &ch.database);
     let gname = &spec.metric_domain(metric).fields[metric.group_by[0]].name;
     let sql = format!("SELECT * FROM ({sql}) WHERE toString(`{gname}`) = {{g:String}} FORMAT JSONEachRow");

@@ -1156,15 +1156,7 @@ impl Validator {
         for a in &raw.aggregates {
             let a = a.get_ref();
             let aname = a.name.get_ref().clone();
-            if !is_identifier(&aname) {
-                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` must be a lowercase identifier"));
-            }
-            if !agg_names.insert(aname.clone()) {
-                self.err(&a.name, format!("metric `{name}`: duplicate aggregate `{aname}`"));
-            }
-            if group_names.contains(&aname) || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
-                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` clashes with a column of the metric table"));
-            }
+            self.aggregate_name(&name, &a.name, &mut agg_names, group_names.contains(&aname));
             if let Some(e) = &a.expr {
                 self.err(e, format!("metric `{name}`: only derived metrics (with `inputs`) have `expr` aggregates; `{aname}` needs `fn`"));
                 continue;
@@ -1401,6 +1393,20 @@ impl Validator {
         }
     }
 
+    /// Checks an aggregate's name: an identifier, once per metric, not a column the metric table has already.
+    fn aggregate_name(&mut self, metric: &str, at: &S<String>, seen: &mut HashSet<String>, is_group_field: bool) {
+        let aname = at.get_ref();
+        if !is_identifier(aname) {
+            self.err(at, format!("metric `{metric}`: aggregate name `{aname}` must be a lowercase identifier"));
+        }
+        if !seen.insert(aname.clone()) {
+            self.err(at, format!("metric `{metric}`: duplicate aggregate `{aname}`"));
+        }
+        if is_group_field || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
+            self.err(at, format!("metric `{metric}`: aggregate name `{aname}` clashes with a column of the metric table"));
+        }
+    }
+
     /// A metric derived from other metrics' windows (`inputs` instead of `domain`).
     fn derived(&mut self, raw: &RawMetric, domains: &[Domain], metrics: &[Metric], raw_metrics: &[S<RawMetric>]) -> Option<Metric> {
         let name = raw.name.get_ref().clone();
@@ -1522,15 +1528,7 @@ impl Validator {
         for a in &raw.aggregates {
             let a = a.get_ref();
             let aname = a.name.get_ref().clone();
-            if !is_identifier(&aname) {
-                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` must be a lowercase identifier"));
-            }
-            if !agg_names.insert(aname.clone()) {
-                self.err(&a.name, format!("metric `{name}`: duplicate aggregate `{aname}`"));
-            }
-            if group_names.contains(&aname) || RESERVED_METRIC_COLUMNS.contains(&aname.as_str()) {
-                self.err(&a.name, format!("metric `{name}`: aggregate name `{aname}` clashes with a column of the metric table"));
-            }
+            self.aggregate_name(&name, &a.name, &mut agg_names, group_names.contains(&aname));
             if let Some(f) = &a.func
                 && f.get_ref() != "expr"
             {

@@ -329,10 +329,9 @@ fn derived_start(
         let size = plan.size;
         let all_closed = crate::derived::limit(plan, |m| metric_floor[m]);
         let own = metric_floor[plan.metric];
-        if own <= crate::types::WM_START || all_closed <= crate::types::WM_START {
-            continue;
-        }
-        if own < all_closed {
+        // Windows every input closed and the derived metric did not: rebuilt (none
+        // when an input or the derived metric has no progress yet).
+        if own > crate::types::WM_START && all_closed > crate::types::WM_START && own < all_closed {
             if rebuilds_here {
                 let range = (own.saturating_sub(size).saturating_add(1), all_closed.saturating_sub(size).saturating_add(1));
                 let written = rt
@@ -352,11 +351,14 @@ fn derived_start(
         }
         let own = metric_floor[plan.metric];
         for (position, &input) in plan.inputs.iter().enumerate() {
+            // Windows this input closed and the derived metric did not (even when the
+            // derived metric or another input has no progress yet), within the retention.
             let reached = metric_floor[input];
-            if reached <= own {
+            if reached <= own || reached <= crate::types::WM_START {
                 continue;
             }
-            let (from, to) = (own.saturating_sub(size).saturating_add(1), reached.saturating_sub(size).saturating_add(1));
+            let oldest = own.max(reached.saturating_sub(spec.metrics[plan.metric].retention.ms()));
+            let (from, to) = (oldest.saturating_sub(size).saturating_add(1), reached.saturating_sub(size).saturating_add(1));
             let rows = rt.block_on(crate::backfill::stored_finals(spec, input, clickhouse, from, to)).map_err(DataflowError::Rebuild)?;
             tracing::info!(metric = %spec.metrics[plan.metric].name, input = %spec.metrics[input].name, windows = rows.len(), "seeding the join with the input's finals");
             seed.extend(rows.iter().map(|r| plan.input_row(d, position, r)));

@@ -58,11 +58,7 @@ impl JobMetrics {
                 "Metric rows made durable, by metric and kind (final, revision)",
                 &["metric", "kind"],
             )?,
-            lag: r.int_gauge_vec(
-                "pulse_consumer_lag",
-                "Records behind the partition's end, per service, topic and partition",
-                &["service", "topic", "partition"],
-            )?,
+            lag: r.consumer_lag()?,
             open_groups: r.int_gauge_vec(
                 "pulse_dataflow_open_groups",
                 "Groups with an open window, per metric: admitted (at most max_groups per worker) and all (overflowed ones too)",

@@ -57,6 +57,11 @@ impl<'a> Registrar<'a> {
         self.register(name, IntGaugeVec::new(Opts::new(name, help), labels))
     }
 
+    /// `pulse_consumer_lag{service, topic, partition}`: the one lag gauge every consuming service exports.
+    pub fn consumer_lag(&self) -> Result<IntGaugeVec, MetricsError> {
+        self.int_gauge_vec("pulse_consumer_lag", "Records behind the partition's end, per service, topic and partition", &["service", "topic", "partition"])
+    }
+
     pub fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram, MetricsError> {
         self.register(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)))
     }

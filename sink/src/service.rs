@@ -91,11 +91,7 @@ impl SinkMetrics {
                 "Records the sink handled, by domain and outcome (stored, dead_lettered)",
                 &["domain", "outcome"],
             )?,
-            lag: r.int_gauge_vec(
-                "pulse_consumer_lag",
-                "Records behind the partition's end, per service, topic and partition",
-                &["service", "topic", "partition"],
-            )?,
+            lag: r.consumer_lag()?,
         })
     }
 }

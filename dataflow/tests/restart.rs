@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, start_job_watched};
+use common::{clickhouse_finals, close, continuation_start, produce_and_store, recomputed, records, start_job, start_job_watched};
 use pulse_clickhouse::migrate;
 use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
@@ -92,10 +92,11 @@ fn first_run(
     (first, before)
 }
 
-/// A little more of the stream, from the last event of `first` on: rides only.
-fn more_rides(first: &Records, seed: u64) -> Records {
-    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(0);
-    records(1_200, seed, last_ts - 1_000, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect()
+/// A little more of the stream, from where `first` left off (see
+/// [`continuation_start`]): rides only.
+fn more_rides(rt: &tokio::runtime::Runtime, ch: &pulse_clickhouse::ClickHouseConfig, first: &Records, seed: u64) -> Records {
+    let start = rt.block_on(continuation_start(ch, first));
+    records(1_200, seed, start, 1_000_000).into_iter().filter(|(d, _, _)| *d == GenDomain::Rides).collect()
 }
 
 /// The finals of `before` that `after` no longer has with the same values.
@@ -113,7 +114,7 @@ fn a_plain_restart_on_the_local_broker_replaces_no_final() {
 
     // The same job again, same group and spec, and the stream goes on a little.
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
-    rt.block_on(produce_and_store(&spec, &kafka, &ch, &more_rides(&first, 22)));
+    rt.block_on(produce_and_store(&spec, &kafka, &ch, &more_rides(&rt, &ch, &first, 22)));
     push_tails(&kafka, &spec);
     std::thread::sleep(Duration::from_secs(8));
     stop.trigger();
@@ -145,8 +146,7 @@ fn a_second_instance_on_the_group_waits_until_the_first_stops() {
     // The first stops cleanly (it releases the group): the second takes over and goes on.
     stop_a.trigger();
     let a = job_a.join().expect("job a");
-    let last_ts = first.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(start_ms);
-    let second = records(4_000, 32, last_ts - 1_000, 1_000_000);
+    let second = records(4_000, 32, rt.block_on(continuation_start(&ch, &first)), 1_000_000);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
     push_tails(&kafka, &spec);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -217,7 +217,7 @@ fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() 
     rt.block_on(migrate(&ch, &next)).expect("migrate the new metric's table");
     // The stream went on while the job was down (written before it starts again:
     // a pause longer than idle_timeout would let the quiet domain's clock close windows).
-    rt.block_on(produce_and_store(&next, &kafka, &ch, &more_rides(&first, 42)));
+    rt.block_on(produce_and_store(&next, &kafka, &ch, &more_rides(&rt, &ch, &first, 42)));
     push_tails(&kafka, &next);
     let (stop, job) = start_job(Arc::clone(&next), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     std::thread::sleep(Duration::from_secs(10));

@@ -129,6 +129,23 @@ pub async fn clickhouse_finals(spec: &Spec, ch: &ClickHouseConfig) -> HashMap<(S
     out
 }
 
+/// Where the stream may go on, after a run of the job, without any event
+/// being late: at or after the newest event of that run (less a second of
+/// overlap), and past every window end the run finalised (its metrics'
+/// progress) plus the generator's disorder. A run that idles on its caught-up
+/// partitions lets their watermark follow the wall clock and finalises
+/// windows up to about the wall clock less lateness; an event dated in such a
+/// window is late by design (its finals keep out what the raw tables keep), so
+/// a continuation dated there would make finals differ from SQL over the raw
+/// tables by how long the run happened to last.
+pub async fn continuation_start(ch: &ClickHouseConfig, recs: &[(GenDomain, String, String)]) -> i64 {
+    let newest = recs.iter().filter_map(|(_, _, j)| serde_json::from_str::<serde_json::Value>(j).ok()?["timestamp"].as_i64()).max().unwrap_or(0);
+    let sql = format!("SELECT max(closed) FROM `{}` FINAL WHERE domain LIKE 'metric/%'", pulse_clickhouse::schema::PROGRESS_TABLE);
+    let finalised: i64 = ch.client().query(&sql).fetch_one().await.expect("progress");
+    // The generator moves events up to 2 s back in time.
+    (newest - 1_000).max(finalised + 3_000)
+}
+
 /// ClickHouse's batch recomputation of the same windows from the raw tables.
 pub async fn recomputed(spec: &Spec, ch: &ClickHouseConfig, metric: &pulse_model::Metric, window_start: i64, group: &str) -> Option<Vec<Option<f64>>> {
     if metric.is_derived() {

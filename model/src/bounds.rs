@@ -5,7 +5,7 @@
 //! after a restart judges a record exactly as the first read did).
 //!
 //! Value and string rules (numeric `min`/`max`, `max_length`, control and
-//! bidi characters, NFC) are enforced by the decoder; see `decode.rs`.
+//! bidi characters, NFC) are enforced by the decoder; see `decode/limits.rs`.
 
 use std::fmt;
 

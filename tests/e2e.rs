@@ -19,7 +19,7 @@ use pulse_kafka::testing::{stack_brokers, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Deployment, READ_KEY, accepted, http_get, http_get_with, push_tails, rows, wait_ready};
+use support::procs::{Deployment, READ_KEY, accepted, http_get, http_get_with, rows, wait_ready};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -82,7 +82,6 @@ fn loadgen_to_api_through_separate_processes() {
     assert!(acked.get("rides").copied().unwrap_or(0) > 40_000, "{acked:?}");
 
     let mut topics: Vec<(String, i32)> = spec.domains.iter().map(|d| (d.topic.clone(), d.partitions)).collect();
-    push_tails(kafka, &topics);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     // 1. Every acknowledged event, exactly once.
@@ -186,7 +185,6 @@ fn loadgen_to_api_through_separate_processes() {
 
     // 3. The aggregated topic holds the same finals (latest row per key).
     topics.push((spec.pipeline.aggregated_topic.clone(), pulse_kafka::topics::AGGREGATED_PARTITIONS));
-    push_tails(kafka, &topics[topics.len() - 1..]);
     let consumer: BaseConsumer = kafka.consumer(&unique_name("e2e-reader")).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
@@ -200,9 +198,6 @@ fn loadgen_to_api_through_separate_processes() {
             Some(Ok(msg)) => {
                 quiet_since = Instant::now();
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
-                if v.get("tail").is_some() {
-                    continue;
-                }
                 let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
                 let rev = v["revision"].as_u64().unwrap_or(0);
                 if on_topic.get(&key).is_none_or(|(r, _)| *r < rev) {

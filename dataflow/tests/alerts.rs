@@ -67,16 +67,10 @@ fn minute(city: &str, t0: i64, requests: usize, cancel_share: f64, seq: &mut u64
     }
 }
 
-fn produce(kafka: &KafkaConfig, topic: &str, spec: &pulse_model::Spec, records: &[(String, String)]) {
+fn produce(kafka: &KafkaConfig, topic: &str, records: &[(String, String)]) {
     let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
     for (key, json) in records {
         producer.send(BaseRecord::to(topic).key(key).payload(json)).map_err(|(e, _)| e).expect("send");
-    }
-    // Tansu hands a partition's last batch over only once more data follows.
-    for d in &spec.domains {
-        for p in 0..d.partitions {
-            producer.send(BaseRecord::to(&d.topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
-        }
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
@@ -145,7 +139,7 @@ fn a_surge_fires_once_per_city_survives_a_restart_and_resolves() {
     let first = part(0, 12);
     let second = part(12, 24);
 
-    produce(&kafka, &topic, &spec, &first);
+    produce(&kafka, &topic, &first);
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     wait_for(&got, "firing", SURGING.len(), Duration::from_secs(120));
     // Let the job go on a little (more revisions and finals of firing windows), then stop it.
@@ -163,7 +157,7 @@ fn a_surge_fires_once_per_city_survives_a_restart_and_resolves() {
 
     // Restart: the same group resumes; the surge ends in the second part.
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
-    produce(&kafka, &topic, &spec, &second);
+    produce(&kafka, &topic, &second);
     wait_for(&got, "resolved", SURGING.len(), Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(4));
     stop.trigger();
@@ -200,11 +194,7 @@ fn a_surge_fires_once_per_city_survives_a_restart_and_resolves() {
     assert_eq!(rows.iter().filter(|r| r.1 == "firing").count(), SURGING.len(), "{rows:#?}");
     assert_eq!(rows.iter().filter(|r| r.1 == "resolved").count(), SURGING.len(), "{rows:#?}");
     // The topic: the same notifications, keyed rule/group.
-    // (Tansu hands a partition's last batch over only once more data follows: a tail record.)
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
-    producer.send(BaseRecord::to(&spec.pipeline.alerts_topic).key("tail").payload("{}")).map_err(|(e, _)| e).expect("tail");
-    producer.flush(Duration::from_secs(30)).expect("flush");
-    let on_topic: Vec<_> = common::topic_rows(&kafka, &spec.pipeline.alerts_topic).into_iter().filter(|r| r.0 != "tail").collect();
+    let on_topic = common::topic_rows(&kafka, &spec.pipeline.alerts_topic);
     let mut topic: Vec<(String, String)> = on_topic.iter().map(|(k, _, _, v)| (k.clone(), v["status"].as_str().unwrap_or_default().to_string())).collect();
     topic.sort();
     let key = |city: &str| format!("city_cancellation_rate_high/city={city}");

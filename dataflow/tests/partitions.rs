@@ -15,10 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    clickhouse_finals, close, on_the_local_broker, produce_and_store, produce_and_store_to, push_tails_to, recomputed, records, short_windows_spec,
-    start_job_with,
-};
+use common::{clickhouse_finals, close, on_the_local_broker, produce_and_store, produce_and_store_to, recomputed, records, short_windows_spec, start_job_with};
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_model::generate::GenDomain;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
@@ -63,9 +60,7 @@ fn partitions_added_while_the_job_runs_are_read_once() {
     let rides = spec.domain("rides").expect("rides").clone();
     let Some((rt, kafka, ch, group)) = on_the_local_broker("df_partitions", &spec, &[&rides.topic]) else { return };
     let metric = spec.metric("city_metrics").expect("city_metrics");
-    let tails = |rides_partitions: i32| -> Vec<(String, i32)> {
-        spec.domains.iter().map(|d| (d.topic.clone(), if d.name == "rides" { rides_partitions } else { d.partitions })).collect()
-    };
+
     let admin: AdminClient<DefaultClientContext> = kafka.client().create().expect("admin");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
 
@@ -73,7 +68,6 @@ fn partitions_added_while_the_job_runs_are_read_once() {
     let others = |recs: Recs| -> Recs { recs.into_iter().filter(|(d, _, _)| *d != GenDomain::Rides).collect() };
     let first = others(records(800, 51, pulse_model::now_ms() - 20_000, 0));
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
-    push_tails_to(&kafka, &tails(0));
     let cfg = DataflowConfig {
         group,
         cluster: Cluster::Process { workers: 2 },
@@ -102,7 +96,6 @@ fn partitions_added_while_the_job_runs_are_read_once() {
     let second = records(800, 52, now - 1_000, 1_000_000);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
     let mut partitions = rides.partitions;
-    push_tails_to(&kafka, &tails(partitions));
 
     // Four partitions more, where the broker can add them.
     let grown = partitions + 4;
@@ -120,7 +113,6 @@ fn partitions_added_while_the_job_runs_are_read_once() {
             let recs = city_rides("Eastport", 400, pulse_model::now_ms());
             rt.block_on(produce_and_store_to(&spec, &kafka, &ch, &recs, &|i| Some(partitions + (i as i32 % 4))));
             partitions = grown;
-            push_tails_to(&kafka, &tails(partitions));
             recs
         }
     };

@@ -18,21 +18,8 @@ use pulse_model::generate::GenDomain;
 use pulse_ops::Readiness;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 type Finals = HashMap<(String, String, i64), Vec<Option<f64>>>;
-
-/// Tansu hands a partition's last batch to consumers only once more data
-/// follows: one record every consumer dead-letters follows on each partition.
-fn push_tails(kafka: &KafkaConfig, spec: &pulse_model::Spec) {
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
-    for d in &spec.domains {
-        for p in 0..d.partitions {
-            producer.send(BaseRecord::to(&d.topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush tails");
-}
 
 /// Waits until the finals stop changing for `quiet` (and there are some).
 fn settled(rt: &tokio::runtime::Runtime, spec: &pulse_model::Spec, ch: &pulse_clickhouse::ClickHouseConfig, quiet: Duration, timeout: Duration) -> Finals {
@@ -84,7 +71,6 @@ fn first_run(
 ) -> (Records, Finals) {
     let first = records(16_000, seed, pulse_model::now_ms() - 7 * 60_000, 0);
     rt.block_on(produce_and_store(spec, kafka, ch, &first));
-    push_tails(kafka, spec);
     let (stop, job) = start_job(Arc::clone(spec), kafka.clone(), ch.clone(), rt.handle().clone(), group);
     let before = settled(rt, spec, ch, Duration::from_secs(6), Duration::from_secs(120));
     stop.trigger();
@@ -115,7 +101,6 @@ fn a_plain_restart_on_the_local_broker_replaces_no_final() {
     // The same job again, same group and spec, and the stream goes on a little.
     let (stop, job) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &more_rides(&rt, &ch, &first, 22)));
-    push_tails(&kafka, &spec);
     std::thread::sleep(Duration::from_secs(8));
     stop.trigger();
     let summaries = job.join().expect("job thread");
@@ -133,7 +118,6 @@ fn a_second_instance_on_the_group_waits_until_the_first_stops() {
     let start_ms = pulse_model::now_ms() - 7 * 60_000;
     let first = records(8_000, 31, start_ms, 0);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &first));
-    push_tails(&kafka, &spec);
     let (stop_a, job_a) = start_job(Arc::clone(&spec), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     let before = settled(&rt, &spec, &ch, Duration::from_secs(4), Duration::from_secs(120));
 
@@ -148,7 +132,6 @@ fn a_second_instance_on_the_group_waits_until_the_first_stops() {
     let a = job_a.join().expect("job a");
     let second = records(4_000, 32, rt.block_on(continuation_start(&ch, &first)), 1_000_000);
     rt.block_on(produce_and_store(&spec, &kafka, &ch, &second));
-    push_tails(&kafka, &spec);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready_b.get() {
         assert!(Instant::now() < deadline, "the second instance never took over");
@@ -218,7 +201,6 @@ fn a_new_metric_is_rebuilt_from_history_and_a_raised_lateness_reopens_nothing() 
     // The stream went on while the job was down (written before it starts again:
     // a pause longer than idle_timeout would let the quiet domain's clock close windows).
     rt.block_on(produce_and_store(&next, &kafka, &ch, &more_rides(&rt, &ch, &first, 42)));
-    push_tails(&kafka, &next);
     let (stop, job) = start_job(Arc::clone(&next), kafka.clone(), ch.clone(), rt.handle().clone(), &group);
     std::thread::sleep(Duration::from_secs(10));
     stop.trigger();

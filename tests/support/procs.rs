@@ -10,7 +10,6 @@ use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_kafka::testing::unique_name;
 use pulse_model::Spec;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 /// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Service {
@@ -100,19 +99,6 @@ pub fn accepted(metrics: &str) -> HashMap<String, u64> {
             Some((domain, value as u64))
         })
         .collect()
-}
-
-/// Tansu hands a partition's last batch to consumers only once more data
-/// follows it: one record that every consumer rejects (dead-lettered) follows
-/// on each partition of each topic.
-pub fn push_tails(kafka: &KafkaConfig, topics: &[(String, i32)]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            producer.send(BaseRecord::to(topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush tails");
 }
 
 pub fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> Vec<serde_json::Value> {

@@ -195,8 +195,13 @@ pub fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, s
     let mut rows = Vec::new();
     let mut done: HashSet<i32> = ends.iter().filter(|(_, h)| **h == 0).map(|(p, _)| *p).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while done.len() < ends.len() && Instant::now() < deadline {
+    // Tansu 0.6 answers "latest offset" with the start of a partition's last
+    // batch plus one, so the rest of that batch may follow the offset it calls
+    // the end: read on until the topic has been quiet for a second.
+    let mut quiet_since = Instant::now();
+    while (done.len() < ends.len() || quiet_since.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        quiet_since = Instant::now();
         let v: serde_json::Value = serde_json::from_slice(msg.payload().unwrap_or_default()).expect("row json");
         let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
         rows.push((key, v["final"].as_bool().unwrap_or(false), v["revision"].as_u64().unwrap_or(0), v));
@@ -282,20 +287,6 @@ pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(t
     rt.block_on(pulse_clickhouse::migrate(&ch, spec)).expect("migrate");
     let group = pulse_kafka::testing::unique_name(&name.replace('_', "-"));
     Some((rt, kafka, ch, group))
-}
-
-/// Tansu hands a partition's last batch to consumers only once more data
-/// follows: one record every consumer dead-letters follows on each of the
-/// given partitions (`(topic, partitions)`).
-pub fn push_tails_to(kafka: &KafkaConfig, topics: &[(String, i32)]) {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            producer.send(BaseRecord::to(topic).partition(p).key("tail").payload("{\"tail\":true}")).map_err(|(e, _)| e).expect("tail");
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush tails");
 }
 
 /// The job as a service with the given configuration (its group, workers, timings).

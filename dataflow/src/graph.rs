@@ -14,7 +14,6 @@
 //! derived stage joins the windows of derived metrics' inputs (see `derived`).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -29,6 +28,7 @@ use timely::worker::Worker;
 
 use crate::derived::{DerivedStore, InputRow};
 use crate::emit::{Emitter, EmitterStats, Revisions};
+use crate::gate::{EpochGate, ReadyEpoch};
 use crate::plan::JobPlan;
 use crate::state::Updates;
 use crate::types::{Delta, NamedValue, PaneDelta, WmReport};
@@ -122,40 +122,16 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
             "Emitter",
             move |_capability, _info| {
                 let mut derived_out: Vec<InputRow> = Vec::new();
-                let mut pending: BTreeMap<u64, Vec<Delta>> = BTreeMap::new();
-                let mut pending_reports: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
-                // Held at the oldest pending epoch, so that the probe passes an epoch
-                // only after the emitter completed it.
-                let mut held: Option<timely::dataflow::operators::Capability<u64>> = None;
+                let mut gate: EpochGate<Delta> = EpochGate::default();
                 move |(changes, frontier1), (reports, frontier2), output| {
-                    changes.for_each(|cap, data| {
-                        if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
-                            held = cap.retain_least(0);
-                        }
-                        if let Some(t) = cap.least() {
-                            pending.entry(*t).or_default().append(data);
-                        }
-                    });
-                    reports.for_each(|cap, data| {
-                        if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
-                            held = cap.retain_least(0);
-                        }
-                        for r in data.drain(..) {
-                            pending_reports.entry(r.epoch).or_default().push(r);
-                        }
-                    });
-                    let ready = |t: &u64| !frontier1.less_equal(t) && !frontier2.less_equal(t);
-                    let mut times: Vec<u64> = pending.keys().chain(pending_reports.keys()).copied().filter(|t| ready(t)).collect();
-                    times.sort_unstable();
-                    times.dedup();
-                    if !times.is_empty() {
+                    changes.for_each(|cap, data| gate.data(cap, data));
+                    reports.for_each(|cap, data| gate.reports(cap, data));
+                    let ready = gate.ready(frontier1, frontier2);
+                    if !ready.is_empty() {
                         let now_ms = now_ms();
                         let mut shared = emitter_shared.borrow_mut();
-                        for t in times {
-                            if let Some(changes) = pending.remove(&t) {
-                                emitter.apply(changes);
-                            }
-                            let reports = pending_reports.remove(&t).unwrap_or_default();
+                        for ReadyEpoch { epoch: t, data, reports } in ready {
+                            emitter.apply(data);
                             shared.clock.complete_epoch(t, reports);
                             let closed = shared.clock.closed_all().to_vec();
                             let mut rows = Vec::new();
@@ -164,21 +140,15 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
                             shared.rows.extend(rows.into_iter().map(|r| (t, r)));
                             shared.completed = Some(t);
                             if !derived_out.is_empty()
-                                && let Some(h) = held.as_ref()
+                                && let Some(cap) = gate.output_at(t)
                             {
-                                output.session(&h.delayed(&t)).give_container(&mut derived_out);
+                                output.session(&cap).give_container(&mut derived_out);
                             }
                         }
                         emitter.measure();
                         shared.emitter_stats = emitter.stats.clone();
                     }
-                    // Hold only what is still pending.
-                    let oldest = pending.keys().chain(pending_reports.keys()).min().copied();
-                    match (oldest, held.as_mut()) {
-                        (Some(t), Some(h)) if *h.time() < t => h.downgrade(&t),
-                        (None, _) => held = None,
-                        _ => {}
-                    }
+                    gate.release();
                 }
             },
         );
@@ -199,38 +169,18 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
                 Pipeline,
                 "Derived",
                 move |_capability, _info| {
-                    let mut pending: BTreeMap<u64, Vec<InputRow>> = BTreeMap::new();
-                    let mut pending_reports: BTreeMap<u64, Vec<WmReport>> = BTreeMap::new();
-                    let mut held: Option<timely::dataflow::operators::Capability<u64>> = None;
+                    let mut gate: EpochGate<InputRow> = EpochGate::default();
                     move |(rows, frontier1), (reports, frontier2), _output| {
-                        rows.for_each(|cap, data| {
-                            if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
-                                held = cap.retain_least(0);
-                            }
-                            if let Some(t) = cap.least() {
-                                pending.entry(*t).or_default().append(data);
-                            }
-                        });
-                        reports.for_each(|cap, data| {
-                            if held.as_ref().is_none_or(|h| cap.least().is_some_and(|t| t < h.time())) {
-                                held = cap.retain_least(0);
-                            }
-                            for r in data.drain(..) {
-                                pending_reports.entry(r.epoch).or_default().push(r);
-                            }
-                        });
-                        let ready = |t: &u64| !frontier1.less_equal(t) && !frontier2.less_equal(t);
-                        let mut times: Vec<u64> = pending.keys().chain(pending_reports.keys()).copied().filter(|t| ready(t)).collect();
-                        times.sort_unstable();
-                        times.dedup();
+                        rows.for_each(|cap, data| gate.data(cap, data));
+                        reports.for_each(|cap, data| gate.reports(cap, data));
                         let now_ms = now_ms();
-                        for t in times {
-                            for r in pending.remove(&t).unwrap_or_default() {
+                        for ReadyEpoch { epoch: t, data, reports } in gate.ready(frontier1, frontier2) {
+                            for r in data {
                                 if let (Some(d), Some(store)) = (derived_plan.derived.get(usize::from(r.derived)), stores.get_mut(usize::from(r.derived))) {
                                     store.apply(d, r);
                                 }
                             }
-                            clock.complete_epoch(t, pending_reports.remove(&t).unwrap_or_default());
+                            clock.complete_epoch(t, reports);
                             let closed = clock.closed_all();
                             let input_limit = |m: usize| {
                                 let mp = &derived_plan.metrics[m];
@@ -244,12 +194,7 @@ pub fn build(worker: &mut Worker, plan: Arc<JobPlan>, domains: usize, start: &[i
                                 derived_shared.borrow_mut().rows.extend(rows.into_iter().map(|r| (t, r)));
                             }
                         }
-                        let oldest = pending.keys().chain(pending_reports.keys()).min().copied();
-                        match (oldest, held.as_mut()) {
-                            (Some(t), Some(h)) if *h.time() < t => h.downgrade(&t),
-                            (None, _) => held = None,
-                            _ => {}
-                        }
+                        gate.release();
                     }
                 },
             )

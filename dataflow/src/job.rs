@@ -1,26 +1,18 @@
-//! The worker loop: reads records, feeds the dataflow in epochs, hands
-//! completed epochs' rows to the output, expires ingestion state, and commits
-//! offsets once the rows of the epoch that released them are durable.
+//! What a worker runs on: where its records come from ([`RecordSource`]),
+//! where its rows go ([`RowSink`]), its configuration, and [`run_worker`],
+//! the loop whose phases are the [`Driver`]'s (see `driver`).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use pulse_kafka::DeadLetter;
 use pulse_model::metric_row::MetricRow;
-use pulse_model::{Decoder, LatePolicy, Spec, TimeBounds};
+use pulse_model::{LatePolicy, Spec};
 use timely::worker::Worker;
 
-use crate::graph::{self, Graph};
+pub use crate::driver::Driver;
 use crate::metrics::JobMetrics;
-use crate::plan::JobPlan;
-use crate::state::{Accepted, IngestState};
-use crate::types::{WM_END, WmReport};
-use crate::watermark::{WallClock, follow_wall_clock};
-
-/// Next offset to commit per (domain, partition).
-type Offsets = Vec<((usize, i32), i64)>;
 
 /// One record read from a source.
 pub struct Record<'a> {
@@ -158,7 +150,8 @@ pub struct WorkerSummary {
 }
 
 /// Runs one worker until its source ends (and every window is closed and
-/// durable) or `stop` is set (then it drains what it has and commits).
+/// durable) or `stop` is set (then it drains what it has and commits). The
+/// phases of the loop are [`Driver`]'s methods.
 pub fn run_worker(
     worker: &mut Worker,
     spec: Arc<Spec>,
@@ -168,283 +161,22 @@ pub fn run_worker(
     metrics: &JobMetrics,
     stop: &AtomicBool,
 ) -> WorkerSummary {
-    let plan = Arc::new(JobPlan::new(&spec));
-    let domains = spec.domains.len();
-    let mut graph: Graph = graph::build(worker, Arc::clone(&plan), domains, &cfg.start, &cfg.metric_floor, cfg.revision_floor);
-    let mut state = IngestState::new(Arc::clone(&spec), Arc::clone(&plan), &cfg.start);
-    let decoders: Vec<Decoder> = spec.domains.iter().map(Decoder::new).collect();
-    let bounds: Vec<TimeBounds> = spec.domains.iter().map(TimeBounds::of).collect();
-    let judge_time = source.broker_timestamps();
-    let index = worker.index();
-    let replay = cfg.replay_epoch_records.is_some();
-    let interval_ms = cfg.emit_interval.as_millis().max(1) as u64;
-    // One epoch clock for the whole job: live epochs are numbered by the wall
-    // clock (emit intervals since the Unix epoch), so that a worker that started
-    // late (a slow Kafka start) joins the others' epochs instead of lagging them
-    // by its start delay for good.
-    let epoch_of = || -> u64 { 1 + u64::try_from(pulse_model::now_ms()).unwrap_or(0) / interval_ms };
-
-    let mut summary = WorkerSummary::default();
-    let mut epoch: u64 = if replay { 1 } else { epoch_of() };
-    let first_epoch = epoch;
-    graph.advance_to(epoch);
-    if index == 0 {
-        for r in cfg.derived_seed.iter() {
-            graph.deltas.send(crate::types::Delta::Input(r.clone()));
-        }
-    }
-    let mut in_epoch = 0usize;
-    let mut adopted = true;
-    let mut ended = false;
-    // The last epoch that carried data (after the input ended or a stop).
-    let mut final_epoch: Option<u64> = None;
-    let mut stopping = false;
-    let mut dead_now: Vec<DeadLetter> = Vec::new();
-    let mut dead_by_epoch: VecDeque<(u64, Vec<DeadLetter>)> = VecDeque::new();
-    let mut sent_through: u64 = 0;
-    let mut durable_input_at: u64 = 0;
-    // Per completed epoch: the offsets it allows to commit and the closed watermarks.
-    let mut commits: VecDeque<(u64, Offsets, Vec<i64>)> = VecDeque::new();
-    let late_to_dlq = cfg.late_policy == LatePolicy::DeadLetter;
-    // Counter handles per domain, resolved once (label lookups are not free per event).
-    let counter = |outcome: &str| -> Vec<_> { spec.domains.iter().map(|d| metrics.events.with_label_values(&[&d.name, outcome])).collect() };
-    let (counted_c, stale_c, dead_c, dup_c) = (counter("counted"), counter("stale"), counter("dead_lettered"), counter("duplicate"));
-    let late_c: Vec<_> = spec.domains.iter().map(|d| metrics.late.with_label_values(&[&d.name])).collect();
-
+    let mut driver = Driver::new(worker, spec, cfg, metrics, source.broker_timestamps());
     loop {
-        let now = Instant::now();
-        if !stopping && stop.load(Ordering::Relaxed) {
-            stopping = true;
-            tracing::info!(worker = index, "stopping: draining the current epoch");
-        }
-        // Every epoch below the probe's frontier is complete on every worker.
-        let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
-
-        // 1. Read, unless the input ended, we are stopping, or outputs lag behind.
-        let backlogged = epoch.saturating_sub(durable_input_at.max(first_epoch)) > cfg.max_pending_epochs;
-        let barrier = replay && completed + 1 < epoch;
-        let mut status = SourceStatus::Idle;
-        if final_epoch.is_none() && !ended && !stopping && !backlogged && !barrier {
-            if !adopted {
-                // The new epoch drops late data against the latest job watermark.
-                let shared = graph.shared.borrow();
-                for d in 0..domains {
-                    state.used[d] = state.used[d].max(shared.clock.watermark(d));
-                }
-                adopted = true;
-            }
-            let budget = match cfg.replay_epoch_records {
-                Some(n) => n.saturating_sub(in_epoch).clamp(1, cfg.max_poll),
-                None => cfg.max_poll,
-            };
-            let wall_ms = pulse_model::now_ms();
-            state.set_wall_clock(wall_ms);
-            status = source.poll(budget, &mut |rec| {
-                summary.records += 1;
-                in_epoch += 1;
-                let d = rec.domain;
-                let decoded = match rec.payload {
-                    Some(bytes) => decoders[rec.domain].decode(bytes).map_err(|e| e.to_string()),
-                    None => Err("empty record (no payload)".to_string()),
-                };
-                // The trust boundary: an event time far from its record's broker
-                // timestamp is refused here as at the sink, and never moves a watermark.
-                let decoded = decoded.and_then(|ev| {
-                    if judge_time { bounds[d].check_event(&ev, rec.timestamp_ms, wall_ms).map(|()| ev).map_err(|e| e.to_string()) } else { Ok(ev) }
-                });
-                match decoded {
-                    Ok(mut ev) => {
-                        // Without a version, the record's broker timestamp orders an event's
-                        // versions (µs, as ingest writes them), the same rule as the raw tables.
-                        if ev.version.is_none() {
-                            ev.version = Some(u64::try_from(rec.timestamp_ms).unwrap_or(0).saturating_mul(1000));
-                        }
-                        let time = ev.time;
-                        match state.offer(rec.domain, rec.partition, rec.offset, ev, now, &mut graph) {
-                            Accepted::Counted => {
-                                summary.events += 1;
-                                counted_c[d].inc();
-                            }
-                            Accepted::Stale => {
-                                summary.stale += 1;
-                                stale_c[d].inc();
-                            }
-                            Accepted::Duplicate => {
-                                summary.duplicates += 1;
-                                dup_c[d].inc();
-                            }
-                            Accepted::Late => {
-                                summary.late += 1;
-                                late_c[d].inc();
-                                if late_to_dlq {
-                                    dead_now.push(dead_letter(&rec, format!("late: every window of event time {time} is closed")));
-                                }
-                            }
-                        }
-                    }
-                    Err(reason) => {
-                        state.advance_offset(rec.domain, rec.partition, rec.offset + 1);
-                        summary.dead_lettered += 1;
-                        dead_c[d].inc();
-                        dead_now.push(dead_letter(&rec, reason));
-                    }
-                }
-            });
-            if status == SourceStatus::Ended {
-                ended = true;
-                // The last data epoch reports "nothing more will come": every window closes.
-                for u in state.used.iter_mut() {
-                    *u = WM_END;
-                }
-                tracing::debug!(worker = index, epoch, "input ended: closing every window");
-            }
-        }
-
-        // 2. Epoch boundary: send the epoch's contributions and this worker's watermark report.
-        let boundary = match final_epoch {
-            // After the last data epoch, keep time moving with the rest of the job.
-            Some(_) => completed + 1 >= epoch,
-            None if ended || stopping => true,
-            None => match cfg.replay_epoch_records {
-                Some(n) => in_epoch >= n,
-                None => epoch_of() > epoch,
-            },
-        };
-        if boundary {
-            for ((d, p), caught) in source.caught_up() {
-                state.set_caught_up(d, p, caught, now);
-            }
-            state.flush_epoch(&mut graph);
-            // A worker whose input ended has no active partition left.
-            let idle = if ended { Some(Duration::ZERO) } else { cfg.idle_timeout };
-            let mut report = state.report(now, idle);
-            // Live: a quiet domain's watermark follows the wall clock (see `watermark`).
-            if let (Some(idle), false, false) = (cfg.idle_timeout, replay, ended) {
-                let wall = pulse_model::now_ms();
-                let shared = graph.shared.borrow();
-                for (d, wm) in report.iter_mut().enumerate() {
-                    let lateness = plan.by_domain[d].iter().map(|&m| plan.metrics[m].lateness).max().unwrap_or(0);
-                    let current_within = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX).saturating_add(lateness);
-                    let clock = WallClock { now_ms: wall, cap: bounds[d].watermark_cap(wall), job_watermark: shared.clock.watermark(d), current_within };
-                    *wm = follow_wall_clock(*wm, clock);
-                }
-            }
-            graph.reports.send(WmReport { worker: index, epoch, domains: report });
-            dead_by_epoch.push_back((epoch, std::mem::take(&mut dead_now)));
-            if (ended || stopping) && final_epoch.is_none() {
-                final_epoch = Some(epoch);
-            }
-            epoch = if replay || final_epoch.is_some() { epoch + 1 } else { epoch_of().max(epoch + 1) };
-            in_epoch = 0;
-            adopted = false;
-            graph.advance_to(epoch);
-            summary.epochs += 1;
-        }
-
-        // 3. Let the dataflow work.
+        driver.check_stop(stop);
+        let status = driver.read(source);
+        driver.end_epoch(source);
         if status == SourceStatus::Active {
             worker.step();
         } else {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
-
-        // 4. Completed epochs: rows out, ingestion state expired, offsets to commit.
-        let completed = graph.probe.with_frontier(|f| f.first().map_or(epoch, |t| t.saturating_sub(1)));
-        if completed > sent_through {
-            let (rows, closed, stats) = {
-                let mut shared = graph.shared.borrow_mut();
-                let rows: Vec<MetricRow> = std::mem::take(&mut shared.rows).into_iter().map(|(_, r)| r).collect();
-                // The closed watermarks of the completed epoch (the emitter may have completed later ones).
-                let mut closed = None;
-                while shared.closed_at.front().is_some_and(|(t, _)| *t <= completed) {
-                    closed = shared.closed_at.pop_front().map(|(_, c)| c);
-                }
-                let closed = closed.unwrap_or_else(|| shared.clock.closed_all().to_vec());
-                (rows, closed, shared.emitter_stats.clone())
-            };
-            let mut dead = Vec::new();
-            while dead_by_epoch.front().is_some_and(|(e, _)| *e <= completed) {
-                if let Some((_, d)) = dead_by_epoch.pop_front() {
-                    dead.extend(d);
-                }
-            }
-            summary.finals = stats.finals;
-            summary.revisions = stats.revisions;
-            let bytes: usize = stats.state.iter().map(|s| s.bytes).sum();
-            if bytes as u64 > summary.peak_state_bytes {
-                summary.peak_state_bytes = bytes as u64;
-                summary.peak_open_events = stats.state.iter().map(|s| s.events).sum();
-                summary.peak_open_windows = stats.state.iter().map(|s| s.windows as u64).sum();
-                summary.peak_sketch_bytes = stats.state.iter().map(|s| s.sketch_bytes as u64).sum();
-            }
-            metrics.observe_emitter(&stats, &spec.metrics, index);
-            sink.send(completed, rows, dead);
-            state.expire(&closed, &mut graph);
-            let offsets: Vec<((usize, i32), i64)> = state.offsets.iter_mut().map(|(k, o)| (*k, o.committable(closed[k.0]))).collect();
-            commits.push_back((completed, offsets, closed));
-            metrics.epoch_completed_ms.set(pulse_model::now_ms());
-            sent_through = completed;
-            let shared = graph.shared.borrow();
-            for (d, dom) in spec.domains.iter().enumerate() {
-                metrics.observe_watermark(&dom.name, shared.clock.watermark(d));
-            }
-            metrics.retained.with_label_values(&["live_events"]).set(state.live_events() as i64);
-            for ((m, (admitted, all)), overflowed) in spec.metrics.iter().zip(state.open_groups()).zip(&state.overflowed) {
-                metrics.open_groups.with_label_values(&[&m.name, "admitted"]).set(admitted as i64);
-                metrics.open_groups.with_label_values(&[&m.name, "all"]).set(all as i64);
-                metrics.overflow.with_label_values(&[&m.name]).set(*overflowed as i64);
-            }
-        }
-
-        // 5. Durability reported by the output moves the durable input's frontier.
-        if let Some(d) = sink.durable_through()
-            && d + 1 > durable_input_at
-        {
-            durable_input_at = d + 1;
-            graph.durable.advance_to(durable_input_at);
-        }
-
-        // 6. Commit what every worker has made durable.
-        while let Some((e, _, _)) = commits.front() {
-            if graph.durable_probe.less_equal(e) {
-                break;
-            }
-            if let Some((_, offsets, closed)) = commits.pop_front() {
-                if !sink.record_progress(&closed) {
-                    break;
-                }
-                source.commit(&offsets, &closed);
-            }
-        }
-
-        // 7. Done: after the last data epoch, once what must be final is final and durable.
-        if let Some(f) = final_epoch {
-            let (all_closed, handed_over) = {
-                let shared = graph.shared.borrow();
-                (!ended || shared.clock.closed_all().iter().all(|&c| c >= WM_END), shared.rows.is_empty())
-            };
-            if sent_through >= f && all_closed && handed_over && commits.is_empty() && !graph.durable_probe.less_equal(&sent_through) {
-                break;
-            }
+        driver.take_completed(sink);
+        driver.note_durable(sink);
+        driver.commit(source, sink);
+        if driver.finished() {
+            break;
         }
     }
-    let (probe, _durable_probe, _shared, durable) = graph.close();
-    drop(durable);
-    while !probe.done() {
-        worker.step();
-    }
-    tracing::debug!(worker = index, ?summary, "worker finished");
-    summary
-}
-
-fn dead_letter(rec: &Record<'_>, reason: String) -> DeadLetter {
-    DeadLetter {
-        source_topic: rec.topic.to_string(),
-        partition: rec.partition,
-        offset: rec.offset,
-        stage: "dataflow".into(),
-        reason,
-        key: rec.key.map(<[u8]>::to_vec),
-        payload: rec.payload.map(<[u8]>::to_vec),
-    }
+    driver.close(worker)
 }

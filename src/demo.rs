@@ -16,7 +16,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::generate::{CITIES, GenConfig};
 use pulse_model::{Spec, parse_duration};
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, ServiceContext, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
@@ -154,8 +154,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             rate_limit: Some(pulse_ingest::config::DEFAULT_RATE_LIMIT),
             ..Default::default()
         },
-        Registry::new(),
-        Readiness::default(),
+        ServiceContext::new(rt.handle().clone(), shutdown.clone()),
     )?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener, shutdown.clone()));
@@ -228,7 +227,8 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     // The freshness probes send without a key: they get a loopback-only ingest of their own, on an ephemeral port.
     let freshness = if args.freshness {
-        let probe_ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), Registry::new(), Readiness::default())?;
+        let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone());
+        let probe_ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), ctx)?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the probes' ingest")?;
         let url = format!("http://{}", listener.local_addr()?);
         rt.spawn(pulse_ingest::serve(probe_ingest, listener, shutdown.clone()));

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use pulse_ingest::loadgen::{LoadgenConfig, Target};
 use pulse_ingest::{ApiKeys, IngestConfig};
 use pulse_model::generate::{CITIES, GenConfig};
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 
 use crate::cli::{Global, KafkaArgs};
 use crate::services::runtime;
@@ -104,7 +104,7 @@ pub fn ingest(global: &Global, args: &IngestArgs) -> anyhow::Result<ExitCode> {
                 tracing::warn!("topic drift: {d}");
             }
         }
-        pulse_ingest::run(spec, &kafka, cfg, pulse_ops::prometheus::Registry::new(), Readiness::default(), shutdown).await?;
+        pulse_ingest::run(spec, &kafka, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await?;
         tracing::info!("ingest stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -12,7 +12,7 @@ use clap::Args;
 use pulse_kafka::KafkaConfig;
 use pulse_model::generate::GenConfig;
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, ServiceContext, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::mocking::MockCluster;
 
 use crate::cli::{ClickHouseArgs, Global};
@@ -58,7 +58,8 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
 
     let ingest_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let ingest_url = format!("http://{}", ingest_listener.local_addr()?);
-    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), Registry::new(), Readiness::default())?;
+    let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone());
+    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), ctx)?;
     let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener, shutdown.clone()));
     let registry = Registry::new();
     let dataflow = {

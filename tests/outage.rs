@@ -13,8 +13,7 @@ use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_kafka::testing::{stack_brokers, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, ServiceContext, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -91,7 +90,7 @@ fn clickhouse_down_for_a_minute_under_load() {
         let _guard = rt.enter();
         let listener = rt.block_on(tokio::net::TcpListener::bind(api_addr)).expect("bind");
         let cfg = pulse_api::ApiConfig { addr: api_addr, ..pulse_api::ApiConfig::default() };
-        let api = pulse_api::Api::new(Arc::clone(&spec), &ch, cfg, Registry::new(), Readiness::default(), shutdown.clone()).expect("api");
+        let api = pulse_api::Api::new(Arc::clone(&spec), &ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown.clone())).expect("api");
         rt.spawn(pulse_api::serve(api, listener, shutdown.clone()))
     };
     let base = format!("http://127.0.0.1:{api_port}");

@@ -22,9 +22,9 @@ use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_model::generate::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
 use pulse_model::{Decoder, Spec};
-use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::prometheus::proto::MetricFamily;
+use pulse_ops::{ServiceContext, Shutdown};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
@@ -199,14 +199,8 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     // The API, in-process on a real socket.
     let registry = Registry::new();
     let shutdown = Shutdown::new();
-    let api = Api::new(
-        Arc::clone(&spec),
-        &ClickHouseConfig { timeout: Duration::from_secs(30), ..ch.clone() },
-        ApiConfig::default(),
-        registry.clone(),
-        Default::default(),
-        shutdown.clone(),
-    )?;
+    let ctx = ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()).with_registry(registry.clone());
+    let api = Api::new(Arc::clone(&spec), &ClickHouseConfig { timeout: Duration::from_secs(30), ..ch.clone() }, ApiConfig::default(), ctx)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(crate::serve(api, listener, shutdown.clone()));

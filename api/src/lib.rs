@@ -28,7 +28,7 @@ use std::sync::Arc;
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_model::Spec;
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 
 pub use config::ApiConfig;
 pub use error::ApiError;
@@ -62,45 +62,33 @@ pub(crate) struct Inner {
 
 impl Api {
     /// Builds the API over `clickhouse` and starts its background tasks (the
-    /// readiness probe and, when `cfg.stream` is set, the aggregated-topic
-    /// consumer of the SSE endpoints). Must be called inside a tokio runtime.
-    pub fn new(
-        spec: Arc<Spec>,
-        clickhouse: &ClickHouseConfig,
-        cfg: ApiConfig,
-        registry: Registry,
-        ready: Readiness,
-        shutdown: Shutdown,
-    ) -> Result<Api, ApiError> {
-        let metrics = ApiMetrics::new(&registry)?;
+    /// readiness probe, on `ctx.rt`, and, when `cfg.stream` is set, the
+    /// aggregated-topic consumer of the SSE endpoints). Must be called inside a
+    /// tokio runtime. `ctx.metrics_addr` is unused: `/health`, `/ready` and
+    /// `/metrics` are served by the API's own HTTP server ([`router`]).
+    pub fn new(spec: Arc<Spec>, clickhouse: &ClickHouseConfig, cfg: ApiConfig, ctx: ServiceContext) -> Result<Api, ApiError> {
+        let metrics = ApiMetrics::new(&ctx.registry)?;
         let db = Db::new(clickhouse, metrics.clone());
         let catalog = Catalog::new(&spec, &clickhouse.database);
         let hub = match &cfg.stream {
-            Some(s) => Some(StreamHub::start(Arc::clone(&spec), &catalog, s, metrics.clone(), shutdown.clone())?),
+            Some(s) => Some(StreamHub::start(Arc::clone(&spec), &catalog, s, metrics.clone(), ctx.shutdown.clone())?),
             None => None,
         };
         let limiter = cfg.rate_limit.filter(|r| *r > 0.0).map(|r| auth::RateLimiter::new(r, Some(cfg.rate_burst.unwrap_or(2.0 * r)), cfg.keys.len()));
         let streams = Arc::default();
-        let api = Api { inner: Arc::new(Inner { spec, catalog, db, cfg, metrics, registry, ready, hub, shutdown, limiter, streams }) };
-        api.spawn_readiness();
-        Ok(api)
-    }
-
-    fn spawn_readiness(&self) {
-        let (db, ready, shutdown, every) = (self.inner.db.clone(), self.inner.ready.clone(), self.inner.shutdown.clone(), self.inner.cfg.ready_interval);
-        tokio::spawn(async move {
-            while !shutdown.is_triggered() {
+        let (probe_db, was_ready) = (db.clone(), ctx.ready.clone());
+        ctx.spawn_readiness(cfg.ready_interval, move || {
+            let (db, was_ready) = (probe_db.clone(), was_ready.clone());
+            async move {
                 let ok = db.ping().await;
-                if ok != ready.get() {
+                if ok != was_ready.get() {
                     tracing::info!(reachable = ok, "ClickHouse reachability changed");
                 }
-                ready.set(ok);
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = shutdown.wait() => {}
-                }
+                ok
             }
         });
+        let ServiceContext { registry, ready, shutdown, .. } = ctx;
+        Ok(Api { inner: Arc::new(Inner { spec, catalog, db, cfg, metrics, registry, ready, hub, shutdown, limiter, streams }) })
     }
 
     pub fn spec(&self) -> &Spec {

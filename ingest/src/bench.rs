@@ -15,8 +15,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
 use pulse_model::generate::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::process;
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -175,7 +174,12 @@ pub async fn run(spec: &Spec, kafka: &KafkaConfig, ingest_cfg: IngestConfig, cfg
             admin = Some(a);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Setup(e.to_string()))?;
             let url = format!("http://{}", listener.local_addr().map_err(|e| BenchError::Setup(e.to_string()))?);
-            let ingest = Ingest::new(Arc::new(spec), kafka, IngestConfig { rate_limit: None, ..ingest_cfg }, Registry::new(), Readiness::default())?;
+            let ingest = Ingest::new(
+                Arc::new(spec),
+                kafka,
+                IngestConfig { rate_limit: None, ..ingest_cfg },
+                ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()),
+            )?;
             let handle = tokio::spawn(crate::service::serve(ingest, listener, shutdown.clone()));
             let target = format!("in-process ingest on {url}, Kafka {}", kafka.brokers);
             (url, target, Some(handle))

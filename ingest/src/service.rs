@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use prometheus::Registry;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_ops::{Readiness, Shutdown, prometheus};
+use pulse_ops::{Readiness, ServiceContext, Shutdown, prometheus};
 use rdkafka::producer::Producer as _;
 use tokio::net::TcpListener;
 
@@ -86,9 +86,12 @@ struct DomainState {
 }
 
 impl Ingest {
-    /// Builds the service and its Kafka producer. `ready` is set by the
-    /// readiness monitor (`serve` starts it; see [`Ingest::refresh_readiness`]).
-    pub fn new(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, registry: Registry, ready: Readiness) -> Result<Ingest, IngestError> {
+    /// Builds the service and its Kafka producer, with metrics on `ctx.registry`.
+    /// `ctx.ready` is set by the readiness monitor (`serve` starts it; see
+    /// [`Ingest::refresh_readiness`]). `ctx.metrics_addr` is unused: `/health`,
+    /// `/ready` and `/metrics` are served by ingest's own HTTP server ([`Ingest::router`]).
+    pub fn new(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, ctx: ServiceContext) -> Result<Ingest, IngestError> {
+        let ServiceContext { registry, ready, .. } = ctx;
         let metrics = IngestMetrics::new(&registry)?;
         let producer = Producer::new(kafka, &ProducerConfig { timeout: cfg.produce_timeout, max_in_flight: cfg.max_in_flight, linger: cfg.linger }, &registry)?;
         let domains: Vec<DomainState> = spec.domains.iter().map(|d| DomainState { writer: DomainWriter::new(d), counters: metrics.domain(&d.name) }).collect();
@@ -522,11 +525,13 @@ pub async fn serve(ingest: Ingest, listener: TcpListener, shutdown: Shutdown) ->
     Ok(())
 }
 
-/// Binds `cfg.addr` and serves (the `pulse ingest` entry point).
-pub async fn run(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, registry: Registry, ready: Readiness, shutdown: Shutdown) -> Result<(), IngestError> {
+/// Binds `cfg.addr` and serves until `ctx.shutdown` (the `pulse ingest` entry
+/// point; see [`Ingest::new`] for what it takes from `ctx`).
+pub async fn run(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, ctx: ServiceContext) -> Result<(), IngestError> {
     let addr = cfg.addr;
     let listener = TcpListener::bind(addr).await.map_err(|source| IngestError::Bind { addr, source })?;
-    let ingest = Ingest::new(spec, kafka, cfg, registry, ready)?;
+    let shutdown = ctx.shutdown.clone();
+    let ingest = Ingest::new(spec, kafka, cfg, ctx)?;
     serve(ingest, listener, shutdown).await
 }
 

@@ -421,7 +421,7 @@ mod tests {
     use pulse_clickhouse::{Writer, WriterMetrics};
     use pulse_model::{Decoder, Spec};
     use pulse_ops::prometheus::Registry;
-    use pulse_ops::{Readiness, Shutdown};
+    use pulse_ops::{ServiceContext, Shutdown};
     use serde_json::Value;
 
     use super::*;
@@ -538,7 +538,8 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let base = format!("http://{}", listener.local_addr().expect("addr"));
             let shutdown = Shutdown::new();
-            let api = Api::new(Arc::clone(&spec), &ch, crate::ApiConfig::default(), Registry::new(), Readiness::default(), shutdown.clone()).expect("api");
+            let api = Api::new(Arc::clone(&spec), &ch, crate::ApiConfig::default(), ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()))
+                .expect("api");
             let server = tokio::spawn(crate::serve(api, listener, shutdown.clone()));
             let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             let get = |path: &str| {

@@ -23,8 +23,7 @@ use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, ServiceContext, Shutdown};
+use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -56,7 +55,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();
-        let api = Api::new(spec, ch, cfg, Registry::new(), Readiness::default(), shutdown.clone()).expect("api");
+        let api = Api::new(spec, ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone())).expect("api");
         tokio::spawn(pulse_api::serve(api.clone(), listener, shutdown.clone()));
         Server { url, api, shutdown }
     }

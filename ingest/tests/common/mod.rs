@@ -16,8 +16,7 @@ use pulse_ingest::{Ingest, IngestConfig};
 use pulse_kafka::KafkaConfig;
 use pulse_kafka::testing::unique_name;
 use pulse_model::Spec;
-use pulse_ops::prometheus::Registry;
-use pulse_ops::{Readiness, Shutdown};
+use pulse_ops::{Readiness, ServiceContext, Shutdown};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -43,8 +42,9 @@ impl Server {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let ready = Readiness::default();
         let kafka = KafkaConfig { brokers: brokers.to_string(), properties: Vec::new() };
-        let ingest = Ingest::new(spec.clone(), &kafka, cfg, Registry::new(), ready.clone()).expect("ingest");
         let shutdown = Shutdown::new();
+        let ctx = ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()).with_ready(ready.clone());
+        let ingest = Ingest::new(spec.clone(), &kafka, cfg, ctx).expect("ingest");
         let task = tokio::spawn(pulse_ingest::serve(ingest.clone(), listener, shutdown.clone()));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.get() {

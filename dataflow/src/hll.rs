@@ -12,8 +12,13 @@
 //! A sketch is sparse while small (the non-zero registers as sorted
 //! `index << 8 | rank` words, 4 bytes each) and dense (one byte per register)
 //! once the sparse form would be larger, so the many groups with few values
-//! cost a few bytes each. Sketches merge by register maximum: a pane keeps
-//! one, a window's count is the estimate of the union of its panes' sketches.
+//! cost a few bytes each. A sketch also counts its registers per rank (all
+//! but a short sparse list), updated whenever a register rises, so that an
+//! estimate reads those q + 2 counts instead of the 2^p registers: the store
+//! keeps one sketch per open window and estimates it on every revision.
+//! Sketches merge by register maximum; a sketch that took every value of a
+//! window's panes is their union, so its estimate equals [`union_estimate`]
+//! of the panes' sketches.
 //! A sketch cannot forget a value (the spec refuses `hll` on mutable domains).
 
 /// The relative standard error of a sketch of precision `p`: 1.04 / sqrt(2^p).
@@ -26,6 +31,11 @@ pub fn standard_error(p: u8) -> f64 {
 pub struct Hll {
     p: u8,
     repr: Repr,
+    /// `ranks[k]`: how many registers hold rank k (k in 0..=q+1), kept with
+    /// every change, so that an estimate reads these q + 2 counts, not the
+    /// registers. Empty while the sketch is sparse and short (`COUNTED`): the
+    /// counts would outweigh the words, and a pass over them is as cheap.
+    ranks: Box<[u32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +45,9 @@ enum Repr {
     /// Every register.
     Dense(Box<[u8]>),
 }
+
+/// A sparse sketch keeps its rank counts from this many words on.
+const COUNTED: usize = 64;
 
 /// A value's 128-bit stable hash folded to 64 bits. Most stable hashes are
 /// xxh3 already; a few are not hashes at all (a bool is 7 or 8), so the fold
@@ -72,7 +85,7 @@ fn rank(word: u32) -> u8 {
 impl Hll {
     /// An empty sketch of precision `p` (4..=18, as the spec accepts).
     pub fn new(p: u8) -> Hll {
-        Hll { p: p.clamp(4, 18), repr: Repr::Sparse(Vec::new()) }
+        Hll { p: p.clamp(4, 18), repr: Repr::Sparse(Vec::new()), ranks: Box::default() }
     }
 
     pub fn precision(&self) -> u8 {
@@ -85,42 +98,43 @@ impl Hll {
 
     /// Adds one value by its stable hash.
     pub fn insert(&mut self, hash: u128) {
-        let mut words = vec![encode(self.p, hash)];
-        self.insert_words(&mut words);
+        self.insert_sorted(&[encode(self.p, hash)]);
     }
 
     /// Adds values by their register words (see [`encode`]); `words` is used as scratch.
     pub fn insert_words(&mut self, words: &mut Vec<u32>) {
-        if words.is_empty() {
-            return;
-        }
-        match &mut self.repr {
-            Repr::Dense(regs) => {
-                for &w in words.iter() {
-                    let r = &mut regs[index(w)];
-                    *r = (*r).max(rank(w));
-                }
-            }
-            Repr::Sparse(sorted) => {
-                words.sort_unstable();
-                let merged = merge_sorted(sorted, words);
-                *sorted = merged;
-                self.densify_if_larger();
-            }
-        }
+        words.sort_unstable();
+        self.insert_sorted(words);
         words.clear();
     }
 
-    /// Switches to registers once the sparse form is larger than them.
-    fn densify_if_larger(&mut self) {
-        let m = self.registers();
-        if let Repr::Sparse(sorted) = &self.repr
-            && sorted.len() * std::mem::size_of::<u32>() > m
-        {
-            let mut regs = vec![0u8; m].into_boxed_slice();
-            for &w in sorted {
-                regs[index(w)] = rank(w);
+    /// Adds values by their register words (see [`encode`]), sorted: the store
+    /// sorts a pane delta's words once for the several windows that take them.
+    pub fn insert_sorted(&mut self, words: &[u32]) {
+        debug_assert!(words.is_sorted());
+        match &mut self.repr {
+            Repr::Dense(regs) => words.iter().for_each(|&w| raise(regs, &mut self.ranks, w)),
+            Repr::Sparse(list) => {
+                merge_into(list, words, &mut self.ranks);
+                self.settle();
             }
+        }
+    }
+
+    /// After a sparse list grew: counts its ranks once it is long enough, and
+    /// switches to registers once the list is larger than them.
+    fn settle(&mut self) {
+        let Repr::Sparse(list) = &self.repr else { return };
+        let dense = list.len() * std::mem::size_of::<u32>() > self.registers();
+        if self.ranks.is_empty() && (list.len() >= COUNTED || dense) {
+            let mut ranks = vec![0u32; 64 - usize::from(self.p) + 2];
+            ranks[0] = (self.registers() - list.len()) as u32;
+            list.iter().for_each(|&w| ranks[usize::from(rank(w))] += 1);
+            self.ranks = ranks.into_boxed_slice();
+        }
+        if dense {
+            let mut regs = vec![0u8; self.registers()].into_boxed_slice();
+            list.iter().for_each(|&w| regs[index(w)] = rank(w));
             self.repr = Repr::Dense(regs);
         }
     }
@@ -129,16 +143,18 @@ impl Hll {
     pub fn merge(&mut self, other: &Hll) {
         debug_assert_eq!(self.p, other.p);
         match (&mut self.repr, &other.repr) {
-            (Repr::Dense(a), Repr::Dense(b)) => a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x = (*x).max(*y)),
-            (Repr::Dense(a), Repr::Sparse(b)) => b.iter().for_each(|&w| a[index(w)] = a[index(w)].max(rank(w))),
-            (Repr::Sparse(a), Repr::Sparse(b)) => {
-                *a = merge_sorted(a, b);
-                self.densify_if_larger();
+            (Repr::Dense(regs), Repr::Dense(b)) => {
+                b.iter().enumerate().filter(|&(_, &y)| y > 0).for_each(|(i, &y)| raise(regs, &mut self.ranks, (i as u32) << 8 | u32::from(y)))
             }
-            (Repr::Sparse(a), Repr::Dense(b)) => {
-                let mut regs = b.clone();
-                a.iter().for_each(|&w| regs[index(w)] = regs[index(w)].max(rank(w)));
-                self.repr = Repr::Dense(regs);
+            (Repr::Dense(regs), Repr::Sparse(b)) => b.iter().for_each(|&w| raise(regs, &mut self.ranks, w)),
+            (Repr::Sparse(a), Repr::Sparse(b)) => {
+                merge_into(a, b, &mut self.ranks);
+                self.settle();
+            }
+            (Repr::Sparse(a), Repr::Dense(_)) => {
+                let words = std::mem::take(a);
+                *self = other.clone();
+                self.insert_sorted(&words);
             }
         }
     }
@@ -146,7 +162,7 @@ impl Hll {
     pub fn is_empty(&self) -> bool {
         match &self.repr {
             Repr::Sparse(s) => s.is_empty(),
-            Repr::Dense(r) => r.iter().all(|&x| x == 0),
+            Repr::Dense(_) => self.ranks[0] as usize == self.registers(),
         }
     }
 
@@ -166,39 +182,98 @@ impl Hll {
         }
     }
 
-    /// The estimated number of distinct values added.
+    /// The estimated number of distinct values added: O(q) from the rank
+    /// counts, or a pass over a short sparse list's words.
     pub fn estimate(&self) -> f64 {
-        union_estimate(std::slice::from_ref(&self), &mut Scratch::default())
+        let m = self.registers();
+        let q = 64 - usize::from(self.p);
+        match &self.repr {
+            Repr::Sparse(words) if self.ranks.is_empty() => {
+                let mut c = [0u32; 66];
+                words.iter().for_each(|&w| c[usize::from(rank(w))] += 1);
+                c[0] = (m - words.len()) as u32;
+                ertl_estimate(m, q, &c[..q + 2])
+            }
+            _ => ertl_estimate(m, q, &self.ranks),
+        }
     }
 
     /// Bytes held beyond the struct itself.
     pub fn heap_bytes(&self) -> usize {
-        match &self.repr {
+        let repr = match &self.repr {
             Repr::Sparse(s) => s.capacity() * std::mem::size_of::<u32>(),
             Repr::Dense(r) => r.len(),
-        }
+        };
+        repr + std::mem::size_of_val::<[u32]>(&self.ranks)
     }
 }
 
-/// Merges two sorted word lists, one word per index (the larger rank).
-fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        let w = if j >= b.len() || (i < a.len() && a[i] <= b[j]) {
-            i += 1;
-            a[i - 1]
-        } else {
-            j += 1;
-            b[j - 1]
+/// Raises a register to a word's rank if that is larger, moving it between rank counts.
+fn raise(regs: &mut [u8], ranks: &mut [u32], w: u32) {
+    let (r, y) = (&mut regs[index(w)], rank(w));
+    if y > *r {
+        ranks[usize::from(*r)] -= 1;
+        ranks[usize::from(y)] += 1;
+        *r = y;
+    }
+}
+
+/// Merges sorted words into a sparse sketch's sorted list (one word per
+/// index, the larger rank). A window's list takes a pane delta's few words
+/// per epoch while it holds thousands, so this merges in place from the back:
+/// each word finds the run of the list above it by galloping from the end of
+/// what is left (the runs are short; a binary search over the whole list
+/// misses the cache load after load), and each run moves once (a memmove).
+fn merge_into(list: &mut Vec<u32>, words: &[u32], ranks: &mut [u32]) {
+    let old = list.len();
+    if list.capacity() - old < words.len() {
+        // Little slack: the list's capacity is the sketch's memory.
+        list.reserve_exact(words.len().max(old / 8));
+    }
+    list.resize(old + words.len(), 0);
+    // list[..end] is the old list not yet merged; list[top..] the merged tail.
+    let (mut end, mut top) = (old, old + words.len());
+    for (i, &w) in words.iter().enumerate().rev() {
+        // Of a run of words of one index only the last, the largest rank, counts.
+        if words.get(i + 1).is_some_and(|&next| index(next) == index(w)) {
+            continue;
+        }
+        let at = run_above(&list[..end], w | 0xff);
+        list.copy_within(at..end, top - (end - at));
+        top -= end - at;
+        end = at;
+        top -= 1;
+        let (was, now) = match end.checked_sub(1) {
+            Some(present) if index(list[present]) == index(w) => {
+                end = present;
+                (list[present], list[present].max(w))
+            }
+            _ => (0, w),
         };
-        match out.last_mut() {
-            // Same index: words order by rank, so the later one is the larger.
-            Some(last) if index(*last) == index(w) => *last = w,
-            _ => out.push(w),
+        list[top] = now;
+        if !ranks.is_empty() {
+            ranks[usize::from(rank(was))] -= 1;
+            ranks[usize::from(rank(now))] += 1;
         }
     }
-    out
+    // Words whose index was present, and repeated indices, left a gap.
+    if top > end {
+        let len = end + (list.len() - top);
+        list.copy_within(top.., end);
+        list.truncate(len);
+    }
+}
+
+/// Where the words above `hi` start at the end of the sorted `list`: a galloping search from its end.
+fn run_above(list: &[u32], hi: u32) -> usize {
+    // list[bound..] is above hi.
+    let (mut bound, mut step) = (list.len(), 1);
+    while step <= bound && list[bound - step] > hi {
+        bound -= step;
+        step *= 2;
+    }
+    let lo = bound.saturating_sub(step);
+    lo + list[lo..bound].partition_point(|&x| x <= hi)
 }
 
 /// Reusable buffers for [`union_estimate`].
@@ -210,13 +285,15 @@ pub struct Scratch {
 
 /// The estimated number of distinct values of the union of `sketches` (all of
 /// one precision), without building the union: a few short sparse sketches
-/// are merged as lists, anything larger through one register array.
+/// are merged as lists, anything larger through one register array. O(2^p)
+/// per call: the store keeps a window's union instead (see the module doc),
+/// and the tests hold it to this.
 pub fn union_estimate(sketches: &[&Hll], scratch: &mut Scratch) -> f64 {
     let Some(first) = sketches.first() else { return 0.0 };
     let p = first.p;
     let m = first.registers();
     let q = 64 - usize::from(p);
-    let mut histogram = [0u64; 66];
+    let mut histogram = [0u32; 66];
     let sparse_words = sketches.iter().map(|s| if let Repr::Sparse(w) = &s.repr { w.len() } else { m }).fold(0usize, usize::saturating_add);
     // Sorting n words costs more than a pass over m registers well before n
     // reaches m: lists only while they are short.
@@ -229,7 +306,7 @@ pub fn union_estimate(sketches: &[&Hll], scratch: &mut Scratch) -> f64 {
             }
         }
         words.sort_unstable();
-        let mut nonzero = 0u64;
+        let mut nonzero = 0usize;
         let mut i = 0;
         while i < words.len() {
             // The run of one index: its last word has the largest rank.
@@ -241,13 +318,13 @@ pub fn union_estimate(sketches: &[&Hll], scratch: &mut Scratch) -> f64 {
             nonzero += 1;
             i = j + 1;
         }
-        histogram[0] = m as u64 - nonzero;
+        histogram[0] = (m - nonzero) as u32;
     } else {
         // The histogram follows every register that grows (no pass over them all).
         let regs = &mut scratch.regs;
         regs.clear();
         regs.resize(m, 0);
-        histogram[0] = m as u64;
+        histogram[0] = m as u32;
         let mut raise = |x: &mut u8, y: u8| {
             if y > *x {
                 histogram[usize::from(*x)] -= 1;
@@ -267,7 +344,7 @@ pub fn union_estimate(sketches: &[&Hll], scratch: &mut Scratch) -> f64 {
 
 /// Ertl's improved raw estimator from the register histogram `c` (`c[k]`:
 /// registers holding rank k, for k in 0..=q+1).
-fn ertl_estimate(m: usize, q: usize, c: &[u64]) -> f64 {
+fn ertl_estimate(m: usize, q: usize, c: &[u32]) -> f64 {
     let mf = m as f64;
     let mut z = mf * tau(1.0 - c[q + 1] as f64 / mf);
     for k in (1..=q).rev() {
@@ -339,6 +416,23 @@ mod tests {
         h
     }
 
+    /// A sparse list holds one word per index, in order; the rank counts
+    /// match the registers, and are missing only from a short sparse list.
+    fn consistent(h: &Hll) -> bool {
+        let mut counts = vec![0u32; 64 - usize::from(h.p) + 2];
+        h.to_registers().iter().for_each(|&r| counts[usize::from(r)] += 1);
+        let ranks = match &h.repr {
+            _ if !h.ranks.is_empty() => counts[..] == h.ranks[..],
+            Repr::Sparse(words) => words.len() < COUNTED,
+            Repr::Dense(_) => false,
+        };
+        let words = match &h.repr {
+            Repr::Sparse(words) => words.windows(2).all(|w| index(w[0]) < index(w[1])) && words.iter().all(|&w| rank(w) > 0),
+            Repr::Dense(_) => true,
+        };
+        ranks && words
+    }
+
     #[test]
     fn words_split_the_hash() {
         // Top p bits index, then the rank of the rest: 0b0001... after the index -> rank 4.
@@ -402,7 +496,7 @@ mod tests {
         assert!(small.heap_bytes() <= 1024);
         let big = sketch_of(p, 5_000, 1, &mut rng);
         assert!(big.is_dense());
-        assert_eq!(big.heap_bytes(), 1024);
+        assert_eq!(big.heap_bytes(), 1024 + 4 * (64 - 10 + 2), "registers and rank counts");
     }
 
     proptest! {
@@ -427,6 +521,7 @@ mod tests {
             let mut merged = Hll::new(p);
             for s in &sketches {
                 merged.merge(s);
+                prop_assert!(consistent(&merged) && consistent(s));
             }
             prop_assert_eq!(merged.to_registers(), one.to_registers());
             let refs: Vec<&Hll> = sketches.iter().collect();
@@ -439,6 +534,40 @@ mod tests {
                 reversed.merge(s);
             }
             prop_assert_eq!(reversed.to_registers(), one.to_registers());
+            prop_assert_eq!(reversed.estimate().to_bits(), one.estimate().to_bits());
+        }
+
+        /// A window's sketch that takes each pane's values as they arrive (as
+        /// the store keeps it) estimates, at every step, exactly what
+        /// `union_estimate` of the panes' sketches does, sparse or dense.
+        #[test]
+        fn a_window_fed_as_its_panes_are_estimates_their_union(
+            p in prop::sample::select(vec![4u8, 8, 10, 14]),
+            batches in prop::collection::vec((0usize..6, prop::collection::vec(0u64..5_000, 0..400)), 1..24),
+        ) {
+            // Six panes; window w holds panes w..w + 3.
+            let mut panes = vec![Hll::new(p); 6];
+            let mut windows = vec![Hll::new(p); 4];
+            let mut scratch = Scratch::default();
+            for (pane, values) in &batches {
+                let mut words: Vec<u32> = values.iter().map(|&v| encode(p, hash(v))).collect();
+                words.sort_unstable();
+                panes[*pane].insert_sorted(&words);
+                for (w, window) in windows.iter_mut().enumerate() {
+                    if (w..w + 3).contains(pane) {
+                        window.insert_sorted(&words);
+                    }
+                }
+                for (w, window) in windows.iter().enumerate() {
+                    prop_assert!(consistent(window));
+                    let refs: Vec<&Hll> = panes[w..w + 3].iter().collect();
+                    prop_assert_eq!(window.estimate().to_bits(), union_estimate(&refs, &mut scratch).to_bits(), "window {}", w);
+                    let mut union = Hll::new(p);
+                    refs.iter().for_each(|s| union.merge(s));
+                    prop_assert_eq!(window.to_registers(), union.to_registers());
+                    prop_assert_eq!(window.is_empty(), refs.iter().all(|s| s.is_empty()));
+                }
+            }
         }
 
     }

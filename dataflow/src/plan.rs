@@ -23,7 +23,7 @@ pub struct AddSlot {
 pub struct DistinctSlot {
     pub field: usize,
     pub filter: Option<CompiledFilter>,
-    /// `Some(precision)`: a HyperLogLog sketch per pane (see `hll`) instead
+    /// `Some(precision)`: a HyperLogLog sketch per window (see `hll`) instead
     /// of exact presence (see `distinct`).
     pub hll: Option<u8>,
 }

@@ -28,7 +28,7 @@ mod error;
 mod metric;
 mod raw;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod validate;
 
 pub use aggregate::{AggKind, AggMethod, Aggregate, DEFAULT_DDSKETCH_ACCURACY, DEFAULT_HLL_PRECISION, Filter, HLL_PRECISIONS, Literal};

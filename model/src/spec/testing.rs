@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::Spec;
 
-pub(super) fn default_spec() -> Spec {
+pub(crate) fn default_spec() -> Spec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
     match Spec::load(&path) {
         Ok(s) => s,

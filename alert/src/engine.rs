@@ -277,7 +277,8 @@ pub fn verdict(rule: &AlertRule, values: &[AggValue], deleted: bool) -> (Verdict
     }
 }
 
-/// The transitions from the `old` reported state to the `new` one.
+/// The transitions from the `old` reported state to the `new` one (none: the
+/// reported state stands).
 pub fn diff(old: Status, new: &Fold) -> Vec<(EventKind, Status)> {
     use Status::*;
     let mut out = Vec::new();
@@ -292,12 +293,10 @@ pub fn diff(old: Status, new: &Fold) -> Vec<(EventKind, Status)> {
         }
         (Pending { .. }, Firing { .. }) => out.push((EventKind::Firing, new.status)),
         (Pending { .. }, Inactive) => out.push((EventKind::Cleared, old)),
-        (Firing { since: a, .. }, Firing { since: b, .. }) => {
-            if a != b {
-                out.push((EventKind::Resolved, old));
-                out.push((EventKind::Firing, new.status));
-            }
-        }
+        // Still firing, on a run that starts elsewhere: a window filled a gap or a
+        // final replaced its revisions. Receivers were told it fires and it still
+        // does; the episode they know goes on (no resolve-and-fire flap).
+        (Firing { .. }, Firing { .. }) => {}
         (Firing { .. }, Pending { .. }) => {
             out.push((EventKind::Resolved, old));
             out.push((EventKind::Pending, new.status));

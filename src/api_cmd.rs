@@ -141,7 +141,7 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
     let reuse = args.database.is_some();
     let database = args.database.clone().unwrap_or_else(|| format!("pulse_bench_api_{}", std::process::id()));
     let ch = args.clickhouse.config().with_database(database.clone());
-    let cfg = pulse_api::bench::BenchConfig {
+    let cfg = pulse_bench::api::BenchConfig {
         rides: args.rides,
         app_events: args.app_events,
         span: Duration::from_secs(args.hours.max(1) * 3600),
@@ -152,7 +152,7 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let rt = crate::services::runtime()?;
-    let report = rt.block_on(pulse_api::bench::run(spec, &ch, &cfg, &|msg| eprintln!("bench api: {msg}")));
+    let report = rt.block_on(pulse_bench::api::run(spec, &ch, &cfg, &|msg| eprintln!("bench api: {msg}")));
     if !args.keep && !reuse {
         let drop = rt.block_on(ch.server_client().query(&format!("DROP DATABASE IF EXISTS {}", pulse_clickhouse::schema::ident(&database))).execute());
         if let Err(e) = drop {

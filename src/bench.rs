@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::{Decoder, process};
 
 use crate::cli::Global;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use pulse_dataflow::replay::{self, ReplayInput};
-use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::metric_row::RowShape;
 use pulse_model::process;
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use pulse_gen::{CITIES, GenConfig};
 use pulse_kafka::KafkaConfig;
-use pulse_model::generate::{CITIES, GenConfig};
 use pulse_model::{Spec, parse_duration};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{ServiceContext, Shutdown};
@@ -189,7 +189,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             (Some(e), Some(d)) => Some(e.min(d)),
             (e, d) => e.or(d),
         };
-        let cfg = pulse_ingest::loadgen::LoadgenConfig {
+        let cfg = pulse_bench::loadgen::LoadgenConfig {
             generator: generator.clone(),
             events: None,
             duration: first_duration,
@@ -203,7 +203,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         rt.spawn(async move {
             let client = pulse_client::Client::new(&url, None, Some(&key))?;
             client.wait_until_ready(Duration::from_secs(30)).await?;
-            let report = pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client.clone()), cfg, shutdown.clone()).await?;
+            let report = pulse_bench::loadgen::run(pulse_bench::loadgen::Target::Http(client.clone()), cfg, shutdown.clone()).await?;
             let Some(ends) = surge_ends else { return Ok(report) };
             if shutdown.is_triggered() || duration.is_some_and(|d| d <= ends) {
                 return Ok(report);
@@ -212,7 +212,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
             println!("demo: the surge ends; its alert resolves once the windows show it");
             let after = GenConfig { start_ms: pulse_model::now_ms(), seed: generator.seed.wrapping_add(1), surge_after_ms: None, ..generator };
             let rest = duration.map(|d| d.saturating_sub(ends));
-            let cfg = pulse_ingest::loadgen::LoadgenConfig {
+            let cfg = pulse_bench::loadgen::LoadgenConfig {
                 generator: after,
                 events: None,
                 duration: rest,
@@ -221,7 +221,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
                 batch: 50,
                 progress: false,
             };
-            pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
+            pulse_bench::loadgen::run(pulse_bench::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
         })
     });
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use pulse_ingest::loadgen::{LoadgenConfig, Target};
+use pulse_bench::loadgen::{LoadgenConfig, Target};
+use pulse_gen::{CITIES, GenConfig};
 use pulse_ingest::{ApiKeys, IngestConfig};
-use pulse_model::generate::{CITIES, GenConfig};
 use pulse_ops::{ServiceContext, Shutdown};
 
 use crate::cli::{Global, KafkaArgs};
@@ -286,7 +286,7 @@ pub fn loadgen(global: &Global, args: &LoadgenArgs) -> anyhow::Result<ExitCode> 
         if let Target::Http(client) = &target {
             client.wait_until_ready(Duration::from_secs(30)).await.with_context(|| format!("ingest at {} is not ready", args.url))?;
         }
-        let report = pulse_ingest::loadgen::run(target, cfg, shutdown).await?;
+        let report = pulse_bench::loadgen::run(target, cfg, shutdown).await?;
         print!("{report}");
         Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
@@ -342,7 +342,7 @@ pub fn bench(global: &Global, args: BenchIngestArgs) -> anyhow::Result<ExitCode>
         linger: Duration::from_secs_f64(args.linger_ms.max(0.0) / 1000.0),
         ..IngestConfig::default()
     };
-    let cfg = pulse_ingest::bench::BenchConfig {
+    let cfg = pulse_bench::ingest::BenchConfig {
         inserts: args.inserts,
         updates: args.updates,
         deletes: args.deletes,
@@ -359,7 +359,7 @@ pub fn bench(global: &Global, args: BenchIngestArgs) -> anyhow::Result<ExitCode>
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build().context("cannot start the async runtime")?;
-    let report = rt.block_on(pulse_ingest::bench::run(&spec, &kafka, ingest_cfg, cfg))?;
+    let report = rt.block_on(pulse_bench::ingest::run(&spec, &kafka, ingest_cfg, cfg))?;
     print!("{report}");
     let failed = report.phases.iter().any(|p| p.errors > 0) || report.on_kafka.is_some_and(|(on, want)| on as u64 != want);
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

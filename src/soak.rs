@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use pulse_gen::GenConfig;
 use pulse_kafka::KafkaConfig;
-use pulse_model::generate::GenConfig;
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::mocking::MockCluster;
@@ -74,7 +74,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
 
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let generator = GenConfig { start_ms: pulse_model::now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
-    let cfg = pulse_ingest::loadgen::LoadgenConfig {
+    let cfg = pulse_bench::loadgen::LoadgenConfig {
         generator,
         events: None,
         duration: Some(duration),
@@ -88,7 +88,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
         rt.spawn(async move {
             let client = pulse_client::Client::new(&url, None, None)?;
             client.wait_until_ready(Duration::from_secs(30)).await?;
-            pulse_ingest::loadgen::run(pulse_ingest::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
+            pulse_bench::loadgen::run(pulse_bench::loadgen::Target::Http(client), cfg, shutdown).await.map_err(anyhow::Error::from)
         })
     };
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use pulse_model::generate::{GenConfig, Generator};
+use pulse_gen::{GenConfig, Generator};
 
 /// (city, window start) -> (aggregates as JSON, revision) of the final rows.
 fn finals(p: &support::Pipeline) -> BTreeMap<(String, i64), (serde_json::Value, u64)> {

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pulse_model::generate::{CITIES, GenConfig, Generator};
+use pulse_gen::{CITIES, GenConfig, Generator};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 

@@ -12,7 +12,6 @@
 //! RFC 3339 strings in UTC with milliseconds (`2026-11-24T00:05:00.000Z`).
 
 pub mod auth;
-pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod error;

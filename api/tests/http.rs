@@ -81,7 +81,7 @@ fn event_by_id_matches_sql() {
     // Updated events, from what was produced: several writes, the last one not a delete.
     let mut writes: HashMap<&str, Vec<&str>> = HashMap::new();
     for (d, key, json) in &f.records {
-        if *d == pulse_model::generate::GenDomain::AppEvents {
+        if *d == pulse_gen::GenDomain::AppEvents {
             writes.entry(key.as_str()).or_default().push(json.as_str());
         }
     }

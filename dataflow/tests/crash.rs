@@ -20,7 +20,7 @@ use pulse_dataflow::service::{Cluster, DataflowConfig, run};
 use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
-use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::{ServiceContext, Shutdown};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};

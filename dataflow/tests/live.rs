@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, topic_rows};
 use pulse_clickhouse::migrate;
 use pulse_clickhouse::testing::stack_clickhouse;
+use pulse_gen::GenDomain;
 use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
-use pulse_model::generate::GenDomain;
 use rdkafka::mocking::MockCluster;
 
 #[test]
 fn finals_equal_sql_recomputation_across_a_restart() {
     // Recent, so that the raw tables' TTL keeps the events the SQL recomputes from.
-    let start_ms = pulse_model::generate::recent_start_ms();
+    let start_ms = pulse_gen::recent_start_ms();
     let Some(ch) = stack_clickhouse("pulse_df_live") else { return };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(3).expect("mock cluster");

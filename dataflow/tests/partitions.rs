@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, on_the_local_broker, produce_and_store, produce_and_store_to, recomputed, records, short_windows_spec, start_job_with};
 use pulse_dataflow::service::{Cluster, DataflowConfig};
-use pulse_model::generate::GenDomain;
+use pulse_gen::GenDomain;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, on_the_local_broker, produce_and_store, recomputed, records, short_windows_spec, start_job_with};
 use pulse_dataflow::service::{Cluster, DataflowConfig};
-use pulse_model::generate::GenDomain;
+use pulse_gen::GenDomain;
 
 #[test]
 fn a_quiet_domain_closes_its_last_windows_without_new_events() {

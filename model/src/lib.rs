@@ -5,7 +5,6 @@ pub mod bounds;
 pub mod decode;
 pub mod duration;
 pub mod expr;
-pub mod generate;
 pub mod metric_row;
 pub mod process;
 pub mod spec;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_clickhouse::testing::{PrivateClickHouse, stack_clickhouse};
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC};
 use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec, unique_spec_text};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
-use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::{SinkConfig, run};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pulse_clickhouse::schema::{Provenance, metric_table, raw_table};
 use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
-use pulse_model::generate::{CITIES, GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::prometheus::Registry;
@@ -29,7 +29,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 
-use crate::{Api, ApiConfig};
+use pulse_api::{Api, ApiConfig};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -75,7 +75,7 @@ pub enum BenchError {
     #[error(transparent)]
     Migrate(#[from] pulse_clickhouse::MigrateError),
     #[error("api: {0}")]
-    Api(#[from] crate::ApiError),
+    Api(#[from] pulse_api::ApiError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -203,9 +203,9 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     let api = Api::new(Arc::clone(&spec), &ClickHouseConfig { timeout: Duration::from_secs(30), ..ch.clone() }, ApiConfig::default(), ctx)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(crate::serve(api, listener, shutdown.clone()));
+    let server = tokio::spawn(pulse_api::serve(api, listener, shutdown.clone()));
 
-    let hour_ago = crate::params::rfc3339(now_ms() - 3_600_000).unwrap_or_default();
+    let hour_ago = pulse_api::params::rfc3339(now_ms() - 3_600_000).unwrap_or_default();
     let mut rng = SmallRng::seed_from_u64(7);
     type Gen = Box<dyn FnMut(&mut SmallRng) -> String + Send>;
     let ids = Arc::new(ids);

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pulse_client::{Client, ClientConfig};
+use pulse_gen::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_model::generate::{CITIES, GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::process;
 use pulse_ops::{ServiceContext, Shutdown};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -21,9 +21,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::IngestConfig;
-use crate::service::Ingest;
 use crate::stats::{Histogram, fmt_duration, thousands};
+use pulse_ingest::config::IngestConfig;
+use pulse_ingest::service::Ingest;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -66,7 +66,7 @@ pub enum BenchError {
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
-    Ingest(#[from] crate::service::IngestError),
+    Ingest(#[from] pulse_ingest::service::IngestError),
     #[error(transparent)]
     Client(#[from] pulse_client::Error),
     #[error("kafka: {0}")]
@@ -161,7 +161,7 @@ pub async fn run(spec: &Spec, kafka: &KafkaConfig, ingest_cfg: IngestConfig, cfg
     let (url, target, server) = match &cfg.url {
         Some(url) => (url.clone(), format!("ingest at {url}"), None),
         None => {
-            let prefix = format!("bench-{}-{}", std::process::id(), crate::prepare::now_ms());
+            let prefix = format!("bench-{}-{}", std::process::id(), pulse_ingest::prepare::now_ms());
             let mut spec = spec.clone();
             for d in spec.domains.iter_mut() {
                 d.topic = format!("{prefix}-{}", d.topic);
@@ -180,7 +180,7 @@ pub async fn run(spec: &Spec, kafka: &KafkaConfig, ingest_cfg: IngestConfig, cfg
                 IngestConfig { rate_limit: None, ..ingest_cfg },
                 ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()),
             )?;
-            let handle = tokio::spawn(crate::service::serve(ingest, listener, shutdown.clone()));
+            let handle = tokio::spawn(pulse_ingest::service::serve(ingest, listener, shutdown.clone()));
             let target = format!("in-process ingest on {url}, Kafka {}", kafka.brokers);
             (url, target, Some(handle))
         }
@@ -189,7 +189,7 @@ pub async fn run(spec: &Spec, kafka: &KafkaConfig, ingest_cfg: IngestConfig, cfg
     let client = Client::with_config(&url, None, cfg.api_key.as_deref(), client_cfg)?;
     client.wait_until_ready(Duration::from_secs(60)).await?;
 
-    let now = crate::prepare::now_ms();
+    let now = pulse_ingest::prepare::now_ms();
     let app_json = |i: usize, variant: u32| -> Bytes {
         let names = ["login", "search", "view_item", "add_to_cart", "checkout", "payment", "logout", "chat"];
         let error = if i.is_multiple_of(31) { r#","error":"timeout""# } else { "" };

@@ -1,5 +1,5 @@
 //! `pulse loadgen`: realistic ride, driver-location and app events from the
-//! deterministic generator (`pulse_model::generate`), sent over HTTP through
+//! deterministic generator (`pulse_gen`), sent over HTTP through
 //! pulse-client (single events or NDJSON batches, with concurrency), straight to
 //! Kafka (same envelope as ingest), or written to a JSON-lines file; at a
 //! target rate or as fast as possible, with a live progress line.
@@ -12,17 +12,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pulse_client::Client;
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_model::generate::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::body::{Format, split};
-use crate::prepare::{Batch, DomainWriter, Stamp, VersionClock};
-use crate::producer::{Producer, ProducerConfig};
 use crate::stats::{Histogram, fmt_duration, thousands};
+use pulse_ingest::body::{Format, split};
+use pulse_ingest::prepare::{Batch, DomainWriter, Stamp, VersionClock};
+use pulse_ingest::producer::{Producer, ProducerConfig};
 
 /// Where the events go.
 pub enum Target {
@@ -70,11 +70,11 @@ pub enum LoadgenError {
     Metrics(#[from] pulse_ops::MetricsError),
 }
 
-impl From<crate::producer::ProducerError> for LoadgenError {
-    fn from(e: crate::producer::ProducerError) -> LoadgenError {
+impl From<pulse_ingest::producer::ProducerError> for LoadgenError {
+    fn from(e: pulse_ingest::producer::ProducerError) -> LoadgenError {
         match e {
-            crate::producer::ProducerError::Kafka(e) => LoadgenError::Kafka(e),
-            crate::producer::ProducerError::Metrics(e) => LoadgenError::Metrics(e),
+            pulse_ingest::producer::ProducerError::Kafka(e) => LoadgenError::Kafka(e),
+            pulse_ingest::producer::ProducerError::Metrics(e) => LoadgenError::Metrics(e),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! `pulse loadgen` over HTTP (through pulse-client, single events and NDJSON
 //! batches) and straight to Kafka, against the mock cluster.
 
+#[path = "../../ingest/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;
 
 use common::{Server, count_topic, read_topic, test_config, unique_spec};
-use pulse_ingest::loadgen::{LoadgenConfig, Target, run};
+use pulse_bench::loadgen::{LoadgenConfig, Target, run};
+use pulse_gen::GenConfig;
 use pulse_kafka::KafkaConfig;
-use pulse_model::generate::GenConfig;
 use pulse_ops::Shutdown;
 use rdkafka::mocking::MockCluster;
 

@@ -87,7 +87,7 @@ pub fn recent_start_ms() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *START.get_or_init(|| {
         const HOUR_MS: i64 = 3_600_000;
-        crate::now_ms() / HOUR_MS * HOUR_MS - HOUR_MS
+        pulse_model::now_ms() / HOUR_MS * HOUR_MS - HOUR_MS
     })
 }
 
@@ -388,7 +388,7 @@ impl Iterator for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Decoder, Spec};
+    use pulse_model::{Decoder, Spec};
     use std::path::Path;
 
     #[test]

@@ -53,8 +53,10 @@ pub async fn stored_finals(spec: &Spec, m: usize, ch: &ClickHouseConfig, from: i
     let mut cols: Vec<String> = metric.group_by.iter().map(|&g| ident(&domain.fields[g].name)).collect();
     cols.push("toUnixTimestamp64Milli(window_start) AS window_start".into());
     cols.extend(metric.aggregates.iter().map(|a| ident(&a.name)));
+    // The period is filtered in a subquery: in the outer one the alias
+    // `window_start` (ms) would replace the column in `WHERE`, and match nothing.
     let sql = format!(
-        "SELECT {} FROM {}.{} FINAL WHERE window_start >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND window_start < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC') AND final FORMAT JSONEachRow",
+        "SELECT {} FROM (SELECT * FROM {}.{} FINAL WHERE window_start >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') AND window_start < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC') AND final) FORMAT JSONEachRow",
         cols.join(", "),
         ident(&ch.database),
         ident(&metric.name)

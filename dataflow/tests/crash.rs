@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
+use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
-use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_ops::{ServiceContext, Shutdown};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -36,6 +36,7 @@ const EVENTS: usize = 1_000_000;
 fn child() {
     let Ok(spec_path) = std::env::var("PULSE_CRASH_CHILD_SPEC") else { return };
     pulse_kafka::testing::exit_with_parent();
+    pulse_ops::init_tracing(&std::env::var("PULSE_LOG").unwrap_or_else(|_| "warn".into()));
     let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
     let kafka = KafkaConfig { brokers: std::env::var("PULSE_CRASH_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };
     let ch = ClickHouseConfig {
@@ -89,7 +90,7 @@ fn spawn_child_in(spec: &Path, brokers: &str, db: &str, group: &str, cluster: Op
         .env("PULSE_CRASH_CHILD_BROKERS", brokers)
         .env("PULSE_CRASH_CHILD_DATABASE", db)
         .env("PULSE_CRASH_CHILD_GROUP", group)
-        .env("PULSE_LOG", "warn")
+        .env("PULSE_LOG", std::env::var("PULSE_CRASH_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
         .spawn()
         .expect("child process")
 }
@@ -247,17 +248,27 @@ fn sigkill_at_five_points_changes_no_final_window() {
     let (crash_path, crash_spec, crash_ch) = &specs[1];
     let mut rng = rand::rngs::SmallRng::seed_from_u64(std::process::id() as u64);
     let mut child = spawn_child(crash_path, &brokers, &crash_ch.database, "crash-crashing");
+    // Each kill lands at a random moment after the running instance made progress
+    // (a restarted one first waits out its killed predecessor's lease), so the five
+    // kills fall at five different points of the stream.
     let mut mid_stream = 0;
+    let mut so_far = 0;
     for kill in 0..5 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(700..2_000)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while finals(&rt, crash_ch, crash_spec).len() <= so_far && Instant::now() < deadline {
+            assert!(child.try_wait().expect("child status").is_none(), "the dataflow exited");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..1_500)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
-        let so_far = finals(&rt, crash_ch, crash_spec).len();
-        eprintln!("kill {}: {so_far} of {} finals so far", kill + 1, expected.len());
-        mid_stream += usize::from(so_far < expected.len());
+        let now = finals(&rt, crash_ch, crash_spec).len();
+        eprintln!("kill {}: {now} of {} finals so far", kill + 1, expected.len());
+        mid_stream += usize::from(now > so_far && now < expected.len());
+        so_far = now;
         child = spawn_child(crash_path, &brokers, &crash_ch.database, "crash-crashing");
     }
-    assert!(mid_stream >= 3, "the kills should land while the stream is processed ({mid_stream} did)");
+    assert!(mid_stream >= 3, "the kills should land at different points while the stream is processed ({mid_stream} did)");
 
     // The same stream on two timely processes (one worker each) on loopback.
     let (cluster_path, cluster_spec, cluster_ch) = &specs[2];

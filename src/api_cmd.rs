@@ -81,7 +81,7 @@ pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(keys = cfg.keys.len(), scoped_keys = cfg.keys.scoped(), rate_limit = ?cfg.rate_limit, max_streams = cfg.max_streams, cors = ?cfg.cors_origins, stream = cfg.stream.is_some(), clickhouse = %ch.url, database = %ch.database, "api starting");
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
         let api = Api::new(spec, &ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()))?;
-        pulse_api::serve(api, listener, shutdown).await.context("serving the API")?;
+        pulse_api::serve(api, listener).await.context("serving the API")?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -103,7 +103,7 @@ pub fn spawn_embedded(
     let _guard = rt.enter();
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
     let api = Api::new(spec, ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown.clone()))?;
-    Ok(rt.spawn(pulse_api::serve(api, listener, shutdown)))
+    Ok(rt.spawn(pulse_api::serve(api, listener)))
 }
 
 #[derive(Args, Debug)]

@@ -157,7 +157,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         ServiceContext::new(rt.handle().clone(), shutdown.clone()),
     )?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
-    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener, shutdown.clone()));
+    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener));
     let sink_task = {
         let (spec, kafka, ch, ctx) = (Arc::clone(&spec), kafka.clone(), ch.clone(), ServiceContext::new(rt.handle().clone(), shutdown.clone()));
         rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, Default::default(), ctx).await })
@@ -231,7 +231,7 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         let probe_ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), ctx)?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the probes' ingest")?;
         let url = format!("http://{}", listener.local_addr()?);
-        rt.spawn(pulse_ingest::serve(probe_ingest, listener, shutdown.clone()));
+        rt.spawn(pulse_ingest::serve(probe_ingest, listener));
         Some(crate::freshness::Freshness::start(&rt, &url, &kafka, &spec.pipeline.aggregated_topic, &shutdown))
     } else {
         None

@@ -60,7 +60,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     let ingest_url = format!("http://{}", ingest_listener.local_addr()?);
     let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone());
     let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), ctx)?;
-    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener, shutdown.clone()));
+    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener));
     let registry = Registry::new();
     let dataflow = {
         let (spec, kafka, ch) = (Arc::clone(&spec), kafka.clone(), ch.clone());

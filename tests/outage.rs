@@ -91,7 +91,7 @@ fn clickhouse_down_for_a_minute_under_load() {
         let listener = rt.block_on(tokio::net::TcpListener::bind(api_addr)).expect("bind");
         let cfg = pulse_api::ApiConfig { addr: api_addr, ..pulse_api::ApiConfig::default() };
         let api = pulse_api::Api::new(Arc::clone(&spec), &ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown.clone())).expect("api");
-        rt.spawn(pulse_api::serve(api, listener, shutdown.clone()))
+        rt.spawn(pulse_api::serve(api, listener))
     };
     let base = format!("http://127.0.0.1:{api_port}");
 

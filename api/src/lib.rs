@@ -109,8 +109,10 @@ pub fn router(api: &Api) -> axum::Router {
     routes::router(api.clone())
 }
 
-/// Serves the API on `listener` until `shutdown` fires; open SSE streams end then.
-pub async fn serve(api: Api, listener: tokio::net::TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+/// Serves the API on `listener` until the shutdown of the service's context
+/// fires; open SSE streams end then.
+pub async fn serve(api: Api, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let shutdown = api.inner.shutdown.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api: serving /v1, /health, /ready, /metrics, /openapi.json and the live page");
     let app = router(&api);

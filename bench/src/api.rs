@@ -203,7 +203,7 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     let api = Api::new(Arc::clone(&spec), &ClickHouseConfig { timeout: Duration::from_secs(30), ..ch.clone() }, ApiConfig::default(), ctx)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(pulse_api::serve(api, listener, shutdown.clone()));
+    let server = tokio::spawn(pulse_api::serve(api, listener));
 
     let hour_ago = pulse_api::params::rfc3339(now_ms() - 3_600_000).unwrap_or_default();
     let mut rng = SmallRng::seed_from_u64(7);

@@ -180,7 +180,7 @@ pub async fn run(spec: &Spec, kafka: &KafkaConfig, ingest_cfg: IngestConfig, cfg
                 IngestConfig { rate_limit: None, ..ingest_cfg },
                 ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()),
             )?;
-            let handle = tokio::spawn(pulse_ingest::service::serve(ingest, listener, shutdown.clone()));
+            let handle = tokio::spawn(pulse_ingest::service::serve(ingest, listener));
             let target = format!("in-process ingest on {url}, Kafka {}", kafka.brokers);
             (url, target, Some(handle))
         }

@@ -78,6 +78,8 @@ struct Inner {
     ready: Readiness,
     not_ready_reason: Mutex<String>,
     clock: VersionClock,
+    /// The context's shutdown: ends [`serve`].
+    shutdown: Shutdown,
 }
 
 struct DomainState {
@@ -91,7 +93,7 @@ impl Ingest {
     /// [`Ingest::refresh_readiness`]). `ctx.metrics_addr` is unused: `/health`,
     /// `/ready` and `/metrics` are served by ingest's own HTTP server ([`Ingest::router`]).
     pub fn new(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, ctx: ServiceContext) -> Result<Ingest, IngestError> {
-        let ServiceContext { registry, ready, .. } = ctx;
+        let ServiceContext { registry, ready, shutdown, .. } = ctx;
         let metrics = IngestMetrics::new(&registry)?;
         let producer = Producer::new(kafka, &ProducerConfig { timeout: cfg.produce_timeout, max_in_flight: cfg.max_in_flight, linger: cfg.linger }, &registry)?;
         let domains: Vec<DomainState> = spec.domains.iter().map(|d| DomainState { writer: DomainWriter::new(d), counters: metrics.domain(&d.name) }).collect();
@@ -112,6 +114,7 @@ impl Ingest {
                 ready,
                 not_ready_reason: Mutex::new("starting: Kafka not checked yet".into()),
                 clock: VersionClock::default(),
+                shutdown,
             }),
         })
     }
@@ -511,9 +514,11 @@ impl ApiError {
     }
 }
 
-/// Serves the write API and the operations endpoints on `listener` until
-/// `shutdown` fires; then finishes the requests in flight and flushes the producer.
-pub async fn serve(ingest: Ingest, listener: TcpListener, shutdown: Shutdown) -> Result<(), IngestError> {
+/// Serves the write API and the operations endpoints on `listener` until the
+/// shutdown of the service's context fires; then finishes the requests in
+/// flight and flushes the producer.
+pub async fn serve(ingest: Ingest, listener: TcpListener) -> Result<(), IngestError> {
+    let shutdown = ingest.inner.shutdown.clone();
     let addr = listener.local_addr()?;
     ingest.refresh_readiness().await;
     let monitor = ingest.spawn_monitor(shutdown.clone());
@@ -530,9 +535,8 @@ pub async fn serve(ingest: Ingest, listener: TcpListener, shutdown: Shutdown) ->
 pub async fn run(spec: Arc<Spec>, kafka: &KafkaConfig, cfg: IngestConfig, ctx: ServiceContext) -> Result<(), IngestError> {
     let addr = cfg.addr;
     let listener = TcpListener::bind(addr).await.map_err(|source| IngestError::Bind { addr, source })?;
-    let shutdown = ctx.shutdown.clone();
     let ingest = Ingest::new(spec, kafka, cfg, ctx)?;
-    serve(ingest, listener, shutdown).await
+    serve(ingest, listener).await
 }
 
 #[cfg(test)]

@@ -540,7 +540,7 @@ mod tests {
             let shutdown = Shutdown::new();
             let api = Api::new(Arc::clone(&spec), &ch, crate::ApiConfig::default(), ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()))
                 .expect("api");
-            let server = tokio::spawn(crate::serve(api, listener, shutdown.clone()));
+            let server = tokio::spawn(crate::serve(api, listener));
             let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             let get = |path: &str| {
                 let (http, url) = (http.clone(), format!("{base}{path}"));

@@ -56,7 +56,7 @@ impl Server {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = Shutdown::new();
         let api = Api::new(spec, ch, cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone())).expect("api");
-        tokio::spawn(pulse_api::serve(api.clone(), listener, shutdown.clone()));
+        tokio::spawn(pulse_api::serve(api.clone(), listener));
         Server { url, api, shutdown }
     }
 }

@@ -45,7 +45,7 @@ impl Server {
         let shutdown = Shutdown::new();
         let ctx = ServiceContext::new(tokio::runtime::Handle::current(), shutdown.clone()).with_ready(ready.clone());
         let ingest = Ingest::new(spec.clone(), &kafka, cfg, ctx).expect("ingest");
-        let task = tokio::spawn(pulse_ingest::serve(ingest.clone(), listener, shutdown.clone()));
+        let task = tokio::spawn(pulse_ingest::serve(ingest.clone(), listener));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.get() {
             assert!(Instant::now() < deadline, "ingest did not become ready");

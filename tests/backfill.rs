@@ -33,8 +33,8 @@ fn backfilled_windows_equal_the_streamed_finals_and_supersede_them() {
     std::thread::sleep(Duration::from_secs(2));
     let streamed = finals(&p);
 
-    let spec_path = std::env::temp_dir().join(pulse_kafka::testing::unique_name("backfill-spec"));
-    std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
+    let spec_path = std::env::temp_dir().join(pulse_testkit::unique_name("backfill-spec"));
+    std::fs::write(&spec_path, pulse_testkit::unique_spec_text()).expect("spec");
     let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(["backfill", "--metric", "city_metrics", "--from", &(now - 30 * 60_000).to_string(), "--no-topic"])
         .env("PULSE_SPEC", &spec_path)

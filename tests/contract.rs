@@ -10,7 +10,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use pulse_kafka::testing::stack_brokers;
+use pulse_testkit::stack_brokers;
 use support::procs::{Deployment, READ_KEY, WRITE_KEY, wait_ready};
 
 /// The schemathesis CLI: `PULSE_SCHEMATHESIS`, else the test venv's.

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pulse_clickhouse::recompute::recompute_sql;
-use pulse_kafka::testing::{stack_brokers, unique_name};
+use pulse_testkit::{stack_brokers, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};

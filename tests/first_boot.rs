@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pulse_clickhouse::testing::{PrivateClickHouse, stack_clickhouse};
-use pulse_kafka::testing::unique_name;
+use pulse_testkit::unique_name;
+use pulse_testkit::{PrivateClickHouse, stack_clickhouse};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

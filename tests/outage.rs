@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_clickhouse::recompute::recompute_sql;
-use pulse_clickhouse::testing::PrivateClickHouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_kafka::testing::{stack_brokers, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_ops::{ServiceContext, Shutdown};
+use pulse_testkit::PrivateClickHouse;
+use pulse_testkit::{stack_brokers, unique_spec};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pulse_kafka::dead_letter::{DeadLetter, H_SOURCE_TOPIC, H_STAGE};
-use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_model::decode::format_rfc3339_ms;
+use pulse_testkit::{stack_brokers, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};

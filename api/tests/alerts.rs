@@ -10,9 +10,9 @@ use bytes::BytesMut;
 use common::{Server, client, get, unique_spec};
 use pulse_api::ApiConfig;
 use pulse_clickhouse::schema::{AlertRow, alerts_table, encode_alert};
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_clickhouse::{Writer, WriterMetrics, migrate};
 use pulse_ops::Shutdown;
+use pulse_testkit::stack_clickhouse;
 
 fn row(city: &str, event: &str, status: &str, starts_at: i64, recorded_at: i64, seq: u64) -> AlertRow {
     AlertRow {

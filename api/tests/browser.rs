@@ -17,12 +17,12 @@ use common::{Server, now_ms};
 use pulse_api::ApiConfig;
 use pulse_api::config::StreamConfig;
 use pulse_clickhouse::schema::metric_table;
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_clickhouse::{Writer, WriterMetrics};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_model::metric_row::{AggValue, GroupValue, MetricRow, RowShape};
 use pulse_ops::prometheus::Registry;
+use pulse_testkit::stack_clickhouse;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ impl Drop for Browser {
 }
 
 fn launch(bin: &Path, url: &str) -> (Browser, u16) {
-    let profile = std::env::temp_dir().join(pulse_kafka::testing::unique_name("pulse-chromium"));
+    let profile = std::env::temp_dir().join(pulse_testkit::unique_name("pulse-chromium"));
     std::fs::create_dir_all(&profile).expect("profile dir");
     let child = Command::new(bin)
         .args([

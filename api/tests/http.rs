@@ -418,7 +418,7 @@ fn analytics_match_sql() {
 /// here over the de-duplicated current rows (argMax by version, not FINAL).
 #[test]
 fn session_analytics_are_exact_under_replays_updates_and_deletes() {
-    let Some(ch) = pulse_clickhouse::testing::stack_clickhouse("pulse_api_exact") else { return };
+    let Some(ch) = pulse_testkit::stack_clickhouse("pulse_api_exact") else { return };
     let spec = spec();
     rt().block_on(async {
         pulse_clickhouse::migrate(&ch, &spec).await.expect("migrate");

@@ -2,14 +2,12 @@
 //! (`pulse sink`, `pulse dataflow`, `pulse api`, `pulse migrate`): connection
 //! settings (`config`), the tables derived from the spec and how a row becomes
 //! RowBinary (`schema`), migrations (`migrate`), the batched, retrying writer
-//! (`writer`), the SQL recomputation of a metric's windows (`recompute`), and
-//! the local test server (`testing`).
+//! (`writer`) and the SQL recomputation of a metric's windows (`recompute`).
 
 pub mod config;
 pub mod migrate;
 pub mod recompute;
 pub mod schema;
-pub mod testing;
 pub mod writer;
 
 pub use config::ClickHouseConfig;

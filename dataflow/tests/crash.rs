@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
 use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
-use pulse_kafka::testing::{stack_brokers, unique_name};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
+use pulse_testkit::{stack_brokers, unique_name};
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -35,7 +35,7 @@ const EVENTS: usize = 1_000_000;
 #[test]
 fn child() {
     let Ok(spec_path) = std::env::var("PULSE_CRASH_CHILD_SPEC") else { return };
-    pulse_kafka::testing::exit_with_parent();
+    pulse_testkit::exit_with_parent();
     pulse_ops::init_tracing(&std::env::var("PULSE_LOG").unwrap_or_else(|_| "warn".into()));
     let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
     let kafka = KafkaConfig { brokers: std::env::var("PULSE_CRASH_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, produce_and_store, recomputed, records, start_job, topic_rows};
 use pulse_clickhouse::migrate;
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_gen::GenDomain;
-use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
+use pulse_testkit::stack_clickhouse;
+use pulse_testkit::unique_spec;
 use rdkafka::mocking::MockCluster;
 
 #[test]

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::{clickhouse_finals, close, continuation_start, produce_and_store, recomputed, records, start_job, start_job_watched};
 use pulse_clickhouse::migrate;
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_gen::GenDomain;
-use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec};
 use pulse_kafka::{KafkaConfig, plan_topics};
 use pulse_ops::Readiness;
+use pulse_testkit::stack_clickhouse;
+use pulse_testkit::{stack_brokers, unique_name, unique_spec};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pulse_clickhouse::recompute::recompute_sql;
 use pulse_clickhouse::schema::{Provenance, raw_table};
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_dataflow::replay::{self, ReplayInput, ReplayRecord};
 use pulse_model::metric_row::GroupValue;
@@ -23,6 +22,7 @@ use pulse_model::spec::{AggKind, AggMethod};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
+use pulse_testkit::stack_clickhouse;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

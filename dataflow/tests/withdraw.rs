@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{start_job, topic_rows};
 use pulse_clickhouse::migrate;
-use pulse_clickhouse::testing::stack_clickhouse;
-use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::decode::format_rfc3339_ms;
+use pulse_testkit::stack_clickhouse;
+use pulse_testkit::unique_spec;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Http, Server, app_event, expected_partition, read_topic, ride, test_config, unique_spec};
-use pulse_kafka::testing::stack_brokers;
 use pulse_kafka::{KafkaConfig, ensure_topics, plan_topics};
+use pulse_testkit::stack_brokers;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Http, Server, read_topic, test_config, unique_spec};
-use pulse_kafka::testing::stack_brokers;
 use pulse_kafka::{KafkaConfig, ensure_topics, plan_topics};
+use pulse_testkit::stack_brokers;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acknowledged_writes_are_all_on_tansu() {

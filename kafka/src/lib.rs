@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod dead_letter;
-pub mod testing;
 pub mod topics;
 
 pub use config::KafkaConfig;

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use bytes::BytesMut;
 use pulse_clickhouse::schema::{Provenance, raw_table};
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_clickhouse::{MigrateError, Writer, WriterMetrics, migrate};
 use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_model::{Decoder, Spec};
 use pulse_ops::Shutdown;
+use pulse_testkit::stack_clickhouse;
 use serde::Deserialize;
 
 fn spec() -> Spec {

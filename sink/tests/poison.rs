@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_clickhouse::schema::{MAX_PARTITIONS_PER_INSERT, Provenance, raw_table};
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_clickhouse::{Writer, WriterMetrics};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, H_STAGE};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
@@ -19,6 +18,7 @@ use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
 use pulse_sink::service::batch::{Rows, SourceRecord, store};
 use pulse_sink::service::{SinkConfig, SinkSummary, run};
+use pulse_testkit::stack_clickhouse;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -36,7 +36,7 @@ fn first_day() -> i64 {
 
 /// The shipped spec (unique topics) with a rides retention of 400 days.
 fn long_retention_spec() -> Arc<Spec> {
-    let text = pulse_kafka::testing::unique_spec_text().replacen("retention = \"7d\"", "retention = \"400d\"", 1);
+    let text = pulse_testkit::unique_spec_text().replacen("retention = \"7d\"", "retention = \"400d\"", 1);
     Arc::new(Spec::parse(std::path::Path::new("pulse.toml"), &text).unwrap_or_else(|e| panic!("{e}")))
 }
 

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
-use pulse_clickhouse::testing::{PrivateClickHouse, stack_clickhouse};
 use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::dead_letter::{H_REASON, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC};
-use pulse_kafka::testing::{stack_brokers, unique_name, unique_spec, unique_spec_text};
 use pulse_kafka::{DeadLetter, KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::{SinkConfig, run};
+use pulse_testkit::{PrivateClickHouse, stack_clickhouse};
+use pulse_testkit::{stack_brokers, unique_name, unique_spec, unique_spec_text};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -173,7 +173,7 @@ fn round_trip_updates_deletes_and_a_poison_record() {
 #[test]
 fn child() {
     let Ok(spec_path) = std::env::var("PULSE_SINK_CHILD_SPEC") else { return };
-    pulse_kafka::testing::exit_with_parent();
+    pulse_testkit::exit_with_parent();
     let spec = Arc::new(Spec::load(Path::new(&spec_path)).unwrap_or_else(|e| panic!("{e}")));
     let kafka = KafkaConfig { brokers: std::env::var("PULSE_SINK_CHILD_BROKERS").expect("brokers"), properties: Vec::new() };
     let ch = ClickHouseConfig {

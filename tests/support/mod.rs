@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::{GenDomain, GenOp};
-use pulse_kafka::testing::unique_spec;
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
+use pulse_testkit::stack_clickhouse;
+use pulse_testkit::unique_spec;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

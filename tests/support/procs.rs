@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
-use pulse_kafka::testing::unique_name;
 use pulse_model::Spec;
+use pulse_testkit::unique_name;
 
 /// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Service {
@@ -170,7 +170,7 @@ impl Deployment {
         let dir = std::env::temp_dir().join(unique_name(prefix));
         std::fs::create_dir_all(&dir).expect("dir");
         let spec_path = dir.join("pulse.toml");
-        std::fs::write(&spec_path, pulse_kafka::testing::unique_spec_text()).expect("spec");
+        std::fs::write(&spec_path, pulse_testkit::unique_spec_text()).expect("spec");
         let spec = Spec::load(&spec_path).expect("spec");
         let ch = ClickHouseConfig { url: url.clone(), database: unique_name(&prefix.replace('-', "_")), ..ClickHouseConfig::default() };
         let kafka = KafkaConfig { brokers: brokers.to_string(), properties: Vec::new() };

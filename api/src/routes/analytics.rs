@@ -489,7 +489,7 @@ mod tests {
     /// the table. The analytics count each event once.
     #[test]
     fn analytics_count_replayed_rows_once() {
-        let Some(ch) = pulse_clickhouse::testing::stack_clickhouse("pulse_api_replay") else { return };
+        let Some(ch) = pulse_testkit::stack_clickhouse("pulse_api_replay") else { return };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let spec = spec();
         let db = ident(&ch.database);

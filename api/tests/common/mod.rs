@@ -18,13 +18,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pulse_api::{Api, ApiConfig};
 use pulse_clickhouse::ClickHouseConfig;
-use pulse_clickhouse::testing::stack_clickhouse;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
+use pulse_testkit::stack_clickhouse;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 pub fn unique_spec() -> Arc<Spec> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Arc::new(Spec::parse(&path, &pulse_kafka::testing::with_unique_topics(&text)).unwrap_or_else(|e| panic!("{e}")))
+    Arc::new(Spec::parse(&path, &pulse_testkit::with_unique_topics(&text)).unwrap_or_else(|e| panic!("{e}")))
 }
 
 pub type Client = HyperClient<HttpConnector, Empty<Bytes>>;

@@ -263,7 +263,7 @@ pub async fn produce_and_store_to(
 /// The default spec with unique topics and short windows (20 s sliding every
 /// 10 s, 5 s of lateness), so that windows close within seconds.
 pub fn short_windows_spec() -> Arc<Spec> {
-    let text = pulse_kafka::testing::unique_spec_text()
+    let text = pulse_testkit::unique_spec_text()
         .replace("window = \"5m\"", "window = \"20s\"")
         .replace("slide = \"1m\"", "slide = \"10s\"")
         .replace("lateness = \"30s\"", "lateness = \"5s\"");
@@ -275,8 +275,8 @@ pub fn short_windows_spec() -> Arc<Spec> {
 /// `later` (created by the test), a migrated database and a consumer group of
 /// its own; `None` without the local stack.
 pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(tokio::runtime::Runtime, KafkaConfig, ClickHouseConfig, String)> {
-    let brokers = pulse_kafka::testing::stack_brokers()?;
-    let ch = pulse_clickhouse::testing::stack_clickhouse(&format!("pulse_{name}"))?;
+    let brokers = pulse_testkit::stack_brokers()?;
+    let ch = pulse_testkit::stack_clickhouse(&format!("pulse_{name}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let kafka = KafkaConfig { brokers, properties: Vec::new() };
     rt.block_on(async {
@@ -285,7 +285,7 @@ pub fn on_the_local_broker(name: &str, spec: &Spec, later: &[&str]) -> Option<(t
         pulse_kafka::ensure_topics(&admin, &plans).await.expect("topics");
     });
     rt.block_on(pulse_clickhouse::migrate(&ch, spec)).expect("migrate");
-    let group = pulse_kafka::testing::unique_name(&name.replace('_', "-"));
+    let group = pulse_testkit::unique_name(&name.replace('_', "-"));
     Some((rt, kafka, ch, group))
 }
 

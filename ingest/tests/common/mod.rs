@@ -14,9 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pulse_ingest::{Ingest, IngestConfig};
 use pulse_kafka::KafkaConfig;
-use pulse_kafka::testing::unique_name;
 use pulse_model::Spec;
 use pulse_ops::{Readiness, ServiceContext, Shutdown};
+use pulse_testkit::unique_name;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 /// The default spec with every topic renamed to a name unique to this call.
 pub fn unique_spec() -> Arc<Spec> {
-    pulse_kafka::testing::unique_spec()
+    pulse_testkit::unique_spec()
 }
 
 pub struct Server {

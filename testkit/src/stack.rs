@@ -1,4 +1,5 @@
-//! Helpers for tests that run against the local stack (`scripts/stack up`).
+//! The local stack (`scripts/stack up`) in tests: whether this run has it,
+//! unique names for topics, groups and databases, and specs using them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -4,14 +4,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::config::ClickHouseConfig;
+use pulse_clickhouse::ClickHouseConfig;
+
+use crate::stack::{stack_brokers, unique_name};
 
 /// A config pointing at the local stack's ClickHouse with a fresh database name,
 /// when the tests run with the stack (`PULSE_TEST_STACK=1`); `None` means skip.
 pub fn stack_clickhouse(prefix: &str) -> Option<ClickHouseConfig> {
-    pulse_kafka::testing::stack_brokers()?;
-    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| crate::config::DEFAULT_URL.into());
-    Some(ClickHouseConfig { url, database: pulse_kafka::testing::unique_name(prefix), ..ClickHouseConfig::default() })
+    stack_brokers()?;
+    let url = std::env::var("PULSE_CLICKHOUSE_URL").unwrap_or_else(|_| pulse_clickhouse::config::DEFAULT_URL.into());
+    Some(ClickHouseConfig { url, database: unique_name(prefix), ..ClickHouseConfig::default() })
 }
 
 /// A private ClickHouse (the chDB front-end) that the test can stop and start.
@@ -24,7 +26,7 @@ pub struct PrivateClickHouse {
 impl PrivateClickHouse {
     /// A server on `port` with a fresh data directory (not started).
     pub fn new(port: u16) -> PrivateClickHouse {
-        PrivateClickHouse { port, data: std::env::temp_dir().join(pulse_kafka::testing::unique_name("pulse-chdb")), child: None }
+        PrivateClickHouse { port, data: std::env::temp_dir().join(unique_name("pulse-chdb")), child: None }
     }
 
     pub fn url(&self) -> String {

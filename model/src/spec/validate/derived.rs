@@ -4,9 +4,51 @@ use std::collections::HashSet;
 
 use super::{Validator, is_identifier};
 use crate::duration::Millis;
-use crate::expr::Expr;
-use crate::spec::raw::{RawMetric, S};
+use crate::expr::{Expr, RawRef};
+use crate::spec::raw::{RawAggregate, RawMetric, S};
 use crate::spec::{AggKind, AggMethod, Aggregate, DEFAULT_MAX_GROUPS, DEFAULT_METRIC_RETENTION, Derived, Domain, Metric};
+
+/// The validated metrics a derived metric reads.
+struct Inputs<'a> {
+    /// The `inputs` key, where errors about the inputs point.
+    at: &'a S<Vec<String>>,
+    /// Indices into `metrics`, in the order of `inputs`; never empty.
+    indices: Vec<usize>,
+    metrics: &'a [Metric],
+    domains: &'a [Domain],
+}
+
+impl<'a> Inputs<'a> {
+    fn first(&self) -> &'a Metric {
+        &self.metrics[self.indices[0]]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a Metric> + '_ {
+        self.indices.iter().map(|&i| &self.metrics[i])
+    }
+
+    /// The names of an input's group fields, in its group_by order.
+    fn group_names(&self, m: &Metric) -> Vec<String> {
+        m.group_by.iter().map(|&g| self.domains[m.domain].fields[g].name.clone()).collect()
+    }
+
+    /// The index, among its domain's fields, of the group field of `m` called `name`.
+    fn group_field(&self, m: &Metric, name: &str) -> Option<usize> {
+        m.group_by.iter().copied().find(|&f| self.domains[m.domain].fields[f].name == name)
+    }
+
+    /// An expression's `input.aggregate` reference of derived metric `metric`, as (input position, aggregate index).
+    fn resolve(&self, r: &RawRef, metric: &str) -> Result<(usize, usize), String> {
+        let Some(k) = self.indices.iter().position(|&i| self.metrics[i].name == r.metric) else {
+            return Err(format!("`{}` is not an input of `{metric}` (inputs: {})", r.metric, self.at.get_ref().join(", ")));
+        };
+        let m = &self.metrics[self.indices[k]];
+        let Some(ai) = m.aggregate_index(&r.aggregate) else {
+            return Err(format!("metric `{}` has no aggregate `{}`", m.name, r.aggregate));
+        };
+        Ok((k, ai))
+    }
+}
 
 impl Validator {
     /// A metric derived from other metrics' windows (`inputs` instead of `domain`).
@@ -17,6 +59,38 @@ impl Validator {
             self.err(&raw.name, format!("metric name `{name}` must be a lowercase identifier"));
         }
         let raw_inputs = raw.inputs.as_ref()?;
+        self.domain_only_keys(raw);
+        let indices = self.input_metrics(raw, raw_inputs, metrics, raw_metrics);
+        if self.errors.len() > before || indices.is_empty() {
+            return None;
+        }
+        let inputs = Inputs { at: raw_inputs, indices, metrics, domains };
+        let first = inputs.first();
+        self.input_windows(raw, &inputs);
+        let (group_names, group_by, key_positions) = self.join_fields(raw, &inputs);
+        let aggregates = self.expr_aggregates(raw, &inputs, &group_names);
+        let lateness = inputs.iter().map(|m| m.lateness).max().unwrap_or(Millis(0));
+        let retention = self.derived_retention(raw, first.window, lateness);
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Metric {
+            name,
+            domain: first.domain,
+            group_by,
+            window: first.window,
+            slide: first.slide,
+            lateness,
+            aggregates,
+            max_groups: DEFAULT_MAX_GROUPS,
+            retention,
+            derived: Some(Derived { inputs: inputs.indices, key_positions }),
+        })
+    }
+
+    /// `domain`, `lateness` and `max_groups` belong to metrics that read a domain.
+    fn domain_only_keys(&mut self, raw: &RawMetric) {
+        let name = raw.name.get_ref();
         if let Some(d) = &raw.domain {
             self.err(d, format!("metric `{name}`: a derived metric takes no `domain` (it reads its inputs' windows)"));
         }
@@ -26,12 +100,17 @@ impl Validator {
         if let Some(g) = &raw.max_groups {
             self.err(g, format!("metric `{name}`: a derived metric takes no `max_groups` (its inputs' caps apply)"));
         }
+    }
+
+    /// The indices in `metrics` of 1 to 8 inputs, each once: metrics of domains, declared before.
+    fn input_metrics(&mut self, raw: &RawMetric, raw_inputs: &S<Vec<String>>, metrics: &[Metric], raw_metrics: &[S<RawMetric>]) -> Vec<usize> {
+        let name = raw.name.get_ref();
         let mut inputs: Vec<usize> = Vec::new();
         if raw_inputs.get_ref().is_empty() || raw_inputs.get_ref().len() > 8 {
             self.err(raw_inputs, format!("metric `{name}`: `inputs` lists 1 to 8 metrics"));
         }
         for input in raw_inputs.get_ref() {
-            if *input == name {
+            if input == name {
                 self.err(raw_inputs, format!("metric `{name}`: a derived metric cannot read itself (a cycle)"));
                 continue;
             }
@@ -56,17 +135,17 @@ impl Validator {
                 },
             }
         }
-        if self.errors.len() > before || inputs.is_empty() {
-            return None;
-        }
-        let first = &metrics[inputs[0]];
-        let field_names = |m: &Metric| -> Vec<String> { m.group_by.iter().map(|&g| domains[m.domain].fields[g].name.clone()).collect() };
-        // Windows: every input's must be the same; a `window`/`slide` given must say the same.
-        for &i in &inputs[1..] {
-            let m = &metrics[i];
+        inputs
+    }
+
+    /// Every input's windows must be the same; a `window` or `slide` given must say the same.
+    fn input_windows(&mut self, raw: &RawMetric, inputs: &Inputs<'_>) {
+        let name = raw.name.get_ref();
+        let first = inputs.first();
+        for m in inputs.iter().skip(1) {
             if (m.window, m.slide) != (first.window, first.slide) {
                 self.err(
-                    raw_inputs,
+                    inputs.at,
                     format!(
                         "metric `{name}`: inputs have different windows (`{}`: {} sliding {}, `{}`: {} sliding {}); joined windows must be the same",
                         first.name, first.window, first.slide, m.name, m.window, m.slide
@@ -82,90 +161,109 @@ impl Validator {
                 self.err(at, format!("metric `{name}`: {key} {given} differs from its inputs' ({want}); a derived metric's windows are its inputs'"));
             }
         }
-        // Group fields: by name, the same set in every input, with the same types.
+    }
+
+    /// The group fields the inputs are joined on: by name, the same set in every input, with the
+    /// same types. Returns their names, their indices among the first input's domain fields and,
+    /// per input, their positions in its group_by.
+    fn join_fields(&mut self, raw: &RawMetric, inputs: &Inputs<'_>) -> (Vec<String>, Vec<usize>, Vec<Vec<usize>>) {
+        let first = inputs.first();
         let group_names: Vec<String> = match &raw.group_by {
             Some(g) => g.get_ref().clone(),
-            None => field_names(first),
+            None => inputs.group_names(first),
         };
-        let at_groups = raw.group_by.as_ref().map_or(raw_inputs.span(), |g| g.span());
-        let at_groups = S::new(at_groups, ());
-        let mut key_positions = vec![Vec::new(); inputs.len()];
-        for (k, &i) in inputs.iter().enumerate() {
-            let m = &metrics[i];
-            let names = field_names(m);
-            let mut sorted_names = names.clone();
-            sorted_names.sort();
-            let mut wanted = group_names.clone();
-            wanted.sort();
-            if sorted_names != wanted {
-                self.err(
-                    &at_groups,
-                    format!(
-                        "metric `{name}`: input `{}` groups by [{}], not by [{}]; inputs are joined on all their group fields, which must be the derived metric's",
-                        m.name,
-                        names.join(", "),
-                        group_names.join(", ")
-                    ),
-                );
-                continue;
-            }
-            for g in &group_names {
-                if let Some(p) = names.iter().position(|n| n == g) {
-                    let (ty, first_ty) = (
-                        &domains[m.domain].fields[m.group_by[p]].ty,
-                        first.group_by.iter().find(|&&f| &domains[first.domain].fields[f].name == g).map(|&f| &domains[first.domain].fields[f].ty),
-                    );
-                    if Some(ty) != first_ty {
-                        self.err(&at_groups, format!("metric `{name}`: group field `{g}` is {} in `{}` but not in `{}`", ty.name(), m.name, first.name));
-                    }
-                    key_positions[k].push(p);
+        let at = S::new(raw.group_by.as_ref().map_or(inputs.at.span(), |g| g.span()), ());
+        let key_positions = inputs.iter().map(|m| self.key_positions(raw, &at, &group_names, inputs, m)).collect();
+        let group_by = group_names.iter().filter_map(|g| inputs.group_field(first, g)).collect();
+        (group_names, group_by, key_positions)
+    }
+
+    /// The positions of the group fields `group_names` in input `m`'s group_by; none if `m` groups
+    /// by other fields.
+    fn key_positions(&mut self, raw: &RawMetric, at: &S<()>, group_names: &[String], inputs: &Inputs<'_>, m: &Metric) -> Vec<usize> {
+        let name = raw.name.get_ref();
+        let first = inputs.first();
+        let names = inputs.group_names(m);
+        let mut sorted_names = names.clone();
+        sorted_names.sort();
+        let mut wanted = group_names.to_vec();
+        wanted.sort();
+        if sorted_names != wanted {
+            self.err(
+                at,
+                format!(
+                    "metric `{name}`: input `{}` groups by [{}], not by [{}]; inputs are joined on all their group fields, which must be the derived metric's",
+                    m.name,
+                    names.join(", "),
+                    group_names.join(", ")
+                ),
+            );
+            return Vec::new();
+        }
+        let mut positions = Vec::new();
+        for g in group_names {
+            if let Some(p) = names.iter().position(|n| n == g) {
+                let ty = &inputs.domains[m.domain].fields[m.group_by[p]].ty;
+                let first_ty = inputs.group_field(first, g).map(|f| &inputs.domains[first.domain].fields[f].ty);
+                if Some(ty) != first_ty {
+                    self.err(at, format!("metric `{name}`: group field `{g}` is {} in `{}` but not in `{}`", ty.name(), m.name, first.name));
                 }
+                positions.push(p);
             }
         }
-        let group_by: Vec<usize> =
-            group_names.iter().filter_map(|g| first.group_by.iter().copied().find(|&f| &domains[first.domain].fields[f].name == g)).collect();
+        positions
+    }
 
+    /// A derived metric's aggregates, at least one.
+    fn expr_aggregates(&mut self, raw: &RawMetric, inputs: &Inputs<'_>, group_names: &[String]) -> Vec<Aggregate> {
+        let name = raw.name.get_ref();
         let mut aggregates = Vec::new();
         let mut agg_names = HashSet::new();
         for a in &raw.aggregates {
             let a = a.get_ref();
-            let aname = a.name.get_ref().clone();
-            self.aggregate_name(&name, &a.name, &mut agg_names, group_names.contains(&aname));
-            if let Some(f) = &a.func
-                && f.get_ref() != "expr"
-            {
-                self.err(f, format!("metric `{name}`: a derived metric's aggregates are expressions (`expr = \"…\"`), not `fn = \"{}\"`", f.get_ref()));
-            }
-            let extra = [a.field.as_ref().map(|x| x.span()), a.filter.as_ref().map(|x| x.span()), a.q.as_ref().map(|x| x.span())];
-            if let Some(span) = extra.into_iter().flatten().next() {
-                self.err(&S::new(span, ()), format!("metric `{name}`: aggregate `{aname}` of a derived metric takes only `name` and `expr`"));
-            }
-            let Some(text) = &a.expr else {
-                self.err(&a.name, format!("metric `{name}`: aggregate `{aname}` needs `expr` (e.g. \"{}.{}\")", first.name, first.aggregates[0].name));
-                continue;
-            };
-            let mut resolve = |r: &crate::expr::RawRef| -> Result<(usize, usize), String> {
-                let Some(k) = inputs.iter().position(|&i| metrics[i].name == r.metric) else {
-                    return Err(format!("`{}` is not an input of `{name}` (inputs: {})", r.metric, raw_inputs.get_ref().join(", ")));
-                };
-                let m = &metrics[inputs[k]];
-                let Some(ai) = m.aggregate_index(&r.aggregate) else {
-                    return Err(format!("metric `{}` has no aggregate `{}`", m.name, r.aggregate));
-                };
-                Ok((k, ai))
-            };
-            match Expr::parse(text.get_ref(), &mut resolve) {
-                Ok(e) => aggregates.push(Aggregate { name: aname, kind: AggKind::Expr(e), filter: None, method: AggMethod::Exact }),
-                Err(e) => self.err(text, format!("metric `{name}`: aggregate `{aname}`: {e}")),
+            self.aggregate_name(name, &a.name, &mut agg_names, group_names.contains(a.name.get_ref()));
+            if let Some(aggregate) = self.expr_aggregate(a, name, inputs) {
+                aggregates.push(aggregate);
             }
         }
         if raw.aggregates.is_empty() {
             self.err(&raw.name, format!("metric `{name}` has no aggregates"));
         }
-        let lateness = inputs.iter().map(|&i| metrics[i].lateness).max().unwrap_or(Millis(0));
+        aggregates
+    }
+
+    /// One aggregate of a derived metric: a `name` and an `expr` over the inputs' aggregates.
+    fn expr_aggregate(&mut self, a: &RawAggregate, metric: &str, inputs: &Inputs<'_>) -> Option<Aggregate> {
+        let aname = a.name.get_ref();
+        if let Some(f) = &a.func
+            && f.get_ref() != "expr"
+        {
+            self.err(f, format!("metric `{metric}`: a derived metric's aggregates are expressions (`expr = \"…\"`), not `fn = \"{}\"`", f.get_ref()));
+        }
+        let extra = [a.field.as_ref().map(|x| x.span()), a.filter.as_ref().map(|x| x.span()), a.q.as_ref().map(|x| x.span())];
+        if let Some(span) = extra.into_iter().flatten().next() {
+            self.err(&S::new(span, ()), format!("metric `{metric}`: aggregate `{aname}` of a derived metric takes only `name` and `expr`"));
+        }
+        let Some(text) = &a.expr else {
+            let first = inputs.first();
+            self.err(&a.name, format!("metric `{metric}`: aggregate `{aname}` needs `expr` (e.g. \"{}.{}\")", first.name, first.aggregates[0].name));
+            return None;
+        };
+        match Expr::parse(text.get_ref(), &mut |r: &RawRef| inputs.resolve(r, metric)) {
+            Ok(e) => Some(Aggregate { name: aname.clone(), kind: AggKind::Expr(e), filter: None, method: AggMethod::Exact }),
+            Err(e) => {
+                self.err(text, format!("metric `{metric}`: aggregate `{aname}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// How long a derived metric's rows are kept: whole seconds, longer than window + lateness.
+    fn derived_retention(&mut self, raw: &RawMetric, window: Millis, lateness: Millis) -> Millis {
+        let name = raw.name.get_ref();
         let retention = self.opt_duration(&raw.retention, &format!("metric `{name}`: retention"), DEFAULT_METRIC_RETENTION);
         if let Some(r) = &raw.retention {
-            let needed = first.window.ms().saturating_add(lateness.ms());
+            let needed = window.ms().saturating_add(lateness.ms());
             if retention.ms() < 1000 || retention.ms() <= needed || retention.ms() % 1000 != 0 {
                 self.err(
                     r,
@@ -173,21 +271,7 @@ impl Validator {
                 );
             }
         }
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(Metric {
-            name,
-            domain: first.domain,
-            group_by,
-            window: first.window,
-            slide: first.slide,
-            lateness,
-            aggregates,
-            max_groups: DEFAULT_MAX_GROUPS,
-            retention,
-            derived: Some(Derived { inputs, key_positions }),
-        })
+        retention
     }
 }
 

@@ -4,47 +4,77 @@ use std::collections::HashSet;
 
 use super::{Validator, is_identifier};
 use crate::duration::Millis;
-use crate::spec::raw::{RawDomain, RawMetric, S};
+use crate::spec::raw::{RawAggregate, RawDomain, RawMetric, S};
 use crate::spec::{AggKind, Aggregate, DEFAULT_MAX_GROUPS, DEFAULT_METRIC_RETENTION, Domain, FieldType, Metric};
 
 impl Validator {
+    /// A metric that reads a domain's events.
     pub(super) fn metric(&mut self, raw: &RawMetric, domains: &[Domain], raw_domains: &[S<RawDomain>]) -> Option<Metric> {
         let name = raw.name.get_ref().clone();
         let before = self.errors.len();
         if !is_identifier(&name) {
             self.err(&raw.name, format!("metric name `{name}` must be a lowercase identifier"));
         }
-        let Some(raw_domain) = &raw.domain else {
+        let (raw_domain, raw_window) = self.metric_keys(raw)?;
+        let domain_index = self.metric_domain(&name, raw_domain, domains, raw_domains)?;
+        let domain = &domains[domain_index];
+        let (group_by, group_names) = self.group_fields(raw, domain);
+        let (window, slide, lateness) = self.windows(raw, raw_window);
+        let aggregates = self.domain_aggregates(raw, domain, &group_names);
+        let max_groups = self.max_groups(raw);
+        let retention = self.retention(raw, window, lateness);
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups, retention, derived: None })
+    }
+
+    /// The `domain` and `window` that a metric reading a domain cannot do without.
+    fn metric_keys<'r>(&mut self, raw: &'r RawMetric) -> Option<(&'r S<String>, &'r S<String>)> {
+        let name = raw.name.get_ref();
+        let Some(domain) = &raw.domain else {
             self.err(&raw.name, format!("metric `{name}` needs `domain` (or `inputs`, for a metric derived from other metrics)"));
             return None;
         };
-        let Some(raw_window) = &raw.window else {
+        let Some(window) = &raw.window else {
             self.err(&raw.name, format!("metric `{name}` needs `window`"));
             return None;
         };
-        let Some(domain_index) = domains.iter().position(|d| &d.name == raw_domain.get_ref()) else {
+        Some((domain, window))
+    }
+
+    /// The index of the domain a metric reads.
+    fn metric_domain(&mut self, metric: &str, at: &S<String>, domains: &[Domain], raw_domains: &[S<RawDomain>]) -> Option<usize> {
+        let Some(index) = domains.iter().position(|d| &d.name == at.get_ref()) else {
             // A domain that failed validation has already been reported; do not pile on.
-            if !raw_domains.iter().any(|d| d.get_ref().name.get_ref() == raw_domain.get_ref()) {
-                self.err(raw_domain, format!("metric `{name}`: unknown domain `{}`", raw_domain.get_ref()));
+            if !raw_domains.iter().any(|d| d.get_ref().name.get_ref() == at.get_ref()) {
+                self.err(at, format!("metric `{metric}`: unknown domain `{}`", at.get_ref()));
             }
             return None;
         };
-        let domain = &domains[domain_index];
-        let field = |this: &mut Self, at: &S<String>, role: &str| -> Option<usize> {
-            let idx = domain.field_index(at.get_ref());
-            if idx.is_none() {
-                this.err(at, format!("metric `{name}`: {role} `{}` is not a field of domain `{}`", at.get_ref(), domain.name));
-            }
-            idx
-        };
+        Some(index)
+    }
 
+    /// The index of a field of the metric's domain; `role` names the key that refers to it.
+    fn domain_field(&mut self, metric: &str, domain: &Domain, at: &S<String>, role: &str) -> Option<usize> {
+        let index = domain.field_index(at.get_ref());
+        if index.is_none() {
+            self.err(at, format!("metric `{metric}`: {role} `{}` is not a field of domain `{}`", at.get_ref(), domain.name));
+        }
+        index
+    }
+
+    /// The fields a metric groups by, with their names: each once, of type string, enum, int or bool.
+    fn group_fields(&mut self, raw: &RawMetric, domain: &Domain) -> (Vec<usize>, HashSet<String>) {
+        let name = raw.name.get_ref();
         let mut group_by = Vec::new();
         let mut group_names = HashSet::new();
-        let no_groups = S::new(raw.name.span(), Vec::new());
-        let raw_group_by = raw.group_by.as_ref().unwrap_or(&no_groups);
+        let Some(raw_group_by) = &raw.group_by else {
+            return (group_by, group_names);
+        };
         for g in raw_group_by.get_ref() {
             let at = S::new(raw_group_by.span(), g.clone());
-            if let Some(i) = field(self, &at, "group_by field") {
+            if let Some(i) = self.domain_field(name, domain, &at, "group_by field") {
                 let f = &domain.fields[i];
                 if !matches!(f.ty, FieldType::String | FieldType::Enum(_) | FieldType::Int | FieldType::Bool) {
                     self.err(raw_group_by, format!("metric `{name}`: cannot group by `{g}` of type {}", f.ty.name()));
@@ -55,7 +85,13 @@ impl Validator {
                 group_by.push(i);
             }
         }
+        (group_by, group_names)
+    }
 
+    /// A metric's window, slide (the window unless given) and lateness (0 unless given).
+    /// The window must be a whole number of slides, at most 1440.
+    fn windows(&mut self, raw: &RawMetric, raw_window: &S<String>) -> (Option<Millis>, Option<Millis>, Millis) {
+        let name = raw.name.get_ref();
         let window = self.duration(raw_window, &format!("metric `{name}`: window"));
         let slide = match &raw.slide {
             Some(s) => self.duration(s, &format!("metric `{name}`: slide")),
@@ -72,158 +108,189 @@ impl Validator {
                 self.err(at, format!("metric `{name}`: window {w} / slide {s} gives more than 1440 windows per event"));
             }
         }
+        (window, slide, lateness)
+    }
 
-        let mut aggregates: Vec<Aggregate> = Vec::new();
+    /// A metric's aggregates, at least one. Ratios refer to other aggregates by name, so they are
+    /// resolved once every aggregate has been read.
+    fn domain_aggregates(&mut self, raw: &RawMetric, domain: &Domain, group_names: &HashSet<String>) -> Vec<Aggregate> {
+        let name = raw.name.get_ref();
+        let mut aggregates = Vec::new();
         let mut agg_names = HashSet::new();
-        // Ratios refer to other aggregates by name; resolve them after the first pass.
         let mut ratios = Vec::new();
         for a in &raw.aggregates {
             let a = a.get_ref();
-            let aname = a.name.get_ref().clone();
-            self.aggregate_name(&name, &a.name, &mut agg_names, group_names.contains(&aname));
-            if let Some(e) = &a.expr {
-                self.err(e, format!("metric `{name}`: only derived metrics (with `inputs`) have `expr` aggregates; `{aname}` needs `fn`"));
-                continue;
-            }
-            let Some(func_at) = &a.func else {
-                self.err(&a.name, format!("metric `{name}`: aggregate `{aname}` needs `fn`"));
+            self.aggregate_name(name, &a.name, &mut agg_names, group_names.contains(a.name.get_ref()));
+            let Some(aggregate) = self.domain_aggregate(a, name, domain) else {
                 continue;
             };
-            let func = func_at.get_ref().as_str();
-            let needs_field = matches!(func, "sum" | "avg" | "min" | "max" | "count_distinct" | "quantile");
-            let f = match (&a.field, needs_field) {
-                (Some(fld), true) => field(self, fld, "field"),
-                (None, true) => {
-                    self.err(func_at, format!("metric `{name}`: aggregate `{aname}` ({func}) needs `field`"));
-                    None
-                }
-                (Some(fld), false) => {
-                    self.err(fld, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `field`"));
-                    None
-                }
-                (None, false) => None,
-            };
-            if let Some(fi) = f {
-                let fty = &domain.fields[fi].ty;
-                let numeric_only = matches!(func, "sum" | "avg" | "min" | "max" | "quantile");
-                if numeric_only
-                    && !fty.is_numeric()
-                    && !(matches!(func, "min" | "max") && *fty == FieldType::Timestamp)
-                    && let Some(fld) = &a.field
-                {
-                    self.err(
-                        fld,
-                        format!("metric `{name}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", domain.fields[fi].name, fty.name()),
-                    );
-                }
-                if func == "count_distinct"
-                    && *fty == FieldType::Point
-                    && let Some(fld) = &a.field
-                {
-                    self.err(fld, format!("metric `{name}`: cannot count distinct points"));
-                }
+            if let (AggKind::Ratio(..), Some(n), Some(d)) = (&aggregate.kind, &a.numerator, &a.denominator) {
+                ratios.push((aggregates.len(), n, d));
             }
-            if func != "quantile"
-                && let Some(q) = &a.q
-            {
-                self.err(q, format!("metric `{name}`: aggregate `{aname}` ({func}) takes no `q`"));
+            aggregates.push(aggregate);
+        }
+        self.resolve_ratios(raw, &mut aggregates, ratios);
+        if raw.aggregates.is_empty() {
+            self.err(&raw.name, format!("metric `{name}` has no aggregates"));
+        }
+        aggregates
+    }
+
+    /// One aggregate of a metric that reads a domain: a function (`fn`) of the domain's events.
+    fn domain_aggregate(&mut self, a: &RawAggregate, metric: &str, domain: &Domain) -> Option<Aggregate> {
+        let aname = a.name.get_ref();
+        if let Some(e) = &a.expr {
+            self.err(e, format!("metric `{metric}`: only derived metrics (with `inputs`) have `expr` aggregates; `{aname}` needs `fn`"));
+            return None;
+        }
+        let Some(func_at) = &a.func else {
+            self.err(&a.name, format!("metric `{metric}`: aggregate `{aname}` needs `fn`"));
+            return None;
+        };
+        let field = self.aggregate_field(a, metric, func_at, domain);
+        self.stray_params(a, metric, func_at.get_ref());
+        let kind = self.aggregate_kind(a, metric, func_at, field);
+        let filter = a.filter.as_ref().and_then(|f| self.filter(f, metric, domain));
+        let method = self.method(a, metric, aname, domain);
+        Some(Aggregate { name: aname.clone(), kind: kind?, filter, method })
+    }
+
+    /// The field an aggregate reads, for the functions that read one. sum, avg, min, max and
+    /// quantile need a numeric field (min and max also take a timestamp); count_distinct any but a point.
+    fn aggregate_field(&mut self, a: &RawAggregate, metric: &str, func_at: &S<String>, domain: &Domain) -> Option<usize> {
+        let aname = a.name.get_ref();
+        let func = func_at.get_ref().as_str();
+        let needs_field = matches!(func, "sum" | "avg" | "min" | "max" | "count_distinct" | "quantile");
+        let at = match (&a.field, needs_field) {
+            (Some(at), true) => at,
+            (None, true) => {
+                self.err(func_at, format!("metric `{metric}`: aggregate `{aname}` ({func}) needs `field`"));
+                return None;
             }
-            if func != "ratio" {
-                for r in [&a.numerator, &a.denominator].into_iter().flatten() {
-                    self.err(r, format!("metric `{name}`: only ratio aggregates take numerator/denominator"));
-                }
+            (Some(at), false) => {
+                self.err(at, format!("metric `{metric}`: aggregate `{aname}` ({func}) takes no `field`"));
+                return None;
             }
-            let kind = match func {
-                "count" => Some(AggKind::Count),
-                "sum" => f.map(AggKind::Sum),
-                "avg" => f.map(AggKind::Avg),
-                "min" => f.map(AggKind::Min),
-                "max" => f.map(AggKind::Max),
-                "count_distinct" => f.map(AggKind::CountDistinct),
-                "quantile" => match &a.q {
-                    Some(q) if (0.0..=1.0).contains(q.get_ref()) => f.map(|f| AggKind::Quantile(f, *q.get_ref())),
-                    Some(q) => {
-                        self.err(q, format!("metric `{name}`: quantile q must be between 0 and 1"));
-                        None
-                    }
-                    None => {
-                        self.err(func_at, format!("metric `{name}`: quantile `{aname}` needs `q` (e.g. q = 0.95)"));
-                        None
-                    }
-                },
-                "ratio" => {
-                    match (&a.numerator, &a.denominator) {
-                        (Some(n), Some(d)) => ratios.push((aggregates.len(), n, d)),
-                        _ => self.err(func_at, format!("metric `{name}`: ratio `{aname}` needs numerator and denominator (names of other aggregates)")),
-                    }
-                    if a.filter.is_some() {
-                        self.err(func_at, format!("metric `{name}`: a ratio takes its filters from its numerator and denominator"));
-                    }
-                    Some(AggKind::Ratio(usize::MAX, usize::MAX))
-                }
-                other => {
-                    self.err(
-                        func_at,
-                        format!("metric `{name}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"),
-                    );
-                    None
-                }
-            };
-            let filter = a.filter.as_ref().and_then(|flt| self.filter(flt, &name, domain));
-            let method = self.method(a, &name, &aname, domain);
-            if let Some(kind) = kind {
-                aggregates.push(Aggregate { name: aname, kind, filter, method });
+            (None, false) => return None,
+        };
+        let index = self.domain_field(metric, domain, at, "field")?;
+        let field = &domain.fields[index];
+        let numeric_only = matches!(func, "sum" | "avg" | "min" | "max" | "quantile");
+        if numeric_only && !field.ty.is_numeric() && !(matches!(func, "min" | "max") && field.ty == FieldType::Timestamp) {
+            self.err(at, format!("metric `{metric}`: aggregate `{aname}` ({func}) needs a numeric field, `{}` is {}", field.name, field.ty.name()));
+        }
+        if func == "count_distinct" && field.ty == FieldType::Point {
+            self.err(at, format!("metric `{metric}`: cannot count distinct points"));
+        }
+        Some(index)
+    }
+
+    /// `q` belongs to quantile aggregates only, `numerator` and `denominator` to ratios only.
+    fn stray_params(&mut self, a: &RawAggregate, metric: &str, func: &str) {
+        if func != "quantile"
+            && let Some(q) = &a.q
+        {
+            self.err(q, format!("metric `{metric}`: aggregate `{}` ({func}) takes no `q`", a.name.get_ref()));
+        }
+        if func != "ratio" {
+            for r in [&a.numerator, &a.denominator].into_iter().flatten() {
+                self.err(r, format!("metric `{metric}`: only ratio aggregates take numerator/denominator"));
             }
         }
-        for (slot, n, d) in ratios {
-            let resolve = |this: &mut Self, at: &S<String>| -> Option<usize> {
-                match raw.aggregates.iter().position(|a| a.get_ref().name.get_ref() == at.get_ref()) {
-                    None => {
-                        this.err(at, format!("metric `{name}`: ratio refers to unknown aggregate `{}`", at.get_ref()));
-                        None
-                    }
-                    Some(i) => {
-                        let target = aggregates.iter().position(|a| &a.name == at.get_ref());
-                        match target.map(|t| &aggregates[t].kind) {
-                            Some(AggKind::Ratio(..)) => {
-                                this.err(at, format!("metric `{name}`: a ratio cannot refer to another ratio (`{}`)", at.get_ref()));
-                                None
-                            }
-                            Some(AggKind::Count | AggKind::Sum(_) | AggKind::CountDistinct(_)) => target,
-                            Some(_) => {
-                                this.err(
-                                    at,
-                                    format!("metric `{name}`: a ratio's parts must be count, sum or count_distinct aggregates (`{}` is not)", at.get_ref()),
-                                );
-                                None
-                            }
-                            None => {
-                                let _ = i;
-                                None
-                            }
-                        }
-                    }
+    }
+
+    /// What an aggregate computes, from its `fn` and the field it reads. A ratio's parts are
+    /// placeholders here, set by [`Self::resolve_ratios`].
+    fn aggregate_kind(&mut self, a: &RawAggregate, metric: &str, func_at: &S<String>, field: Option<usize>) -> Option<AggKind> {
+        let aname = a.name.get_ref();
+        match func_at.get_ref().as_str() {
+            "count" => Some(AggKind::Count),
+            "sum" => field.map(AggKind::Sum),
+            "avg" => field.map(AggKind::Avg),
+            "min" => field.map(AggKind::Min),
+            "max" => field.map(AggKind::Max),
+            "count_distinct" => field.map(AggKind::CountDistinct),
+            "quantile" => match &a.q {
+                Some(q) if (0.0..=1.0).contains(q.get_ref()) => field.map(|f| AggKind::Quantile(f, *q.get_ref())),
+                Some(q) => {
+                    self.err(q, format!("metric `{metric}`: quantile q must be between 0 and 1"));
+                    None
                 }
-            };
-            let num = resolve(self, n);
-            let den = resolve(self, d);
+                None => {
+                    self.err(func_at, format!("metric `{metric}`: quantile `{aname}` needs `q` (e.g. q = 0.95)"));
+                    None
+                }
+            },
+            "ratio" => {
+                if a.numerator.is_none() || a.denominator.is_none() {
+                    self.err(func_at, format!("metric `{metric}`: ratio `{aname}` needs numerator and denominator (names of other aggregates)"));
+                }
+                if a.filter.is_some() {
+                    self.err(func_at, format!("metric `{metric}`: a ratio takes its filters from its numerator and denominator"));
+                }
+                Some(AggKind::Ratio(usize::MAX, usize::MAX))
+            }
+            other => {
+                self.err(
+                    func_at,
+                    format!("metric `{metric}`: unknown aggregate function `{other}` (count, sum, avg, min, max, count_distinct, quantile, ratio)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Points each ratio, given as (its index, numerator, denominator), at its parts.
+    fn resolve_ratios(&mut self, raw: &RawMetric, aggregates: &mut [Aggregate], ratios: Vec<(usize, &S<String>, &S<String>)>) {
+        for (slot, n, d) in ratios {
+            let num = self.ratio_part(raw, aggregates, n);
+            let den = self.ratio_part(raw, aggregates, d);
             if let (Some(num), Some(den)) = (num, den)
                 && let Some(a) = aggregates.get_mut(slot)
             {
                 a.kind = AggKind::Ratio(num, den);
             }
         }
-        if raw.aggregates.is_empty() {
-            self.err(&raw.name, format!("metric `{name}` has no aggregates"));
+    }
+
+    /// The index of a ratio's numerator or denominator: a count, sum or count_distinct aggregate.
+    fn ratio_part(&mut self, raw: &RawMetric, aggregates: &[Aggregate], at: &S<String>) -> Option<usize> {
+        let name = raw.name.get_ref();
+        let part = at.get_ref();
+        if !raw.aggregates.iter().any(|a| a.get_ref().name.get_ref() == part) {
+            self.err(at, format!("metric `{name}`: ratio refers to unknown aggregate `{part}`"));
+            return None;
         }
-        let max_groups = match &raw.max_groups {
+        // An aggregate that failed validation has been reported already.
+        let target = aggregates.iter().position(|a| &a.name == part)?;
+        match &aggregates[target].kind {
+            AggKind::Ratio(..) => {
+                self.err(at, format!("metric `{name}`: a ratio cannot refer to another ratio (`{part}`)"));
+                None
+            }
+            AggKind::Count | AggKind::Sum(_) | AggKind::CountDistinct(_) => Some(target),
+            _ => {
+                self.err(at, format!("metric `{name}`: a ratio's parts must be count, sum or count_distinct aggregates (`{part}` is not)"));
+                None
+            }
+        }
+    }
+
+    /// The cap on a metric's groups: 1 to 10000000, [`DEFAULT_MAX_GROUPS`] unless given.
+    fn max_groups(&mut self, raw: &RawMetric) -> usize {
+        match &raw.max_groups {
             None => DEFAULT_MAX_GROUPS,
             Some(g) if (1..=10_000_000).contains(g.get_ref()) => *g.get_ref() as usize,
             Some(g) => {
-                self.err(g, format!("metric `{name}`: max_groups must be between 1 and 10000000"));
+                self.err(g, format!("metric `{}`: max_groups must be between 1 and 10000000", raw.name.get_ref()));
                 DEFAULT_MAX_GROUPS
             }
-        };
+        }
+    }
+
+    /// How long a metric's rows are kept: whole seconds, longer than window + lateness.
+    fn retention(&mut self, raw: &RawMetric, window: Option<Millis>, lateness: Millis) -> Millis {
+        let name = raw.name.get_ref();
         let retention = self.opt_duration(&raw.retention, &format!("metric `{name}`: retention"), DEFAULT_METRIC_RETENTION);
         if let (Some(r), Some(w)) = (&raw.retention, window) {
             // A window must close (window + lateness after its start) before the TTL may drop it.
@@ -234,10 +301,7 @@ impl Validator {
                 self.err(r, format!("metric `{name}`: retention {retention} must be a whole number of seconds"));
             }
         }
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(Metric { name, domain: domain_index, group_by, window: window?, slide: slide?, lateness, aggregates, max_groups, retention, derived: None })
+        retention
     }
 }
 

@@ -10,7 +10,6 @@ use clap::Args;
 use pulse_api::auth::ApiKeys;
 use pulse_api::config::{StreamConfig, keys_from_env, parse_list};
 use pulse_api::{Api, ApiConfig};
-use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
@@ -86,24 +85,14 @@ pub fn api(global: &Global, args: &ApiArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The API inside another command (`pulse demo`), reading with `keys`: binds `addr` and serves until `shutdown`.
-pub fn spawn_embedded(
-    rt: &tokio::runtime::Runtime,
-    spec: Arc<Spec>,
-    ch: &ClickHouseConfig,
-    kafka: &KafkaConfig,
-    keys: ApiKeys,
-    addr: SocketAddr,
-    shutdown: Shutdown,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let cfg = ApiConfig {
+/// The API's configuration inside another command (`pulse demo`), reading
+/// with `keys` on `addr`, with the live stream (the embedded pipeline points it
+/// at its Kafka).
+pub fn embedded_config(spec: &Spec, keys: ApiKeys, addr: SocketAddr) -> anyhow::Result<ApiConfig> {
+    Ok(ApiConfig {
         rate_limit: Some(pulse_api::config::DEFAULT_RATE_LIMIT),
-        ..config(&spec, keys, addr, &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(), Some(kafka.clone()))?
-    };
-    let _guard = rt.enter();
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
-    let api = Api::new(spec, ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown.clone()))?;
-    Ok(rt.spawn(pulse_api::serve(api, listener)))
+        ..config(spec, keys, addr, &std::env::var("PULSE_API_CORS_ORIGINS").unwrap_or_default(), Some(KafkaConfig::default()))?
+    })
 }
 
 #[derive(Args, Debug)]

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::{CITIES, GenConfig};
 use pulse_kafka::KafkaConfig;
 use pulse_model::{Spec, parse_duration};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{ServiceContext, Shutdown};
+use pulse_testkit::{Pipeline, PipelineConfig};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::mocking::MockCluster;
 use serde::Deserialize;
 
 use crate::cli::{ClickHouseArgs, Global};
@@ -119,22 +120,16 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let spec = Arc::new(spec);
 
-    // Kafka: embedded (topics through the mock) or external (topics through the admin API).
-    let plans = pulse_kafka::plan_topics(&spec);
-    let (_mock, kafka) = match &args.kafka {
-        None => {
-            let mock = MockCluster::new(1).context("starting the embedded Kafka")?;
-            pulse_kafka::topics::create_on_mock(&mock, &plans)?;
-            let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-            (Some(mock), kafka)
-        }
+    // Kafka: embedded (the pipeline creates the topics on the mock) or external (topics through the admin API).
+    let external_kafka = match &args.kafka {
+        None => None,
         Some(brokers) => {
             let kafka = KafkaConfig::from_env(brokers.clone());
             rt.block_on(async {
                 let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
-                pulse_kafka::ensure_topics(&admin, &plans).await.map_err(anyhow::Error::from)
+                pulse_kafka::ensure_topics(&admin, &pulse_kafka::plan_topics(&spec)).await.map_err(anyhow::Error::from)
             })?;
-            (None, kafka)
+            Some(kafka)
         }
     };
     rt.block_on(pulse_clickhouse::migrate(&ch, &spec))
@@ -145,34 +140,21 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let read_key = pulse_ops::auth::generate_key().context("generating the demo's read key")?;
 
     // The services.
-    let ingest = pulse_ingest::Ingest::new(
-        Arc::clone(&spec),
-        &kafka,
-        pulse_ingest::IngestConfig {
+    let dataflow_registry = Registry::new();
+    let services = PipelineConfig {
+        kafka: external_kafka,
+        ingest: Some(pulse_ingest::IngestConfig {
             addr: args.ingest_addr,
             keys: pulse_ingest::ApiKeys::new([&write_key]),
             rate_limit: Some(pulse_ingest::config::DEFAULT_RATE_LIMIT),
             ..Default::default()
-        },
-        ServiceContext::new(rt.handle().clone(), shutdown.clone()),
-    )?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(args.ingest_addr)).with_context(|| format!("binding {}", args.ingest_addr))?;
-    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, listener));
-    let sink_task = {
-        let (spec, kafka, ch, ctx) = (Arc::clone(&spec), kafka.clone(), ch.clone(), ServiceContext::new(rt.handle().clone(), shutdown.clone()));
-        rt.spawn(async move { pulse_sink::service::run(spec, &kafka, &ch, Default::default(), ctx).await })
+        }),
+        sink: Some(Default::default()),
+        dataflow: Some((DataflowConfig { cluster: Cluster::Process { workers: 1 }, ..Default::default() }, dataflow_registry.clone())),
+        api: Some(crate::api_cmd::embedded_config(&spec, pulse_api::auth::ApiKeys::new([&read_key]), args.api_addr)?),
     };
-    let dataflow_registry = Registry::new();
-    let dataflow = {
-        let (spec, kafka, ch) = (Arc::clone(&spec), kafka.clone(), ch.clone());
-        let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone()).with_registry(dataflow_registry.clone());
-        std::thread::spawn(move || {
-            let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers: 1 }, ..Default::default() };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ctx)
-        })
-    };
-    let api_task =
-        crate::api_cmd::spawn_embedded(&rt, Arc::clone(&spec), &ch, &kafka, pulse_api::auth::ApiKeys::new([&read_key]), args.api_addr, shutdown.clone())?;
+    let pipeline = Pipeline::start(rt.handle(), &spec, &ch, services, shutdown.clone())?;
+    let kafka = pipeline.kafka.clone();
 
     let load_task = (!args.no_load).then(|| {
         let generator = GenConfig {
@@ -352,14 +334,10 @@ pub fn demo(global: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = &receiver {
         println!("{}", r.summary());
     }
-    let _ = rt.block_on(ingest_task);
-    let _ = rt.block_on(sink_task);
-    let _ = rt.block_on(api_task);
-    match dataflow.join() {
-        Ok(Ok(summaries)) => println!("dataflow: {} events counted", summaries.iter().map(|s| s.events).sum::<u64>()),
-        Ok(Err(e)) => eprintln!("dataflow: {e}"),
-        Err(_) => eprintln!("dataflow: worker panicked"),
+    if let Err(e) = pipeline.stop() {
+        eprintln!("demo: {e}");
     }
+    println!("dataflow: {:.0} events counted", Figures::read(&dataflow_registry, &spec).events);
     let peak = pulse_model::process::peak_rss_bytes().unwrap_or(0);
     println!("peak RSS {:.0} MB", peak as f64 / 1e6);
     Ok(ExitCode::SUCCESS)

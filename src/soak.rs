@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::GenConfig;
 use pulse_kafka::KafkaConfig;
+use pulse_ops::Shutdown;
 use pulse_ops::prometheus::Registry;
-use pulse_ops::{ServiceContext, Shutdown};
-use rdkafka::mocking::MockCluster;
+use pulse_testkit::{Pipeline, PipelineConfig};
 
 use crate::cli::{ClickHouseArgs, Global};
 
@@ -44,33 +45,19 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     let rt = crate::services::runtime()?;
     let shutdown = Shutdown::new();
     rt.block_on(async { shutdown.on_signals() });
-    let plans = pulse_kafka::plan_topics(&spec);
-    let (_mock, kafka) = match &args.kafka {
-        None => {
-            let mock = MockCluster::new(1).context("embedded Kafka")?;
-            pulse_kafka::topics::create_on_mock(&mock, &plans)?;
-            let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
-            (Some(mock), kafka)
-        }
-        Some(b) => (None, KafkaConfig::from_env(b.clone())),
-    };
     rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).with_context(|| format!("migrating ClickHouse at {}", ch.url))?;
-
-    let ingest_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let ingest_url = format!("http://{}", ingest_listener.local_addr()?);
-    let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone());
-    let ingest = pulse_ingest::Ingest::new(Arc::clone(&spec), &kafka, pulse_ingest::IngestConfig::default(), ctx)?;
-    let ingest_task = rt.spawn(pulse_ingest::serve(ingest, ingest_listener));
+    // Ingest (keyless, on loopback) and the dataflow, on the embedded Kafka or `--kafka`.
     let registry = Registry::new();
-    let dataflow = {
-        let (spec, kafka, ch) = (Arc::clone(&spec), kafka.clone(), ch.clone());
-        let ctx = ServiceContext::new(rt.handle().clone(), shutdown.clone()).with_registry(registry.clone());
-        let workers = args.workers;
-        std::thread::spawn(move || {
-            let cfg = pulse_dataflow::service::DataflowConfig { cluster: pulse_dataflow::service::Cluster::Process { workers }, ..Default::default() };
-            pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ctx)
-        })
+    let dataflow = DataflowConfig { cluster: Cluster::Process { workers: args.workers }, ..Default::default() };
+    let cfg = PipelineConfig {
+        kafka: args.kafka.as_ref().map(|b| KafkaConfig::from_env(b.clone())),
+        ingest: Some(pulse_ingest::IngestConfig { addr: ([127, 0, 0, 1], 0).into(), ..Default::default() }),
+        dataflow: Some((dataflow, registry.clone())),
+        ..Default::default()
     };
+    let pipeline = Pipeline::start(rt.handle(), &spec, &ch, cfg, shutdown.clone())?;
+    let kafka = pipeline.kafka.clone();
+    let ingest_url = pipeline.ingest_url.clone().context("ingest is not running")?;
 
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let generator = GenConfig { start_ms: pulse_model::now_ms(), rate: args.rate, disorder_ms: 2_000, ..GenConfig::default() };
@@ -115,8 +102,7 @@ pub fn soak(global: &Global, args: &SoakArgs) -> anyhow::Result<ExitCode> {
     shutdown.trigger();
     let report = rt.block_on(load).context("load generator")??;
     let fresh = freshness.finish(&rt);
-    let _ = rt.block_on(ingest_task);
-    let _ = dataflow.join();
+    pipeline.stop().context("stopping the pipeline")?;
 
     let third = samples.len() / 3;
     let avg = |s: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| s.iter().map(f).sum::<f64>() / s.len().max(1) as f64;

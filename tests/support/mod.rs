@@ -1,6 +1,6 @@
-//! The whole pipeline in one test process: librdkafka's mock cluster as Kafka,
-//! the local stack's ClickHouse, `pulse sink` and `pulse dataflow` running as
-//! their library services. Tests produce generated events and read the results.
+//! The whole pipeline in one test process (the test kit's embedded pipeline):
+//! librdkafka's mock cluster as Kafka, the local stack's ClickHouse, sink and
+//! dataflow. Tests produce generated events and read the results.
 #![allow(dead_code)]
 
 pub mod procs;
@@ -11,23 +11,21 @@ use std::time::{Duration, Instant};
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
 use pulse_gen::{GenDomain, GenOp};
-use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
+use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_ops::{ServiceContext, Shutdown};
+use pulse_ops::Shutdown;
+use pulse_ops::prometheus::Registry;
 use pulse_sink::service::SinkConfig;
-use pulse_testkit::stack_clickhouse;
-use pulse_testkit::unique_spec;
-use rdkafka::mocking::MockCluster;
+use pulse_testkit::{PipelineConfig, stack_clickhouse, unique_spec};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub struct Pipeline {
     pub rt: tokio::runtime::Runtime,
-    pub mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     pub kafka: KafkaConfig,
     pub ch: ClickHouseConfig,
     pub spec: Arc<Spec>,
     pub shutdown: Shutdown,
-    dataflow: Option<std::thread::JoinHandle<()>>,
+    services: Option<pulse_testkit::Pipeline>,
     version: u64,
 }
 
@@ -37,37 +35,24 @@ impl Pipeline {
     pub fn start(prefix: &str) -> Option<Pipeline> {
         let ch = stack_clickhouse(prefix)?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let mock = MockCluster::new(1).expect("mock cluster");
         let spec = unique_spec();
-        create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
-        let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
         rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");
         let shutdown = Shutdown::new();
-        let sink_cfg = SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() };
-        {
-            let (spec, kafka, ch, shutdown) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone());
-            rt.spawn(async move {
-                if let Err(e) = pulse_sink::service::run(spec, &kafka, &ch, sink_cfg, ServiceContext::new(tokio::runtime::Handle::current(), shutdown)).await {
-                    panic!("sink failed: {e}");
-                }
-            });
-        }
-        let dataflow = {
-            let (spec, kafka, ch, shutdown, handle) = (Arc::clone(&spec), kafka.clone(), ch.clone(), shutdown.clone(), rt.handle().clone());
-            std::thread::spawn(move || {
-                let cfg = DataflowConfig {
-                    cluster: Cluster::Process { workers: 2 },
-                    emit_interval: Some(Duration::from_millis(100)),
-                    idle_timeout: Some(Duration::from_secs(1)),
-                    stats_interval: Duration::from_secs(1),
-                    ..DataflowConfig::default()
-                };
-                if let Err(e) = pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(handle, shutdown)) {
-                    panic!("dataflow failed: {e}");
-                }
-            })
+        let dataflow = DataflowConfig {
+            cluster: Cluster::Process { workers: 2 },
+            emit_interval: Some(Duration::from_millis(100)),
+            idle_timeout: Some(Duration::from_secs(1)),
+            stats_interval: Duration::from_secs(1),
+            ..DataflowConfig::default()
         };
-        Some(Pipeline { rt, mock, kafka, ch, spec, shutdown, dataflow: Some(dataflow), version: 0 })
+        let cfg = PipelineConfig {
+            sink: Some(SinkConfig { batch_delay: Duration::from_millis(200), stats_interval: Duration::from_secs(1), ..SinkConfig::default() }),
+            dataflow: Some((dataflow, Registry::new())),
+            ..PipelineConfig::default()
+        };
+        let services = pulse_testkit::Pipeline::start(rt.handle(), &spec, &ch, cfg, shutdown.clone()).expect("pipeline");
+        let kafka = services.kafka.clone();
+        Some(Pipeline { rt, kafka, ch, spec, shutdown, services: Some(services), version: 0 })
     }
 
     /// Produces generated writes straight to Kafka, as producers without ingest would
@@ -138,9 +123,8 @@ impl Pipeline {
     }
 
     pub fn stop(mut self) {
-        self.shutdown.trigger();
-        if let Some(d) = self.dataflow.take() {
-            d.join().expect("dataflow thread");
+        if let Some(services) = self.services.take() {
+            services.stop().expect("the pipeline stops cleanly");
         }
         let db = self.ch.database.clone();
         let _ = self.rt.block_on(self.ch.server_client().query(&format!("DROP DATABASE IF EXISTS `{db}`")).execute());

@@ -19,6 +19,20 @@ fn finals(p: &support::Pipeline) -> BTreeMap<(String, i64), (serde_json::Value, 
         .collect()
 }
 
+/// Runs `pulse backfill --metric METRIC --from FROM --no-topic` on the pipeline's database; its output.
+fn backfill(p: &support::Pipeline, spec_path: &std::path::Path, metric: &str, from: i64) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["backfill", "--metric", metric, "--from", &from.to_string(), "--no-topic"])
+        .env("PULSE_SPEC", spec_path)
+        .env("PULSE_CLICKHOUSE_DATABASE", &p.ch.database)
+        .env("PULSE_CLICKHOUSE_URL", &p.ch.url)
+        .output()
+        .expect("pulse backfill");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    log
+}
+
 #[test]
 fn backfilled_windows_equal_the_streamed_finals_and_supersede_them() {
     let Some(mut p) = support::Pipeline::start("pulse_backfill") else { return };
@@ -35,15 +49,7 @@ fn backfilled_windows_equal_the_streamed_finals_and_supersede_them() {
 
     let spec_path = std::env::temp_dir().join(pulse_testkit::unique_name("backfill-spec"));
     std::fs::write(&spec_path, pulse_testkit::unique_spec_text()).expect("spec");
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["backfill", "--metric", "city_metrics", "--from", &(now - 30 * 60_000).to_string(), "--no-topic"])
-        .env("PULSE_SPEC", &spec_path)
-        .env("PULSE_CLICKHOUSE_DATABASE", &p.ch.database)
-        .env("PULSE_CLICKHOUSE_URL", &p.ch.url)
-        .output()
-        .expect("pulse backfill");
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{log}");
+    let log = backfill(&p, &spec_path, "city_metrics", now - 30 * 60_000);
     let after = finals(&p);
 
     // Every window the job had closed was recomputed: same values, a higher revision.
@@ -81,15 +87,7 @@ fn backfilled_windows_equal_the_streamed_finals_and_supersede_them() {
     };
     let streamed = balance(&p);
     assert!(!streamed.is_empty(), "the job closed city_balance windows");
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["backfill", "--metric", "city_balance", "--from", &(now - 30 * 60_000).to_string(), "--no-topic"])
-        .env("PULSE_SPEC", &spec_path)
-        .env("PULSE_CLICKHOUSE_DATABASE", &p.ch.database)
-        .env("PULSE_CLICKHOUSE_URL", &p.ch.url)
-        .output()
-        .expect("pulse backfill");
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{log}");
+    let log = backfill(&p, &spec_path, "city_balance", now - 30 * 60_000);
     let rebuilt = balance(&p);
     let mut superseded = 0;
     for (key, (values, revision)) in &streamed {

@@ -15,11 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pulse_clickhouse::recompute::recompute_sql;
-use pulse_testkit::{stack_brokers, unique_name};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Deployment, READ_KEY, accepted, http_get, http_get_with, rows, wait_ready};
+use pulse_testkit::{latest_by_key, read_topic, stack_brokers};
+use support::procs::{Deployment, accepted, rows, wait_ready};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -77,7 +74,7 @@ fn loadgen_to_api_through_separate_processes() {
     // watermark past another's first records by more than the lateness: a known
     // limit of idle partitions, not what this test is about.)
     let dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
-    let metrics = http_get(&format!("http://127.0.0.1:{ingest_port}/metrics")).expect("ingest metrics").1;
+    let metrics = d.ingest().blocking_get("/metrics").expect("ingest metrics").text;
     let acked = accepted(&metrics);
     assert!(acked.get("rides").copied().unwrap_or(0) > 40_000, "{acked:?}");
 
@@ -185,30 +182,8 @@ fn loadgen_to_api_through_separate_processes() {
 
     // 3. The aggregated topic holds the same finals (latest row per key).
     topics.push((spec.pipeline.aggregated_topic.clone(), pulse_kafka::topics::AGGREGATED_PARTITIONS));
-    let consumer: BaseConsumer = kafka.consumer(&unique_name("e2e-reader")).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..pulse_kafka::topics::AGGREGATED_PARTITIONS {
-        tpl.add_partition_offset(&spec.pipeline.aggregated_topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut on_topic: HashMap<String, (u64, serde_json::Value)> = HashMap::new();
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(5) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(msg)) => {
-                quiet_since = Instant::now();
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(msg.payload().unwrap_or_default()) else { continue };
-                let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-                let rev = v["revision"].as_u64().unwrap_or(0);
-                if on_topic.get(&key).is_none_or(|(r, _)| *r < rev) {
-                    on_topic.insert(key, (rev, v));
-                }
-            }
-            _ => continue,
-        }
-    }
-    let topic_finals: BTreeMap<&String, &serde_json::Value> =
-        on_topic.iter().filter(|(_, (_, v))| v["final"] == true && v["deleted"] != true).map(|(k, (_, v))| (k, v)).collect();
+    let on_topic = latest_by_key(read_topic(kafka, &spec.pipeline.aggregated_topic));
+    let topic_finals: BTreeMap<&String, &serde_json::Value> = on_topic.iter().filter(|(_, v)| v["final"] == true && v["deleted"] != true).collect();
     assert_eq!(topic_finals.len(), finals_by_key.len(), "finals on the topic vs in ClickHouse");
     for (key, v) in topic_finals {
         let f = finals_by_key.get(key).unwrap_or_else(|| panic!("{key} is final on the topic only"));
@@ -219,13 +194,13 @@ fn loadgen_to_api_through_separate_processes() {
     }
 
     // 4. The surged city crosses 30% in the API.
-    let (code, body) = http_get_with(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Paris&limit=1000"), Some(READ_KEY)).expect("api");
-    assert_eq!(code, 200, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let paris = d.api().blocking_get("/v1/metrics/city_metrics?city=Paris&limit=1000").expect("api");
+    let (answer, body) = (&paris.json, &paris.text);
+    assert_eq!(paris.status, 200, "{body}");
     let list = answer.as_array().cloned().or_else(|| answer.as_object().and_then(|o| o.values().find_map(|v| v.as_array().cloned()))).unwrap_or_default();
     let max_rate = list.iter().filter_map(|r| r["cancellation_rate"].as_f64()).fold(0.0f64, f64::max);
     assert!(max_rate > 0.3, "Paris peaks at {max_rate}: {body}");
-    let others = http_get_with(&format!("http://127.0.0.1:{api_port}/v1/metrics/city_metrics?city=Lima&final=true&limit=1000"), Some(READ_KEY)).expect("api").1;
+    let others = d.api().blocking_get("/v1/metrics/city_metrics?city=Lima&final=true&limit=1000").expect("api").text;
     assert!(others.contains("Lima"), "{others}");
 
     drop((sink, api, ingest));

@@ -13,7 +13,7 @@ use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_testkit::PrivateClickHouse;
-use pulse_testkit::{stack_brokers, unique_spec};
+use pulse_testkit::{Http, stack_brokers, unique_spec};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -41,13 +41,6 @@ fn produce(kafka: &KafkaConfig, spec: &pulse_model::Spec, cfg: GenConfig, n: usi
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
     rides
-}
-
-fn get(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl").args(["-s", "-D", "-", "-o", "-", url]).output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
 }
 
 #[test]
@@ -93,7 +86,9 @@ fn clickhouse_down_for_a_minute_under_load() {
         let api = pulse_api::Api::new(Arc::clone(&spec), &ch, cfg, ServiceContext::new(rt.handle().clone(), shutdown.clone())).expect("api");
         rt.spawn(pulse_api::serve(api, listener))
     };
-    let base = format!("http://127.0.0.1:{api_port}");
+    let api_http = Http::new(&format!("http://127.0.0.1:{api_port}"));
+    // The status of a GET, 0 without an answer.
+    let status = |path: &str| api_http.blocking_get(path).map_or(0, |a| a.status);
 
     // Ten minutes of event time before, during and after the outage.
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).expect("now") - 15 * 60_000;
@@ -106,7 +101,7 @@ fn clickhouse_down_for_a_minute_under_load() {
         assert!(Instant::now() < deadline, "rows before the outage");
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(get(&format!("{base}/v1/metrics/city_metrics/latest")).0, 200);
+    assert_eq!(status("/v1/metrics/city_metrics/latest"), 200);
 
     // Down for 60 s while events keep coming.
     server.stop();
@@ -114,15 +109,16 @@ fn clickhouse_down_for_a_minute_under_load() {
     rides += produce(&kafka, &spec, events(2, 5), 12_000);
     let mut saw_503 = false;
     while down.elapsed() < Duration::from_secs(60) {
-        let (code, text) = get(&format!("{base}/v1/metrics/city_metrics/latest"));
+        let latest = api_http.blocking_get("/v1/metrics/city_metrics/latest").ok();
+        let code = latest.as_ref().map_or(0, |a| a.status);
         if code == 503 {
-            assert!(text.to_ascii_lowercase().contains("retry-after"), "{text}");
+            assert!(latest.as_ref().and_then(|a| a.header("retry-after")).is_some(), "{latest:?}");
             saw_503 = true;
         }
         assert_ne!(code, 200, "the API cannot answer from a ClickHouse that is down");
         // Readiness is ClickHouse's ping every 2 s: it follows within one interval.
         if down.elapsed() > Duration::from_secs(3) {
-            assert_eq!(get(&format!("{base}/ready")).0, 503, "not ready while ClickHouse is down");
+            assert_eq!(status("/ready"), 503, "not ready while ClickHouse is down");
         }
         assert!(!sink.is_finished() && !dataflow.is_finished(), "services keep running");
         std::thread::sleep(Duration::from_secs(2));
@@ -143,7 +139,7 @@ fn clickhouse_down_for_a_minute_under_load() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&format!("{base}/v1/metrics/city_metrics/latest")).0 != 200 {
+    while status("/v1/metrics/city_metrics/latest") != 200 {
         assert!(Instant::now() < deadline, "the API recovers");
         std::thread::sleep(Duration::from_millis(500));
     }

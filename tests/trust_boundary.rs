@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::procs::{Deployment, http_get, http_post, metric, rows, wait_ready};
+use support::procs::{Deployment, metric, rows, wait_ready};
 
 const YEAR_2099: i64 = 4_070_908_800_000;
 const DAY: i64 = 86_400_000;
@@ -48,19 +48,23 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
     let mut dataflow = d.start("dataflow", &["dataflow", "-w", "2"]);
     wait_ready(&format!("http://127.0.0.1:{ingest_port}/ready"), &mut ingest);
     wait_ready(&format!("http://127.0.0.1:{dataflow_metrics}/health"), &mut dataflow);
-    let post = |body: &str| http_post(&format!("http://127.0.0.1:{ingest_port}/v1/events/rides"), "application/x-ndjson", body).expect("POST");
+    let ingest_http = d.ingest();
+    let post = move |body: &str| {
+        let a = ingest_http.blocking("POST", "/v1/events/rides", &[("content-type", "application/x-ndjson")], body.to_string()).expect("POST");
+        (a.status, a.text)
+    };
 
     // Ordinary traffic all along: two cities, 20 rides every 200 ms.
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
-        let (acked, stop, url) = (Arc::clone(&acked), Arc::clone(&stop), format!("http://127.0.0.1:{ingest_port}/v1/events/rides"));
+        let (acked, stop, post) = (Arc::clone(&acked), Arc::clone(&stop), post.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let now = pulse_model::now_ms();
                 let body: String = (0..20).map(|i| ride(&format!("ok-{n}-{i}"), if i % 2 == 0 { "Lima" } else { "Oslo" }, "12.5", now) + "\n").collect();
-                let (code, answer) = http_post(&url, "application/x-ndjson", &body).expect("POST");
+                let (code, answer) = post(&body);
                 assert_eq!(code, 202, "{answer}");
                 acked.fetch_add(20, Ordering::Relaxed);
                 n += 1;
@@ -183,7 +187,7 @@ fn hostile_producers_neither_stall_nor_skew_the_pipeline() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(retried, 30, "each of the 30 retried rides counts once");
-    let metrics = http_get(&format!("http://127.0.0.1:{dataflow_metrics}/metrics")).expect("dataflow metrics").1;
+    let metrics = d.dataflow_ops().blocking_get("/metrics").expect("dataflow metrics").text;
     assert_eq!(metric(&metrics, "pulse_late_events_total{domain=\"rides\"}"), 0.0, "{metrics}");
     assert_eq!(metric(&metrics, "pulse_dataflow_events_total{domain=\"rides\",outcome=\"duplicate\"}"), 30.0, "{metrics}");
     let wm = metric(&metrics, "pulse_watermark_ms{domain=\"rides\"}") as i64;

@@ -7,12 +7,12 @@ mod common;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use common::{Server, client, get, unique_spec};
+use common::Server;
 use pulse_api::ApiConfig;
 use pulse_clickhouse::schema::{AlertRow, alerts_table, encode_alert};
 use pulse_clickhouse::{Writer, WriterMetrics, migrate};
 use pulse_ops::Shutdown;
-use pulse_testkit::stack_clickhouse;
+use pulse_testkit::{stack_clickhouse, unique_spec};
 
 fn row(city: &str, event: &str, status: &str, starts_at: i64, recorded_at: i64, seq: u64) -> AlertRow {
     AlertRow {
@@ -48,15 +48,6 @@ fn row(city: &str, event: &str, status: &str, starts_at: i64, recorded_at: i64, 
     }
 }
 
-async fn post(url: &str, auth: &str) -> serde_json::Value {
-    use http_body_util::BodyExt;
-    let req = hyper::Request::post(url).header("authorization", auth).body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
-    let resp = client().request(req).await.expect("response");
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&body).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_alerts_and_history() {
     let Some(ch) = stack_clickhouse("pulse_api_alerts") else { return };
@@ -82,8 +73,8 @@ async fn active_alerts_and_history() {
     writer.insert(&t.name, &t.insert_sql(&ch.database), body.freeze(), rows.len(), &Shutdown::new()).await.expect("insert");
 
     let server = Server::start(Arc::clone(&spec), &ch, ApiConfig::default()).await;
-    let c = client();
-    let r = get(&c, &format!("{}/v1/alerts", server.url)).await;
+    let c = server.http();
+    let r = c.get("/v1/alerts").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let active = r.json["active"].as_array().expect("active");
     assert_eq!(active.len(), 1, "{}", r.text);
@@ -101,18 +92,18 @@ async fn active_alerts_and_history() {
 
     // A range covering two days ago finds Oslo's notifications; limit keeps the newest.
     let from = now - 3 * 86_400_000;
-    let r = get(&c, &format!("{}/v1/alerts?from={from}&to={}&limit=2", server.url, now - 86_400_000)).await;
+    let r = c.get(&format!("/v1/alerts?from={from}&to={}&limit=2", now - 86_400_000)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let hist = r.json["history"].as_array().expect("history");
     assert_eq!(hist.len(), 2, "{}", r.text);
     assert!(hist.iter().all(|h| h["group"]["city"] == "Oslo"), "{}", r.text);
-    let r = get(&c, &format!("{}/v1/alerts?rule=nope", server.url)).await;
-    assert_eq!((r.status.as_u16(), r.json["active"].as_array().map(Vec::len)), (200, Some(0)));
-    let r = get(&c, &format!("{}/v1/alerts?from=5&to=4", server.url)).await;
-    assert_eq!((r.status.as_u16(), r.json["history"].as_array().map(Vec::len)), (200, Some(0)));
-    let r = get(&c, &format!("{}/v1/alerts?from=yesterday", server.url)).await;
+    let r = c.get("/v1/alerts?rule=nope").await;
+    assert_eq!((r.status, r.json["active"].as_array().map(Vec::len)), (200, Some(0)));
+    let r = c.get("/v1/alerts?from=5&to=4").await;
+    assert_eq!((r.status, r.json["history"].as_array().map(Vec::len)), (200, Some(0)));
+    let r = c.get("/v1/alerts?from=yesterday").await;
     assert_eq!(r.status, 400);
-    let r = get(&c, &format!("{}/v1/alerts?colour=red", server.url)).await;
+    let r = c.get("/v1/alerts?colour=red").await;
     assert_eq!(r.status, 400);
 
     // The SSE stream: only notifications recorded after it opened, as they are recorded.
@@ -144,16 +135,17 @@ async fn active_alerts_and_history() {
     let all = "s3cret-two-0123456789";
     let keys = pulse_api::auth::ApiKeys::parse(&format!("s3cret-one-0123456789:city_metrics, {all}")).expect("keys");
     let server = Server::start(Arc::clone(&spec), &ch, ApiConfig { keys, ..ApiConfig::default() }).await;
-    let url = |p: &str| format!("{}{p}", server.url);
-    assert_eq!(get(&c, &url("/v1/alerts")).await.status, 401);
-    let scoped = common::get_with(&c, &url("/v1/alerts"), &[("authorization", "Bearer s3cret-one-0123456789")]).await;
+    let c = server.http();
+    assert_eq!(c.get("/v1/alerts").await.status, 401);
+    let scoped = c.get_with("/v1/alerts", &[("authorization", "Bearer s3cret-one-0123456789")]).await;
     assert_eq!(scoped.status, 403, "{}", scoped.text);
-    assert_eq!(common::get_with(&c, &url("/v1/alerts"), &[("authorization", &format!("Bearer {all}"))]).await.status, 200);
-    let token = post(&url("/v1/stream/alerts/token"), &format!("Bearer {all}")).await;
-    let token = token["token"].as_str().expect("token").to_string();
+    assert_eq!(c.get_with("/v1/alerts", &[("authorization", &format!("Bearer {all}"))]).await.status, 200);
+    let token = c.with_key(all).request("POST", "/v1/stream/alerts/token", &[], "").await;
+    assert_eq!(token.status, 200, "{}", token.text);
+    let token = token.json["token"].as_str().expect("token").to_string();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sse = common::spawn_sse(url(&format!("/v1/stream/alerts?token={}", common::enc(&token))), Vec::new(), seen, Arc::clone(&subscribed));
+    let sse = common::spawn_sse(format!("{}/v1/stream/alerts?token={}", server.url, common::enc(&token)), Vec::new(), seen, Arc::clone(&subscribed));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !subscribed.load(std::sync::atomic::Ordering::Relaxed) {
         assert!(std::time::Instant::now() < deadline, "not subscribed with a token");

@@ -203,7 +203,7 @@ fn live_page_fills_and_updates_from_the_stream() {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock cluster");
-    let spec = common::unique_spec();
+    let spec = pulse_testkit::unique_spec();
     create_on_mock(&mock, &plan_topics(&spec)).expect("topics");
     let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), properties: Vec::new() };
     rt.block_on(pulse_clickhouse::migrate(&ch, &spec)).expect("migrate");

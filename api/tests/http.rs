@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Resp, Server, client, enc, fixture, get, get_with, rfc, same};
+use common::{Server, enc, fixture, rfc, same};
 use pulse_api::ApiConfig;
 use pulse_api::auth::ApiKeys;
 use pulse_clickhouse::ClickHouseConfig;
@@ -31,7 +31,7 @@ fn unreachable_clickhouse() -> ClickHouseConfig {
 }
 
 fn spec() -> Arc<pulse_model::Spec> {
-    common::unique_spec()
+    pulse_testkit::unique_spec()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -114,9 +114,9 @@ fn event_by_id_matches_sql() {
         assert_eq!(resp.json["parameter"], "id");
     }
     let resp = f.get("/v1/events/rides/no-such-event");
-    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("id")));
+    assert_eq!((resp.status, resp.json["parameter"].as_str()), (404, Some("id")));
     let resp = f.get("/v1/events/nope/x");
-    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("domain")));
+    assert_eq!((resp.status, resp.json["parameter"].as_str()), (404, Some("domain")));
 }
 
 /// Follows `next_cursor` to the end; returns every event and the page count.
@@ -197,7 +197,7 @@ fn timelines_page_in_time_order() {
         ("key=r-1&sort=asc", "sort"),
     ] {
         let resp = f.get(&format!("/v1/events/rides?{q}"));
-        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
+        assert_eq!((resp.status, resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
     }
 }
 
@@ -263,10 +263,10 @@ fn metric_rows_are_the_latest_revision_per_window() {
     assert_eq!(resp.json["rows"].as_array().map(Vec::len), Some(num(&total[0]["n"]) as usize));
     for (q, param) in [("final=maybe", "final"), ("city=Lima&city=Paris", "city"), ("town=Lima", "town"), ("from=2026-13-45", "from"), ("limit=-5", "limit")] {
         let resp = f.get(&format!("/v1/metrics/city_metrics?{q}"));
-        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
+        assert_eq!((resp.status, resp.json["parameter"].as_str()), (400, Some(param)), "{q}: {}", resp.text);
     }
     let resp = f.get("/v1/metrics/no_such_metric");
-    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (404, Some("metric")));
+    assert_eq!((resp.status, resp.json["parameter"].as_str()), (404, Some("metric")));
 }
 
 #[test]
@@ -405,7 +405,7 @@ fn analytics_match_sql() {
         ("/v1/analytics/cities?since=", "since"),
     ] {
         let resp = f.get(path);
-        assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some(param)), "{path}: {}", resp.text);
+        assert_eq!((resp.status, resp.json["parameter"].as_str()), (400, Some(param)), "{path}: {}", resp.text);
     }
 }
 
@@ -496,7 +496,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         assert_eq!(stored, 2 * (first.len() + updates.len() + deletes.len()), "both copies are stored, unmerged");
 
         let server = Server::start(Arc::clone(&spec), &ch, ApiConfig::default()).await;
-        let c = client();
+        let c = server.http();
         let latest = format!(
             "(SELECT event_id, argMax(session_id, version) AS session_id, argMax(event_name, version) AS event_name, argMax(latency_ms, version) AS latency_ms, \
              argMax(tuple(error), version).1 AS error, argMax(timestamp, version) AS timestamp FROM {db}.app_events GROUP BY event_id HAVING argMax(is_deleted, version) = 0)"
@@ -513,7 +513,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         // The last hour and a half only (half of the bulk events and the weird session's).
         cases.push(("limit=4".into(), (now - 5_400_000).to_string(), soon.clone(), ""));
         for (q, from, to, name) in &cases {
-            let resp = get(&c, &format!("{}/v1/analytics/latency?{q}&from={from}&to={to}", server.url)).await;
+            let resp = c.get(&format!("/v1/analytics/latency?{q}&from={from}&to={to}")).await;
             assert_eq!(resp.status, 200, "{q}: {}", resp.text);
             let limit: usize = q.trim_start_matches("limit=").split('&').next().and_then(|l| l.parse().ok()).expect("limit");
             let filter = if name.is_empty() { String::new() } else { format!(" AND event_name = {}", lit(name)) };
@@ -536,7 +536,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
             }
         }
         // What the hostile rows did, spelled out (the reference could be wrong too).
-        let resp = get(&c, &format!("{}/v1/analytics/latency?limit=1000&from={day_ago}&to={soon}", server.url)).await;
+        let resp = c.get(&format!("/v1/analytics/latency?limit=1000&from={day_ago}&to={soon}")).await;
         let rows = resp.json["rows"].as_array().expect("rows");
         assert_eq!((rows[0]["session_id"].as_str(), rows[0]["p95_latency_ms"].as_f64()), (Some("s0"), Some(99_999.0)), "the update moved b0's latency");
         let group = |s: &str, n: &str| rows.iter().find(|r| r["session_id"] == s && r["event_name"] == n).cloned();
@@ -554,7 +554,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         // Sessions by error rate.
         for (limit, min_events) in [(1, 1), (3, 1), (10, 1), (1000, 1), (1000, 20), (5, 30)] {
             let q = format!("limit={limit}&min_events={min_events}&from={day_ago}&to={soon}");
-            let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?{q}", server.url)).await;
+            let resp = c.get(&format!("/v1/analytics/sessions/top-errors?{q}")).await;
             assert_eq!(resp.status, 200, "{q}: {}", resp.text);
             let want = common::sql_rows(
                 &ch,
@@ -574,10 +574,10 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
                 assert!(same(&g["error_rate"], &w["rate"]), "{q}");
             }
         }
-        let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?limit=3&from={day_ago}&to={soon}", server.url)).await;
+        let resp = c.get(&format!("/v1/analytics/sessions/top-errors?limit=3&from={day_ago}&to={soon}")).await;
         let top = &resp.json["sessions"][0];
         assert_eq!((top["session_id"].as_str(), num(&top["events"]), num(&top["errors"])), (Some(weird.as_str()), 1, 1), "{}", resp.text);
-        let resp = get(&c, &format!("{}/v1/analytics/sessions/top-errors?limit=1000&from={day_ago}&to={soon}", server.url)).await;
+        let resp = c.get(&format!("/v1/analytics/sessions/top-errors?limit=1000&from={day_ago}&to={soon}")).await;
         let sessions = resp.json["sessions"].as_array().expect("sessions");
         let s7 = sessions.iter().find(|s| s["session_id"] == "s7").expect("s7");
         // s7: 24 bulk events (i = 7, 32, ..., 582), errors where i % 7 == 0 (7, 182, 357, 532), b7's cleared.
@@ -587,7 +587,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         // An empty period: nothing, from both.
         let (from, to) = (now - 29 * 3_600_000, now - 27 * 3_600_000);
         for path in ["latency?limit=5", "sessions/top-errors?limit=5"] {
-            let resp = get(&c, &format!("{}/v1/analytics/{path}&from={from}&to={to}", server.url)).await;
+            let resp = c.get(&format!("/v1/analytics/{path}&from={from}&to={to}")).await;
             assert_eq!(resp.status, 200, "{path}: {}", resp.text);
             let key = if path.starts_with("latency") { "rows" } else { "sessions" };
             assert_eq!(resp.json[key], json!([]), "{path}: {}", resp.text);
@@ -642,7 +642,7 @@ fn stream_delivered_the_live_revisions() {
     let resp = f.get("/v1/stream/no_such_metric");
     assert_eq!(resp.status, 404);
     let resp = f.get("/v1/stream/city_metrics?town=Lima");
-    assert_eq!((resp.status.as_u16(), resp.json["parameter"].as_str()), (400, Some("town")));
+    assert_eq!((resp.status, resp.json["parameter"].as_str()), (400, Some("town")));
 }
 
 // ------------------------------------------------------------------ hostile input
@@ -704,8 +704,8 @@ fn injection_attempts_are_rejected_or_harmless() {
         for v in &nasty {
             let path = t.replace("{}", &enc(v));
             let resp = f.get(&path);
-            *statuses.entry(resp.status.as_u16()).or_default() += 1;
-            match resp.status.as_u16() {
+            *statuses.entry(resp.status).or_default() += 1;
+            match resp.status {
                 400 => assert!(resp.json["parameter"].is_string() && resp.json["error"].is_string(), "{path}: {}", resp.text),
                 404 => assert!(resp.json["error"].is_string(), "{path}: {}", resp.text),
                 200 => {
@@ -752,7 +752,7 @@ fn clickhouse_unreachable_is_503() {
     let rt = rt();
     rt.block_on(async {
         let server = Server::start(spec(), &unreachable_clickhouse(), ApiConfig::default()).await;
-        let c = client();
+        let c = server.http();
         for path in [
             "/v1/events/rides/abc",
             "/v1/events/rides?key=r-1",
@@ -763,33 +763,21 @@ fn clickhouse_unreachable_is_503() {
             "/v1/analytics/sessions/top-errors",
             "/v1/analytics/cities",
         ] {
-            let resp = get(&c, &format!("{}{path}", server.url)).await;
+            let resp = c.get(path).await;
             assert_eq!(resp.status, 503, "{path}: {}", resp.text);
             assert!(resp.headers.get("retry-after").is_some(), "{path}: Retry-After");
             assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("ClickHouse")), "{path}: {}", resp.text);
         }
         // Validation still comes first.
-        let resp = get(&c, &format!("{}/v1/events/rides?key=r-1&limit=-1", server.url)).await;
+        let resp = c.get("/v1/events/rides?key=r-1&limit=-1").await;
         assert_eq!(resp.status, 400);
         // Streams are not configured on this server.
-        assert_eq!(get(&c, &format!("{}/v1/stream/city_metrics", server.url)).await.status, 503);
+        assert_eq!(c.get("/v1/stream/city_metrics").await.status, 503);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(get(&c, &format!("{}/ready", server.url)).await.status, 503);
-        assert_eq!(get(&c, &format!("{}/health", server.url)).await.status, 200);
+        assert_eq!(c.get("/ready").await.status, 503);
+        assert_eq!(c.get("/health").await.status, 200);
         server.shutdown.trigger();
     });
-}
-
-async fn post_with(client: &common::Client, url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = hyper::Request::post(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client.request(req.body(http_body_util::Empty::new()).expect("request")).await.expect("response");
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    Resp { status, headers, json: serde_json::from_str(&text).unwrap_or(Value::Null), text }
 }
 
 const READ_ALL: &str = "s3cret-two-0123456789";
@@ -802,48 +790,47 @@ fn keys_are_required_and_scoped() {
         let keys = ApiKeys::parse(&format!("{READ_CITY}:city_metrics|rides, {READ_ALL}")).expect("keys");
         let cfg = ApiConfig { keys, ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
-        let c = client();
-        let url = |p: &str| format!("{}{p}", server.url);
+        let c = server.http();
         let all = format!("Bearer {READ_ALL}");
         let city = format!("Bearer {READ_CITY}");
         for path in ["/v1/events/rides/abc", "/v1/metrics/city_metrics", "/v1/analytics/cities", "/v1/stream/city_metrics", "/v1/metrics/nope"] {
-            let resp = get(&c, &url(path)).await;
+            let resp = c.get(path).await;
             assert_eq!(resp.status, 401, "{path}");
             assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("API key")));
             assert_eq!(resp.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
-            let resp = get_with(&c, &url(path), &[("authorization", "Bearer s3cret-two-012345678")]).await;
+            let resp = c.get_with(path, &[("authorization", "Bearer s3cret-two-012345678")]).await;
             assert_eq!(resp.status, 401, "{path} with a wrong key");
             // With a key the request gets past authentication (ClickHouse is down: 503; unknown metric: 404).
-            let resp = get_with(&c, &url(path), &[("authorization", &all)]).await;
+            let resp = c.get_with(path, &[("authorization", &all)]).await;
             assert!(resp.status == 503 || resp.status == 404, "{path}: {}", resp.status);
         }
         // A scoped key: its metric and domain pass, others are 403.
         for path in ["/v1/metrics/city_metrics/latest", "/v1/events/rides/abc", "/v1/analytics/cities"] {
-            assert_eq!(get_with(&c, &url(path), &[("authorization", &city)]).await.status, 503, "{path}");
+            assert_eq!(c.get_with(path, &[("authorization", &city)]).await.status, 503, "{path}");
         }
         for path in ["/v1/metrics/city_supply", "/v1/events/app_events/abc", "/v1/analytics/errors", "/v1/stream/event_metrics", "/v1/metrics/nope"] {
-            let resp = get_with(&c, &url(path), &[("authorization", &city)]).await;
+            let resp = c.get_with(path, &[("authorization", &city)]).await;
             assert_eq!(resp.status, 403, "{path}: {}", resp.text);
             assert!(resp.json["error"].is_string());
         }
         // Keys never go in URLs: the stream takes a short-lived token signed with the caller's key.
-        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?api_key={READ_ALL}"))).await.status, 401);
-        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?token={READ_ALL}"))).await.status, 401);
-        assert_eq!(post_with(&c, &url("/v1/stream/city_metrics/token"), &[]).await.status, 401);
-        assert_eq!(post_with(&c, &url("/v1/stream/city_supply/token"), &[("authorization", &city)]).await.status, 403);
-        let t = post_with(&c, &url("/v1/stream/city_metrics/token"), &[("authorization", &city)]).await;
+        assert_eq!(c.get(&format!("/v1/stream/city_metrics?api_key={READ_ALL}")).await.status, 401);
+        assert_eq!(c.get(&format!("/v1/stream/city_metrics?token={READ_ALL}")).await.status, 401);
+        assert_eq!(c.request("POST", "/v1/stream/city_metrics/token", &[], "").await.status, 401);
+        assert_eq!(c.request("POST", "/v1/stream/city_supply/token", &[("authorization", &city)], "").await.status, 403);
+        let t = c.request("POST", "/v1/stream/city_metrics/token", &[("authorization", &city)], "").await;
         assert_eq!(t.status, 200, "{}", t.text);
         let token = t.json["token"].as_str().expect("token").to_string();
         assert!(!token.contains(READ_CITY));
         assert_eq!(t.json["expires_in"], 60);
         // Streams are not configured here (503), which means the token got past authentication.
-        assert_eq!(get(&c, &url(&format!("/v1/stream/city_metrics?city=Lima&token={}", enc(&token)))).await.status, 503);
-        assert_eq!(get(&c, &url(&format!("/v1/stream/city_supply?token={}", enc(&token)))).await.status, 401, "a token is for one metric");
-        assert_eq!(get(&c, &url(&format!("/v1/metrics/city_metrics?token={}", enc(&token)))).await.status, 401, "only streams take tokens");
+        assert_eq!(c.get(&format!("/v1/stream/city_metrics?city=Lima&token={}", enc(&token))).await.status, 503);
+        assert_eq!(c.get(&format!("/v1/stream/city_supply?token={}", enc(&token))).await.status, 401, "a token is for one metric");
+        assert_eq!(c.get(&format!("/v1/metrics/city_metrics?token={}", enc(&token))).await.status, 401, "only streams take tokens");
         for path in ["/health", "/metrics", "/openapi.json", "/"] {
-            assert_eq!(get(&c, &url(path)).await.status, 200, "{path} stays open");
+            assert_eq!(c.get(path).await.status, 200, "{path} stays open");
         }
-        assert_ne!(get(&c, &url("/ready")).await.status, 401, "/ready stays open");
+        assert_ne!(c.get("/ready").await.status, 401, "/ready stays open");
         server.shutdown.trigger();
     });
 }
@@ -855,17 +842,16 @@ fn per_key_rate_limits() {
         let keys = ApiKeys::parse(&format!("{READ_CITY}, {READ_ALL}")).expect("keys");
         let cfg = ApiConfig { keys, rate_limit: Some(2.0), rate_burst: Some(3.0), ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
-        let c = client();
-        let url = format!("{}/v1/metrics/nope", server.url);
+        let c = server.http();
         let one = format!("Bearer {READ_CITY}");
         for _ in 0..3 {
-            assert_eq!(get_with(&c, &url, &[("authorization", &one)]).await.status, 404);
+            assert_eq!(c.get_with("/v1/metrics/nope", &[("authorization", &one)]).await.status, 404);
         }
-        let resp = get_with(&c, &url, &[("authorization", &one)]).await;
+        let resp = c.get_with("/v1/metrics/nope", &[("authorization", &one)]).await;
         assert_eq!(resp.status, 429, "{}", resp.text);
         assert!(resp.headers.get("retry-after").is_some());
         // Another key has its own bucket.
-        assert_eq!(get_with(&c, &url, &[("authorization", &format!("Bearer {READ_ALL}"))]).await.status, 404);
+        assert_eq!(c.get_with("/v1/metrics/nope", &[("authorization", &format!("Bearer {READ_ALL}"))]).await.status, 404);
         server.shutdown.trigger();
     });
 }
@@ -893,8 +879,8 @@ fn stream_subscribers_are_capped() {
             assert!(std::time::Instant::now() < deadline, "SSE clients did not subscribe");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let c = client();
-        let resp = get(&c, &format!("{}/v1/stream/city_supply", server.url)).await;
+        let c = server.http();
+        let resp = c.get("/v1/stream/city_supply").await;
         assert_eq!(resp.status, 503, "{}", resp.text);
         assert!(resp.headers.get("retry-after").is_some());
         assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("open streams")), "{}", resp.text);
@@ -921,8 +907,8 @@ fn openapi_document_matches_the_routes() {
         let spec = spec();
         let catalog = pulse_api::catalog::Catalog::new(&spec, "pulse");
         let server = Server::start(Arc::clone(&spec), &unreachable_clickhouse(), ApiConfig::default()).await;
-        let c = client();
-        let doc = get(&c, &format!("{}/openapi.json", server.url)).await;
+        let c = server.http();
+        let doc = c.get("/openapi.json").await;
         assert_eq!(doc.status, 200);
         let doc = doc.json;
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
@@ -944,11 +930,7 @@ fn openapi_document_matches_the_routes() {
             let in_path: Vec<&str> = p.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
             assert_eq!(params, in_path, "{p}: path parameters");
             let concrete = p.replace("{domain}", "rides").replace("{id}", "x").replace("{metric}", "city_metrics");
-            let resp = if method == "post" {
-                post_with(&c, &format!("{}{concrete}", server.url), &[]).await
-            } else {
-                get(&c, &format!("{}{concrete}", server.url)).await
-            };
+            let resp = if method == "post" { c.request("POST", &concrete, &[], "").await } else { c.get(&concrete).await };
             assert!(!resp.text.contains("no such route"), "{p} is not routed: {}", resp.text);
             for s in op["responses"].as_object().expect("responses").keys() {
                 assert!(s.parse::<u16>().is_ok(), "{p}: status {s}");
@@ -959,13 +941,12 @@ fn openapi_document_matches_the_routes() {
             assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
         }
         // Undocumented paths are the fallback 404 (JSON); other methods are 405.
-        let resp = get(&c, &format!("{}/v1/secret", server.url)).await;
+        let resp = c.get("/v1/secret").await;
         assert_eq!(resp.status, 404);
         assert!(resp.text.contains("no such route"));
-        let req = hyper::Request::post(format!("{}/v1/metrics/city_metrics", server.url)).body(http_body_util::Empty::<bytes::Bytes>::new()).expect("req");
-        assert_eq!(c.request(req).await.expect("resp").status(), 405);
+        assert_eq!(c.request("POST", "/v1/metrics/city_metrics", &[], "").await.status, 405);
         // The live page is served.
-        let page = get(&c, &format!("{}/", server.url)).await;
+        let page = c.get("/").await;
         assert!(page.text.contains("<title>Pulse") && page.headers.get("content-type").is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("text/html"))));
         server.shutdown.trigger();
     });
@@ -977,23 +958,20 @@ fn cors_is_configurable() {
     rt.block_on(async {
         let cfg = ApiConfig { cors_origins: vec!["http://dash.example".into()], ..ApiConfig::default() };
         let server = Server::start(spec(), &unreachable_clickhouse(), cfg).await;
-        let c = client();
+        let c = server.http();
         let preflight = |origin: &'static str| {
-            hyper::Request::builder()
-                .method("OPTIONS")
-                .uri(format!("{}/v1/metrics/city_metrics", server.url))
-                .header("origin", origin)
-                .header("access-control-request-method", "GET")
-                .header("access-control-request-headers", "authorization")
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .expect("req")
+            let c = c.clone();
+            async move {
+                let headers = [("origin", origin), ("access-control-request-method", "GET"), ("access-control-request-headers", "authorization")];
+                c.request("OPTIONS", "/v1/metrics/city_metrics", &headers, "").await
+            }
         };
-        let resp = c.request(preflight("http://dash.example")).await.expect("resp");
-        assert_eq!(resp.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://dash.example"));
-        let resp = c.request(preflight("http://evil.example")).await.expect("resp");
-        assert!(resp.headers().get("access-control-allow-origin").is_none());
-        let resp: Resp = get_with(&c, &format!("{}/health", server.url), &[("origin", "http://dash.example")]).await;
-        assert_eq!(resp.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://dash.example"));
+        let resp = preflight("http://dash.example").await;
+        assert_eq!(resp.header("access-control-allow-origin"), Some("http://dash.example"));
+        let resp = preflight("http://evil.example").await;
+        assert!(resp.header("access-control-allow-origin").is_none());
+        let resp = c.get_with("/health", &[("origin", "http://dash.example")]).await;
+        assert_eq!(resp.header("access-control-allow-origin"), Some("http://dash.example"));
         server.shutdown.trigger();
     });
 }
@@ -1004,7 +982,7 @@ fn slow_queries_time_out_as_503() {
     f.rt.block_on(async {
         let ch = ClickHouseConfig { timeout: Duration::from_millis(1), ..f.ch.clone() };
         let server = Server::start(Arc::clone(&f.spec), &ch, ApiConfig::default()).await;
-        let resp = get(&client(), &format!("{}/v1/analytics/latency?limit=10", server.url)).await;
+        let resp = server.http().get("/v1/analytics/latency?limit=10").await;
         assert_eq!(resp.status, 503, "{}", resp.text);
         assert!(resp.headers.get("retry-after").is_some());
         assert!(resp.json["error"].as_str().is_some_and(|e| e.contains("in time") || e.contains("too long")), "{}", resp.text);

@@ -1,20 +1,18 @@
 //! `pulse loadgen` over HTTP (through pulse-client, single events and NDJSON
 //! batches) and straight to Kafka, against the mock cluster.
 
-#[path = "../../ingest/tests/common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, count_topic, read_topic, test_config, unique_spec};
 use pulse_bench::loadgen::{LoadgenConfig, Target, run};
 use pulse_gen::GenConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_ops::Shutdown;
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{count_topic, read_topic, unique_spec};
 use rdkafka::mocking::MockCluster;
 
-fn total(brokers: &str, server_topics: &[String]) -> i64 {
-    server_topics.iter().map(|t| count_topic(brokers, t)).sum()
+fn total(kafka: &KafkaConfig, server_topics: &[String]) -> i64 {
+    server_topics.iter().map(|t| count_topic(kafka, t)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +30,7 @@ async fn loadgen_over_http_and_straight_to_kafka() {
     let cfg = LoadgenConfig { generator: generator.clone(), events: Some(1_500), concurrency: 8, batch: 1, progress: false, ..LoadgenConfig::default() };
     let report = run(Target::Http(client.clone()), cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.accepted, report.failed), (1_500, 1_500, 0), "{report}");
-    assert_eq!(total(&brokers, &topics), 1_500);
+    assert_eq!(total(&server.kafka, &topics), 1_500);
     let cfg = LoadgenConfig {
         generator: GenConfig { seed: 7, ..generator.clone() },
         events: Some(5_000),
@@ -44,7 +42,7 @@ async fn loadgen_over_http_and_straight_to_kafka() {
     let report = run(Target::Http(client), cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.failed), (5_000, 0), "{report}");
     assert!(report.requests < 1_000, "batched: {report}");
-    assert_eq!(total(&brokers, &topics), 6_500);
+    assert_eq!(total(&server.kafka, &topics), 6_500);
 
     // Straight to Kafka, at a target rate: same record format as ingest.
     let cfg = LoadgenConfig {
@@ -56,12 +54,11 @@ async fn loadgen_over_http_and_straight_to_kafka() {
         progress: false,
         ..LoadgenConfig::default()
     };
-    let kafka = KafkaConfig { brokers: brokers.clone(), properties: Vec::new() };
-    let report = run(Target::Kafka { kafka, spec: spec.clone() }, cfg, Shutdown::new()).await.expect("loadgen");
+    let report = run(Target::Kafka { kafka: server.kafka.clone(), spec: spec.clone() }, cfg, Shutdown::new()).await.expect("loadgen");
     assert_eq!((report.events, report.failed), (1_000, 0), "{report}");
     assert!(report.elapsed >= Duration::from_millis(200), "paced: {report}");
-    assert_eq!(total(&brokers, &topics), 7_500);
-    let app = read_topic(&brokers, &server.topic("app_events"));
+    assert_eq!(total(&server.kafka, &topics), 7_500);
+    let app = read_topic(&server.kafka, &server.topic("app_events"));
     assert!(app.iter().all(|r| r.value["_version"].is_u64() && r.value["ingested_at"].is_string() && r.key.as_deref() == r.value["event_id"].as_str()));
     assert!(app.iter().any(|r| r.value["_deleted"] == true), "the generator deletes some app events");
     server.stop().await;

@@ -23,11 +23,8 @@ use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_testkit::{stack_brokers, unique_name};
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const EVENTS: usize = 1_000_000;
 
@@ -114,36 +111,19 @@ fn finals(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, spec: &Spec) -> B
     out
 }
 
-/// Latest row per key on a topic, reduced to (final, values).
+/// Latest row per key on a topic, reduced to (final, values without the volatile fields).
 fn topic_latest(kafka: &KafkaConfig, topic: &str) -> HashMap<String, (bool, serde_json::Value)> {
-    let consumer: BaseConsumer = kafka.consumer(&unique_name("reader")).create().expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
-        remaining += consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks").1;
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut latest: HashMap<String, (u64, bool, serde_json::Value)> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while remaining > 0 && Instant::now() < deadline {
-        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else { continue };
-        remaining -= 1;
-        let mut v: serde_json::Value = serde_json::from_slice(msg.payload().unwrap_or_default()).expect("json");
-        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-        let revision = v["revision"].as_u64().unwrap_or(0);
+    let latest = pulse_testkit::latest_by_key(pulse_testkit::read_topic(kafka, topic));
+    let reduce = |mut v: serde_json::Value| {
         let is_final = v["final"].as_bool().unwrap_or(false);
         if let Some(o) = v.as_object_mut() {
             for volatile in ["revision", "emitted_at"] {
                 o.remove(volatile);
             }
         }
-        if latest.get(&key).is_none_or(|(r, _, _)| *r < revision) {
-            latest.insert(key, (revision, is_final, v));
-        }
-    }
-    latest.into_iter().map(|(k, (_, f, v))| (k, (f, v))).collect()
+        (is_final, v)
+    };
+    latest.into_iter().map(|(k, v)| (k, reduce(v))).collect()
 }
 
 #[test]

@@ -1,13 +1,12 @@
 //! pulse-client against a real ingest server (mock Kafka cluster): the typed
 //! write surface, chunked batches and the typed errors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Server, count_topic, read_topic, test_config, unique_spec};
 use pulse_client::{Client, ClientConfig, Error};
 use pulse_ingest::{ApiKeys, IngestConfig};
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{count_topic, read_topic, unique_spec};
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
 
@@ -34,7 +33,7 @@ async fn typed_writes_and_errors() {
     let events: Vec<_> = (1..=20).map(ride).collect();
     let many = client.track_batch("rides", &events).await.expect("batch");
     assert_eq!((many.accepted, many.ids.len()), (20, 20));
-    assert_eq!(count_topic(&brokers, &server.topic("rides")), 21);
+    assert_eq!(count_topic(&server.kafka, &server.topic("rides")), 21);
 
     // A bad event in the third chunk: the first two chunks are stored, the error says so
     // and indexes the whole slice.
@@ -48,7 +47,7 @@ async fn typed_writes_and_errors() {
         }
         other => panic!("expected Partial, got {other:?}"),
     }
-    assert_eq!(count_topic(&brokers, &server.topic("rides")), 35);
+    assert_eq!(count_topic(&server.kafka, &server.topic("rides")), 35);
     match client.track("rides", &json!({"ride_id": "x"})).await {
         Err(e @ Error::Validation { .. }) => assert!(e.details()[0].field.is_some() && e.status() == Some(400)),
         other => panic!("expected Validation, got {other:?}"),
@@ -63,7 +62,7 @@ async fn typed_writes_and_errors() {
     assert_eq!(client.delete("app_events", "a-1").await.expect("delete").ids, vec!["a-1"]);
     // Ids with characters that need escaping in a path.
     assert_eq!(client.delete("app_events", "a/1 ?#").await.expect("delete odd id").ids, vec!["a/1 ?#"]);
-    let recs = read_topic(&brokers, &server.topic("app_events"));
+    let recs = read_topic(&server.kafka, &server.topic("app_events"));
     assert_eq!(recs.len(), 4);
     assert_eq!(recs.iter().filter(|r| r.key.as_deref() == Some("a/1 ?#")).count(), 1);
 
@@ -93,6 +92,6 @@ async fn overload_is_retried_after_retry_after() {
     let t0 = std::time::Instant::now();
     patient.track("rides", &ride(10)).await.expect("accepted after waiting");
     assert!(t0.elapsed() >= Duration::from_millis(900), "waited for Retry-After: {:?}", t0.elapsed());
-    assert_eq!(count_topic(&brokers, &server.topic("rides")), 6);
+    assert_eq!(count_topic(&server.kafka, &server.topic("rides")), 6);
     server.stop().await;
 }

@@ -7,8 +7,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Http, Server, app_event, count_topic, driver, expected_partition, read_topic, ride, test_config, unique_spec};
+use common::{app_event, driver, expected_partition, ride};
 use pulse_ingest::{ApiKeys, IngestConfig};
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{Http, count_topic, read_topic, unique_spec};
 use rdkafka::mocking::MockCluster;
 
 fn mock_with_topics(spec: &pulse_model::Spec) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
@@ -28,13 +30,13 @@ async fn accepted_events_land_on_their_topic_partition_with_key_and_version() {
     // One object, an array, NDJSON; three domains.
     let a = http.post_json("rides", ride("r-1", "requested")).await;
     assert_eq!(a.status, 202, "{:?}", a.body);
-    assert_eq!(a.json()["accepted"], 1);
+    assert_eq!(a.json["accepted"], 1);
     let rides: Vec<String> = (0..50).map(|i| ride(&format!("r-{}", i % 17), if i % 5 == 4 { "cancelled" } else { "accepted" })).collect();
     let b = http.post_json("rides", format!("[{}]", rides.join(",\n "))).await;
-    assert_eq!((b.status, b.json()["accepted"].as_u64()), (202, Some(50)), "{:?}", b.body);
+    assert_eq!((b.status, b.json["accepted"].as_u64()), (202, Some(50)), "{:?}", b.body);
     let drivers: Vec<String> = (0..40).map(|i| driver(&format!("d-{i}"))).collect();
     let c = http.post_ndjson("driver_locations", drivers.join("\n") + "\n").await;
-    assert_eq!((c.status, c.json()["accepted"].as_u64()), (202, Some(40)), "{:?}", c.body);
+    assert_eq!((c.status, c.json["accepted"].as_u64()), (202, Some(40)), "{:?}", c.body);
     let d = http.post_ndjson("app_events", format!("{}\n{}\n", app_event(Some("app-1"), "login"), app_event(None, "search"))).await;
     assert_eq!(d.status, 202, "{:?}", d.body);
     let app_ids = d.ids();
@@ -56,7 +58,7 @@ async fn accepted_events_land_on_their_topic_partition_with_key_and_version() {
     for (domain, key_field, want) in [("rides", "ride_id", 51), ("driver_locations", "driver_id", 40)] {
         let topic = server.topic(domain);
         let partitions = spec.domain(domain).expect("domain").partitions;
-        let recs = read_topic(&brokers, &topic);
+        let recs = read_topic(&server.kafka, &topic);
         assert_eq!(recs.len(), want, "{domain}");
         for r in &recs {
             let id = r.value["event_id"].as_str().expect("event_id");
@@ -71,7 +73,7 @@ async fn accepted_events_land_on_their_topic_partition_with_key_and_version() {
     assert!(accepted.is_empty(), "not found on Kafka: {accepted:?}");
 
     // app_events: insert, replace, delete of app-1 in version order on one partition.
-    let recs = read_topic(&brokers, &server.topic("app_events"));
+    let recs = read_topic(&server.kafka, &server.topic("app_events"));
     assert_eq!(recs.len(), 4);
     let mut app1: Vec<_> = recs.iter().filter(|r| r.key.as_deref() == Some("app-1")).collect();
     app1.sort_by_key(|r| r.offset);
@@ -111,7 +113,7 @@ async fn an_invalid_batch_produces_nothing_and_lists_every_bad_event() {
     );
     let a = http.post_json("rides", body).await;
     assert_eq!(a.status, 400);
-    let j = a.json();
+    let j = a.json;
     assert!(j["error"].as_str().is_some_and(|e| e.contains("3 of 5")), "{j}");
     let details: Vec<(u64, String)> = j["details"]
         .as_array()
@@ -125,24 +127,24 @@ async fn an_invalid_batch_produces_nothing_and_lists_every_bad_event() {
     // NDJSON: details carry the line.
     let a = http.post_ndjson("rides", format!("{good}\n\n{{\"ride_id\": 5}}\n")).await;
     assert_eq!(a.status, 400);
-    assert_eq!((a.json()["details"][0]["index"].as_u64(), a.json()["details"][0]["line"].as_u64()), (Some(1), Some(3)));
+    assert_eq!((a.json["details"][0]["index"].as_u64(), a.json["details"][0]["line"].as_u64()), (Some(1), Some(3)));
 
     // Malformed JSON.
     for bad in ["{\"ride_id\": ", "[{}", "[1,2", "hello", ""] {
         let a = http.post_json("rides", bad).await;
         assert_eq!(a.status, 400, "{bad:?}: {:?}", a.body);
-        assert!(a.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert!(a.json["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
     // A POST may not smuggle a delete.
     let a = http.post_json("app_events", app_event(Some("x"), "login").replace("{", "{\"_deleted\":true,")).await;
-    assert_eq!((a.status, a.json()["details"][0]["field"].as_str()), (400, Some("_deleted")));
+    assert_eq!((a.status, a.json["details"][0]["field"].as_str()), (400, Some("_deleted")));
     // PUT with another id in the body.
     let a = http.send("PUT", "/v1/events/app_events/a-1", Some("application/json"), app_event(Some("a-2"), "login")).await;
-    assert_eq!((a.status, a.json()["details"][0]["field"].as_str()), (400, Some("event_id")));
+    assert_eq!((a.status, a.json["details"][0]["field"].as_str()), (400, Some("event_id")));
 
     // Nothing of any of these reached Kafka.
     for domain in ["rides", "app_events"] {
-        assert_eq!(count_topic(&brokers, &server.topic(domain)), 0, "{domain}");
+        assert_eq!(count_topic(&server.kafka, &server.topic(domain)), 0, "{domain}");
     }
     let metrics = String::from_utf8_lossy(&http.get("/metrics").await.body).into_owned();
     assert!(metrics.contains(r#"pulse_ingest_events_total{domain="rides",outcome="invalid"} 8"#), "{metrics}");
@@ -162,7 +164,7 @@ async fn scoped_write_keys_and_the_openapi_document() {
     // A key outside its scope: 403, whether the domain exists or not, for every method.
     let a = rides_only.post_json("app_events", app_event(Some("e-1"), "checkout")).await;
     assert_eq!(a.status, 403, "{:?}", a.body);
-    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("domain")));
+    assert!(a.json["error"].as_str().is_some_and(|e| e.contains("domain")));
     assert_eq!(rides_only.post_json("trucks", "{}").await.status, 403);
     assert_eq!(rides_only.send("DELETE", "/v1/events/app_events/e-1", None, "").await.status, 403);
     assert_eq!(rides_only.send("PUT", "/v1/events/app_events/e-1", Some("application/json"), app_event(Some("e-1"), "checkout")).await.status, 403);
@@ -172,7 +174,7 @@ async fn scoped_write_keys_and_the_openapi_document() {
     // The OpenAPI document is open, and lists one path per domain.
     let doc = Http::new(&server.url).get("/openapi.json").await;
     assert_eq!(doc.status, 200);
-    let doc = doc.json();
+    let doc = doc.json;
     for d in ["rides", "driver_locations", "app_events"] {
         assert!(doc["paths"][format!("/v1/events/{d}")]["post"].is_object(), "{d}");
     }
@@ -204,13 +206,13 @@ async fn auth_and_error_statuses() {
     // 404: unknown domain, unknown path.
     let a = http.post_json("trucks", ride("r-1", "requested")).await;
     assert_eq!(a.status, 404);
-    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("trucks") && e.contains("rides")));
+    assert!(a.json["error"].as_str().is_some_and(|e| e.contains("trucks") && e.contains("rides")));
     assert_eq!(http.get("/v2/whatever").await.status, 404);
 
     // 405: replacing or deleting facts; wrong method on a route.
     let a = http.send("PUT", "/v1/events/rides/r-1", Some("application/json"), ride("r-1", "accepted")).await;
     assert_eq!((a.status, a.header("allow")), (405, Some("POST")));
-    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("immutable") && e.contains("app_events")), "{:?}", a.body);
+    assert!(a.json["error"].as_str().is_some_and(|e| e.contains("immutable") && e.contains("app_events")), "{:?}", a.body);
     assert_eq!(http.send("DELETE", "/v1/events/driver_locations/d-1", None, "").await.status, 405);
     assert_eq!(http.get("/v1/events/rides").await.status, 405);
 
@@ -219,12 +221,12 @@ async fn auth_and_error_statuses() {
     assert!(big.len() > 64 * 1024);
     let a = http.post_json("rides", big).await;
     assert_eq!(a.status, 413);
-    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("65536")));
+    assert!(a.json["error"].as_str().is_some_and(|e| e.contains("65536")));
     let many = vec![driver("d-1"); 101].join("\n");
     assert!(many.len() < 64 * 1024);
     let a = http.post_ndjson("driver_locations", many).await;
     assert_eq!(a.status, 413);
-    assert!(a.json()["error"].as_str().is_some_and(|e| e.contains("100 events")), "{:?}", a.body);
+    assert!(a.json["error"].as_str().is_some_and(|e| e.contains("100 events")), "{:?}", a.body);
 
     // 415: wrong or missing content type.
     assert_eq!(http.send("POST", "/v1/events/rides", Some("text/plain"), ride("r-1", "requested")).await.status, 415);
@@ -240,7 +242,7 @@ async fn auth_and_error_statuses() {
         assert!(a.status == 400 || a.status == 202, "{body:?}: {}", a.status);
     }
     assert_eq!(anon.get("/health").await.status, 200);
-    assert_eq!(count_topic(&brokers, &server.topic("rides")), 2);
+    assert_eq!(count_topic(&server.kafka, &server.topic("rides")), 2);
     server.stop().await;
 }
 
@@ -263,7 +265,7 @@ async fn per_key_rate_limits_answer_429_with_retry_after() {
     assert_eq!(b.post_ndjson("driver_locations", batch(15)).await.status, 202);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(a.post_ndjson("driver_locations", batch(15)).await.status, 202);
-    assert_eq!(count_topic(&brokers, &server.topic("driver_locations")), 45);
+    assert_eq!(count_topic(&server.kafka, &server.topic("driver_locations")), 45);
     let metrics = String::from_utf8_lossy(&a.get("/metrics").await.body).into_owned();
     assert!(metrics.contains(r#"pulse_ingest_events_total{domain="driver_locations",outcome="rate_limited"} 15"#), "{metrics}");
     server.stop().await;
@@ -295,7 +297,7 @@ async fn concurrent_requests_get_distinct_ids_and_increasing_versions() {
         ids.extend(t.await.expect("task"));
     }
     assert_eq!(ids.len(), 200);
-    let recs = read_topic(&brokers, &server.topic("rides"));
+    let recs = read_topic(&server.kafka, &server.topic("rides"));
     assert_eq!(recs.len(), 200);
     let versions: HashSet<u64> = recs.iter().map(|r| r.value["_version"].as_u64().expect("version")).collect();
     assert_eq!(versions.len(), 200, "versions are unique");

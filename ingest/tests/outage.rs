@@ -5,15 +5,14 @@
 //! 503 may have been written in part (here: at most once, since this test does
 //! not retry); nothing answered 202 is ever missing.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Http, Server, read_topic, test_config, unique_spec};
 use pulse_ingest::IngestConfig;
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{Http, read_topic, unique_spec};
 use rdkafka::mocking::MockCluster;
 
 #[derive(Default, Debug)]
@@ -63,7 +62,7 @@ async fn broker_outage_yields_503_and_loses_no_acknowledged_event() {
                         503 => {
                             let retry: u64 = a.header("retry-after").and_then(|v| v.parse().ok()).expect("503 carries Retry-After");
                             assert!(retry >= 1);
-                            assert!(a.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
+                            assert!(a.json["error"].as_str().is_some_and(|e| !e.is_empty()));
                             out.refused.extend(ids);
                             if was_down {
                                 out.during_outage_503 += 1;
@@ -110,7 +109,7 @@ async fn broker_outage_yields_503_and_loses_no_acknowledged_event() {
     assert!(all.during_outage_503 > 0, "requests during the outage were refused: {all:?}");
     assert!(all.after_outage_202 > 0, "writes succeed again after the outage");
 
-    let recs = read_topic(&brokers, &server.topic("rides"));
+    let recs = read_topic(&server.kafka, &server.topic("rides"));
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in &recs {
         *seen.entry(r.value["event_id"].as_str().expect("id").to_string()).or_default() += 1;

@@ -7,9 +7,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Http, Server, app_event, expected_partition, read_topic, ride, test_config, unique_spec};
+use common::{app_event, expected_partition, ride};
 use pulse_kafka::{KafkaConfig, ensure_topics, plan_topics};
-use pulse_testkit::stack_brokers;
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{Http, read_topic, stack_brokers, unique_spec};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
@@ -99,14 +100,14 @@ async fn writes_land_on_tansu() {
     assert_eq!(http.send("PUT", "/v1/events/app_events/e-1", Some("application/json"), app_event(None, "logout")).await.status, 202);
     assert_eq!(http.send("DELETE", "/v1/events/app_events/e-1", None, "").await.status, 202);
 
-    let recs = read_topic(&brokers, &server.topic("rides"));
+    let recs = read_topic(&server.kafka, &server.topic("rides"));
     assert_eq!(recs.len(), 220);
     for r in &recs {
         assert!(ids.remove(r.value["event_id"].as_str().expect("id")));
         let key = r.value["ride_id"].as_str().expect("ride_id");
         assert_eq!((r.key.as_deref(), r.partition), (Some(key), expected_partition(key, 12)));
     }
-    let mut app = read_topic(&brokers, &server.topic("app_events"));
+    let mut app = read_topic(&server.kafka, &server.topic("app_events"));
     app.sort_by_key(|r| r.offset);
     let versions: Vec<u64> = app.iter().map(|r| r.value["_version"].as_u64().expect("version")).collect();
     assert_eq!(versions.len(), 3);

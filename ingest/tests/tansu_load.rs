@@ -4,15 +4,13 @@
 //! serves (it points at the last batch's first offset), so the reader goes on
 //! past the watermarks until the topic is idle.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Http, Server, read_topic, test_config, unique_spec};
 use pulse_kafka::{KafkaConfig, ensure_topics, plan_topics};
-use pulse_testkit::stack_brokers;
+use pulse_testkit::ingest::{Server, test_config};
+use pulse_testkit::{Http, read_topic, stack_brokers, unique_spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acknowledged_writes_are_all_on_tansu() {
@@ -47,7 +45,7 @@ async fn concurrent_acknowledged_writes_are_all_on_tansu() {
     for w in workers {
         acked.extend(w.await.expect("worker"));
     }
-    let recs = read_topic(&brokers, &server.topic("app_events"));
+    let recs = read_topic(&server.kafka, &server.topic("app_events"));
     let mut seen = HashSet::new();
     for r in &recs {
         let id = r.value["event_id"].as_str().expect("id").to_string();

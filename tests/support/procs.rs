@@ -1,5 +1,5 @@
 //! Pulse's services as separate processes for tests: start, wait for
-//! readiness, speak HTTP with curl, read ClickHouse and Kafka.
+//! readiness, speak HTTP (the test kit's `Http`), read ClickHouse.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
-use pulse_testkit::unique_name;
+use pulse_testkit::{Http, unique_name};
 
 /// A running `pulse` process, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Service {
@@ -58,29 +58,11 @@ pub fn free_port() -> u16 {
 pub const WRITE_KEY: &str = "test-write-key-0123456789abcdef";
 pub const READ_KEY: &str = "test-read-key-0123456789abcdef";
 
-pub fn http_get(url: &str) -> Option<(u16, String)> {
-    http_get_with(url, None)
-}
-
-/// GETs `url` with curl, with `key` as a bearer token when given.
-pub fn http_get_with(url: &str, key: Option<&str>) -> Option<(u16, String)> {
-    let auth = key.map(|k| format!("authorization: Bearer {k}"));
-    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
-    if let Some(a) = &auth {
-        args.extend(["-H", a.as_str()]);
-    }
-    args.push(url);
-    let out = Command::new("curl").args(&args).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, body.to_string()))
-}
-
 pub fn wait_ready(url: &str, svc: &mut Service) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(svc.alive(), "{} exited: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
-        if http_get(url).is_some_and(|(code, _)| code == 200) {
+        if Http::new(url).blocking_get("").is_ok_and(|a| a.status == 200) {
             return;
         }
         assert!(Instant::now() < deadline, "{} not ready: {}", svc.name, std::fs::read_to_string(&svc.log).unwrap_or_default());
@@ -107,41 +89,6 @@ pub fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> V
         let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("row")).collect()
     })
-}
-
-/// POSTs `body` with curl (with the deployment's write key); the status and the answer.
-pub fn http_post(url: &str, content_type: &str, body: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            &format!("content-type: {content_type}"),
-            "-H",
-            &format!("authorization: Bearer {WRITE_KEY}"),
-            "--data-binary",
-            "@-",
-            url,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(body.as_bytes())?;
-            }
-            child.wait_with_output()
-        })
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (answer, code) = text.rsplit_once('\n')?;
-    Some((code.trim().parse().ok()?, answer.to_string()))
 }
 
 /// The value of a Prometheus sample whose line starts with `prefix` (summed over matching lines).
@@ -213,6 +160,21 @@ impl Deployment {
 
     pub fn ingest_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ingest_port)
+    }
+
+    /// Requests to its ingest, with the write key.
+    pub fn ingest(&self) -> Http {
+        Http::new(&self.ingest_url()).with_key(WRITE_KEY)
+    }
+
+    /// Requests to its API, with the read key.
+    pub fn api(&self) -> Http {
+        Http::new(&format!("http://127.0.0.1:{}", self.api_port)).with_key(READ_KEY)
+    }
+
+    /// Requests to the dataflow's operations endpoint (metrics, health).
+    pub fn dataflow_ops(&self) -> Http {
+        Http::new(&format!("http://127.0.0.1:{}", self.dataflow_metrics_port))
     }
 
     /// Drops the database and the work directory.

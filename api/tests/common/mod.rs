@@ -1,5 +1,5 @@
-//! Shared helpers of the API tests: an API server on a real socket, an HTTP
-//! client, an SSE reader, and (with the local stack) a fixture that runs the real
+//! Shared helpers of the API tests: an API server on a real socket, an SSE
+//! reader, ClickHouse queries, and (with the local stack) a fixture that runs the real
 //! pipeline pieces in-process — generated events produced to librdkafka's mock
 //! cluster, `pulse sink` storing them, `pulse dataflow` computing the metrics —
 //! while SSE clients listen.
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
-use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -24,24 +23,11 @@ use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
 use pulse_sink::service::SinkConfig;
-use pulse_testkit::stack_clickhouse;
+use pulse_testkit::{Answer, Http, stack_clickhouse, unique_spec};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio::net::TcpListener;
-
-/// The default spec (the workspace's pulse.toml) with topics unique to this call.
-pub fn unique_spec() -> Arc<Spec> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Arc::new(Spec::parse(&path, &pulse_testkit::with_unique_topics(&text)).unwrap_or_else(|e| panic!("{e}")))
-}
-
-pub type Client = HyperClient<HttpConnector, Empty<Bytes>>;
-
-pub fn client() -> Client {
-    HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
 
 /// An API server on 127.0.0.1:0.
 pub struct Server {
@@ -59,34 +45,11 @@ impl Server {
         tokio::spawn(pulse_api::serve(api.clone(), listener));
         Server { url, api, shutdown }
     }
-}
 
-/// A response: status, headers, body text and (when it is JSON) the parsed body.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub text: String,
-    pub json: Value,
-}
-
-pub async fn get_with(client: &Client, url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = hyper::Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    /// Requests to it.
+    pub fn http(&self) -> Http {
+        Http::new(&self.url)
     }
-    let req = req.body(Empty::new()).expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("answer in time").expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp { status, headers, text, json }
-}
-
-pub async fn get(client: &Client, url: &str) -> Resp {
-    get_with(client, url, &[]).await
 }
 
 /// Percent-encodes a query value.
@@ -110,7 +73,7 @@ pub fn spawn_sse(
     subscribed: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let c = client();
+        let c: HyperClient<HttpConnector, Empty<Bytes>> = HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
         let mut req = hyper::Request::get(&url);
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
@@ -395,8 +358,8 @@ async fn drop_stale_databases(ch: &ClickHouseConfig) {
 }
 
 impl Fixture {
-    pub fn get(&self, path: &str) -> Resp {
-        self.rt.block_on(async { get(&client(), &format!("{}{path}", self.server.url)).await })
+    pub fn get(&self, path: &str) -> Answer {
+        self.rt.block_on(self.server.http().get(path))
     }
 
     pub fn sql(&self, sql: &str, params: &[(&str, &str)]) -> Vec<Value> {

@@ -3,9 +3,9 @@
 //! library service, and its finals read back from ClickHouse and the topic.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pulse_clickhouse::recompute::recompute_sql;
@@ -17,10 +17,7 @@ use pulse_kafka::KafkaConfig;
 use pulse_model::{Decoder, Spec};
 use pulse_ops::prometheus::Registry;
 use pulse_ops::{Readiness, ServiceContext, Shutdown};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Generated writes as the records producers would send straight to Kafka.
 pub fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDomain, String, String)> {
@@ -180,36 +177,10 @@ pub fn close(a: &[Option<f64>], b: &[Option<f64>]) -> bool {
         })
 }
 
-/// Every row on the aggregated topic: (key, final, revision, json).
+/// Every row on the aggregated (or alerts) topic: (key, final, revision, json).
 pub fn topic_rows(kafka: &KafkaConfig, topic: &str) -> Vec<(String, bool, u64, serde_json::Value)> {
-    let consumer: BaseConsumer = kafka.consumer("df-live-reader").create().expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
-        ends.insert(p.id(), high);
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut rows = Vec::new();
-    let mut done: HashSet<i32> = ends.iter().filter(|(_, h)| **h == 0).map(|(p, _)| *p).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Tansu 0.6 answers "latest offset" with the start of a partition's last
-    // batch plus one, so the rest of that batch may follow the offset it calls
-    // the end: read on until the topic has been quiet for a second.
-    let mut quiet_since = Instant::now();
-    while (done.len() < ends.len() || quiet_since.elapsed() < Duration::from_secs(1)) && Instant::now() < deadline {
-        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
-        quiet_since = Instant::now();
-        let v: serde_json::Value = serde_json::from_slice(msg.payload().unwrap_or_default()).expect("row json");
-        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
-        rows.push((key, v["final"].as_bool().unwrap_or(false), v["revision"].as_u64().unwrap_or(0), v));
-        if msg.offset() + 1 >= ends[&msg.partition()] {
-            done.insert(msg.partition());
-        }
-    }
-    rows
+    let rows = pulse_testkit::read_topic(kafka, topic).into_iter();
+    rows.map(|r| (r.key.unwrap_or_default(), r.value["final"].as_bool().unwrap_or(false), r.value["revision"].as_u64().unwrap_or(0), r.value)).collect()
 }
 
 /// `produce_and_store`, each record sent to the partition `partition_of(i)`

@@ -67,7 +67,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Creates the topics (mock cluster only), then starts the configured
     /// services on `rt` until `shutdown` fires. ClickHouse must be migrated.
+    /// On an error, the services started so far are told to stop.
     pub fn start(rt: &Handle, spec: &Arc<Spec>, ch: &ClickHouseConfig, cfg: PipelineConfig, shutdown: Shutdown) -> Result<Pipeline, PipelineError> {
+        Pipeline::start_services(rt, spec, ch, cfg, shutdown.clone()).inspect_err(|_| shutdown.trigger())
+    }
+
+    fn start_services(rt: &Handle, spec: &Arc<Spec>, ch: &ClickHouseConfig, cfg: PipelineConfig, shutdown: Shutdown) -> Result<Pipeline, PipelineError> {
         let _guard = rt.enter();
         let (mock, kafka) = match cfg.kafka {
             Some(kafka) => (None, kafka),

@@ -105,6 +105,9 @@ pub struct BenchApiArgs {
     /// App events to load (with updates and deletes).
     #[arg(long, default_value_t = 500_000)]
     pub app_events: usize,
+    /// Sessions the app events are drawn from (uniformly); far more than --app-events makes nearly every event a session of its own.
+    #[arg(long, default_value_t = 20_000)]
+    pub sessions: u64,
     /// Hours of event time the data covers, ending now.
     #[arg(long, default_value_t = 48)]
     pub hours: u64,
@@ -133,6 +136,7 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
     let cfg = pulse_bench::api::BenchConfig {
         rides: args.rides,
         app_events: args.app_events,
+        sessions: args.sessions,
         span: Duration::from_secs(args.hours.max(1) * 3600),
         requests: args.requests.max(1),
         concurrency: args.concurrency.iter().map(|&c| c.max(1)).collect(),

@@ -453,6 +453,15 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         for i in 0..5i64 {
             first.push(row(&format!("old{i}"), "old", "search", 88_888.0, Some("old"), now - 30 * 3_600_000, 1, 0));
         }
+        // Ties at the top, every event a session of its own: 1,500 events of 2,000 ms
+        // 32 to 36 hours ago (every third an error), and three slower events in
+        // three of those sessions. Ranking them by p95 takes the full query.
+        for i in 0..1500i64 {
+            first.push(row(&format!("tie{i}"), &format!("t{i:04}"), "chat", 2000.0, (i % 3 == 0).then_some("e"), now - 32 * 3_600_000 - i * 9_000, 1, 0));
+        }
+        for i in 0..3i64 {
+            first.push(row(&format!("tie-slow{i}"), &format!("t{:04}", i * 500 + 7), "chat", 3000.0, None, now - 33 * 3_600_000, 1, 0));
+        }
         let tombstone = |id: &str, v: u64| row(id, "", "", 0.0, None, now, v, 1);
         let updates: Vec<Row> = vec![
             // Latency moved up: this group becomes the slowest.
@@ -512,6 +521,11 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
         }
         // The last hour and a half only (half of the bulk events and the weird session's).
         cases.push(("limit=4".into(), (now - 5_400_000).to_string(), soon.clone(), ""));
+        // The ties (see above).
+        let (tie_from, tie_to) = ((now - 36 * 3_600_000).to_string(), (now - 32 * 3_600_000 + 1).to_string());
+        for limit in [1, 3, 5, 30] {
+            cases.push((format!("limit={limit}"), tie_from.clone(), tie_to.clone(), ""));
+        }
         for (q, from, to, name) in &cases {
             let resp = c.get(&format!("/v1/analytics/latency?{q}&from={from}&to={to}")).await;
             assert_eq!(resp.status, 200, "{q}: {}", resp.text);
@@ -534,6 +548,25 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
                 assert_eq!(num(&g["events"]), num(&w["events"]), "{q}");
                 assert!(same(&g["p95_latency_ms"], &w["p95"]), "{q}: {} != {}", g["p95_latency_ms"], w["p95"]);
             }
+        }
+        // How the tied period was answered. limit=5: both pruned tries could not
+        // prove their answer (θ = 2,000 ms, the last row's p95 too), so the full
+        // query answered. limit=3: the three slower groups rank above θ, the first try did.
+        let queries = || {
+            let c = c.clone();
+            async move {
+                let text = c.get("/metrics").await.text;
+                text.lines()
+                    .find(|l| l.starts_with("pulse_api_clickhouse_query_seconds_count{query=\"analytics_latency\"}"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            }
+        };
+        for (q, from, to, tries) in [("limit=5", &tie_from, &tie_to, 3), ("limit=3", &tie_from, &tie_to, 1)] {
+            let before = queries().await;
+            let resp = c.get(&format!("/v1/analytics/latency?{q}&from={from}&to={to}")).await;
+            assert_eq!(resp.status, 200, "{q}: {}", resp.text);
+            assert_eq!(queries().await - before, tries, "{q} from {from}: ClickHouse queries");
         }
         // What the hostile rows did, spelled out (the reference could be wrong too).
         let resp = c.get(&format!("/v1/analytics/latency?limit=1000&from={day_ago}&to={soon}")).await;

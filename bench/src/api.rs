@@ -37,6 +37,8 @@ pub struct BenchConfig {
     pub rides: usize,
     /// App events to load (with updates and deletes).
     pub app_events: usize,
+    /// Sessions the app events are drawn from, uniformly.
+    pub sessions: u64,
     /// Event time the data covers, ending now.
     pub span: Duration,
     /// Rows per INSERT.
@@ -56,6 +58,7 @@ impl Default for BenchConfig {
         BenchConfig {
             rides: 10_000_000,
             app_events: 500_000,
+            sessions: 20_000,
             span: Duration::from_secs(2 * 86_400),
             batch_rows: 1_000_000,
             requests: 500,
@@ -354,7 +357,7 @@ async fn load_raw(spec: &Spec, ch: &ClickHouseConfig, cfg: &BenchConfig, gd: Gen
         start_ms: now_ms() - span_ms,
         rate: n as f64 / (span_ms as f64 / 1000.0),
         disorder_ms: 5_000,
-        sessions: 20_000,
+        sessions: cfg.sessions.max(1),
         ..GenConfig::default()
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, usize)>(2);

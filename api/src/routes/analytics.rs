@@ -9,9 +9,9 @@
 //! query is bounded in event time: `days` (errors), `since` (cities), or
 //! `from`/`to` (latency and sessions; the last 24 hours by default, at most 31 days).
 //!
-//! The p95 latency ranking is pruned (see `latency_sql`): only the
-//! (session, event name) groups that hold one of the slowest stored rows of the
-//! period get their exact p95 computed, and the answer is used only when it
+//! The p95 latency ranking is pruned (see `latency_sql`): only the groups of
+//! the sessions that hold one of the slowest stored rows of the period get
+//! their exact p95 computed, and the answer is used only when it
 //! proves that no other group can rank among the rows returned (otherwise a
 //! larger candidate set, then the full query, answers). Answers stay exact.
 
@@ -85,12 +85,12 @@ pub fn time_range(p: &Params, now: i64) -> Result<(i64, i64), ApiError> {
     Ok((from, to))
 }
 
-/// Binds `[from, to)` on the domain's time field: ` AND time >= from AND time < to`.
-fn push_range(sql: &mut Sql, d: &Domain, (from, to): (i64, i64)) {
+/// Binds `[from, to)` and returns the condition on the domain's time field.
+fn period(sql: &mut Sql, d: &Domain, (from, to): (i64, i64)) -> String {
     let time = ident(&d.time_field().name);
     let f = sql.bind("Int64", Param::I64(from));
     let t = sql.bind("Int64", Param::I64(to));
-    sql.push(&format!(" AND {time} >= fromUnixTimestamp64Milli({f}, 'UTC') AND {time} < fromUnixTimestamp64Milli({t}, 'UTC')"));
+    format!("{time} >= fromUnixTimestamp64Milli({f}, 'UTC') AND {time} < fromUnixTimestamp64Milli({t}, 'UTC')")
 }
 
 fn plain(names: &[&str]) -> Vec<OutCol> {
@@ -223,19 +223,21 @@ fn latency_candidates(limit: u64) -> [u64; 2] {
 /// The p95 latency query. With `candidates` = N it is pruned, and its answer is
 /// the exact one whenever [`latency_certified`] accepts it:
 ///
-/// * θ is the N-th highest latency among the *stored* rows of the period (every
-///   version, replays included: no `FINAL`, so ClickHouse reads two columns and
-///   skips nothing it needs);
-/// * the candidate groups are the (session_id, event_name) pairs, as a 64-bit
-///   hash, of the stored rows of the period with latency >= θ. Each current row
-///   is a stored row, so a group none of whose current events reaches θ is not
-///   a candidate, and its p95 (one of its latencies) is below θ. Stale versions
-///   and hash collisions only add candidates;
-/// * the candidates' p95 are computed exactly, over the current rows (`FINAL`)
-///   of all their events;
-/// * if the last of the `limit` rows has p95 >= θ, no group left out can rank
-///   among them. If the period holds fewer than N rows, every group was a
-///   candidate and the answer is complete anyway.
+/// * one scan takes the N slowest *stored* rows of the period (every version,
+///   replays included: no `FINAL`, so ClickHouse reads three columns and can
+///   use `PREWHERE`); θ is the lowest latency among them, and their session ids
+///   are the candidate sessions;
+/// * every stored row of the period slower than θ is among those N, and each
+///   current row is a stored row; so a session that is not a candidate has no
+///   current event slower than θ in the period, and the p95 of each of its
+///   groups (one of its latencies) is at most θ. Stale versions only add
+///   candidates;
+/// * the exact p95 of every (session_id, event_name) group of the candidate
+///   sessions is computed over the current rows (`FINAL`) of the period;
+/// * if the last of the `limit` rows has p95 > θ, no group left out can rank
+///   among them (a tie at θ is not enough: a group left out may share it and
+///   sort first by session id). If the period holds fewer than N stored rows,
+///   every session was a candidate and the answer is complete anyway.
 ///
 /// Columns: session_id, event_name, events, p95, then θ and the number of rows
 /// θ was taken from (NULL in the full query).
@@ -245,10 +247,7 @@ fn latency_sql(api: &Api, d: &Domain, range: (i64, i64), event_name: Option<&str
     let final_rows = from_clause(api, d);
     let mut sql = Sql::new(String::new());
     // The `WHERE` of every scan: the period and the optional event name, bound once.
-    let time = ident(&d.time_field().name);
-    let f = sql.bind("Int64", Param::I64(range.0));
-    let t = sql.bind("Int64", Param::I64(range.1));
-    let mut filter = format!("{time} >= fromUnixTimestamp64Milli({f}, 'UTC') AND {time} < fromUnixTimestamp64Milli({t}, 'UTC')");
+    let mut filter = period(&mut sql, d, range);
     if let Some(name) = event_name {
         let ph = sql.bind("String", Param::Str(name.to_string()));
         filter.push_str(&format!(" AND {n} = {ph}"));
@@ -258,11 +257,10 @@ fn latency_sql(api: &Api, d: &Domain, range: (i64, i64), event_name: Option<&str
         Some(c) => {
             let top = sql.bind("UInt64", Param::U64(c));
             sql.push(&format!(
-                "WITH (SELECT (min(v), count()) FROM (SELECT {l} AS v FROM {table} WHERE {filter} ORDER BY v DESC LIMIT {top})) AS pulse_theta \
-                 SELECT {s}, {n}, events, p95, pulse_theta.1 AS theta, pulse_theta.2 AS seen FROM (\
-                 SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95 FROM {final_rows} WHERE {filter} \
-                 AND cityHash64({s}, {n}) IN (SELECT cityHash64({s}, {n}) FROM {table} WHERE {filter} AND {l} >= pulse_theta.1) \
-                 GROUP BY {s}, {n}) ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"
+                "WITH (SELECT (min(v), count(), groupUniqArray(k)) FROM (SELECT {l} AS v, {s} AS k FROM {table} WHERE {filter} ORDER BY v DESC LIMIT {top})) AS pulse_top \
+                 SELECT {s}, {n}, count() AS events, quantileExact(0.95)({l}) AS p95, pulse_top.1 AS theta, pulse_top.2 AS seen \
+                 FROM {final_rows} WHERE {filter} AND has(pulse_top.3, {s}) \
+                 GROUP BY {s}, {n} ORDER BY p95 DESC, {s}, {n} LIMIT {lim}"
             ));
         }
         None => {
@@ -277,9 +275,9 @@ fn latency_sql(api: &Api, d: &Domain, range: (i64, i64), event_name: Option<&str
 }
 
 /// Whether a pruned latency answer (see [`latency_sql`]) is the exact one:
-/// θ was taken from every row of the period (fewer than `candidates`), or the
-/// answer has `limit` rows and the last one's p95 is at least θ. Otherwise a
-/// larger candidate set, or the full query, answers.
+/// θ was taken from every stored row of the period (fewer than `candidates`),
+/// or the answer has `limit` rows and the last one's p95 is above θ. Otherwise
+/// a larger candidate set, or the full query, answers.
 fn latency_certified(rows: &[Vec<Value>], limit: u64, candidates: u64) -> bool {
     let Some(last) = rows.last() else {
         // No candidate group with current rows: the period may still hold
@@ -289,7 +287,7 @@ fn latency_certified(rows: &[Vec<Value>], limit: u64, candidates: u64) -> bool {
     let (p95, theta, seen) = (last.get(3).and_then(Value::as_f64), last.get(4).and_then(Value::as_f64), last.get(5).and_then(Value::as_u64));
     match (p95, theta, seen) {
         (_, _, Some(seen)) if seen < candidates => true,
-        (Some(p95), Some(theta), _) => rows.len() as u64 >= limit && p95 >= theta,
+        (Some(p95), Some(theta), _) => rows.len() as u64 >= limit && p95 > theta,
         _ => false,
     }
 }
@@ -332,9 +330,19 @@ pub async fn top_errors(State(api): State<Api>, RawQuery(query): RawQuery) -> Re
     let range = time_range(&p, now_ms())?;
     let s = ident("session_id");
     let err = filter_sql(d, &Filter::NonEmpty(f[1]));
+    let table = format!("{}.{}", ident(&api.inner.catalog.database), ident(&d.name));
+    // Only sessions with an error count, and a session with a current error in
+    // the period has a *stored* error row there (every current row is a stored
+    // row): the sessions of the period's stored error rows (no `FINAL`, so
+    // ClickHouse reads the error column first and the rest of the few error
+    // rows only) are a superset of the answer's. Stale versions only add
+    // sessions, which `errors > 0` over the current rows drops again. With
+    // every event a session of its own, this keeps the grouping to the
+    // sessions with errors instead of every session of the period.
     let mut sql =
         Sql::new(format!("SELECT {s}, count() AS events, countIf({err}) AS errors, errors / events AS error_rate FROM {} WHERE 1 = 1", from_clause(&api, d)));
-    push_range(&mut sql, d, range);
+    let period = period(&mut sql, d, range);
+    sql.push(&format!(" AND {period} AND {s} IN (SELECT {s} FROM {table} WHERE {period} AND {err})"));
     sql.push(&format!(" GROUP BY {s} HAVING errors > 0 AND events >= "));
     let ph = sql.bind("UInt64", Param::U64(min_events));
     let lim = sql.bind("UInt64", Param::U64(limit));
@@ -453,8 +461,10 @@ mod tests {
         let row = |p95: f64, theta: f64, seen: u64| vec![json!("s"), json!("n"), json!(3), json!(p95), json!(theta), json!(seen)];
         // θ taken from every row of the period: all groups were candidates.
         assert!(latency_certified(&[row(5.0, 9.0, 7)], 10, 104));
-        // `limit` rows, the last at or above θ: no other group can rank.
-        assert!(latency_certified(&[row(12.0, 9.0, 104), row(9.0, 9.0, 104)], 2, 104));
+        // `limit` rows, the last above θ: no other group can rank.
+        assert!(latency_certified(&[row(12.0, 9.5, 104), row(10.0, 9.5, 104)], 2, 104));
+        // The last row at θ: a group left out may tie with it and sort first.
+        assert!(!latency_certified(&[row(12.0, 9.0, 104), row(9.0, 9.0, 104)], 2, 104));
         // The last row below θ: a group left out could rank above it.
         assert!(!latency_certified(&[row(12.0, 9.0, 104), row(8.5, 9.0, 104)], 2, 104));
         // Fewer rows than asked for while θ did not cover the period.

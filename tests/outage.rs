@@ -28,16 +28,7 @@ fn produce(kafka: &KafkaConfig, spec: &pulse_model::Spec, cfg: GenConfig, n: usi
         }
         rides += u64::from(domain == GenDomain::Rides);
         let topic = &spec.domain(domain.name()).expect("domain").topic;
-        let mut record = BaseRecord::to(topic).key("k").payload(&json);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        pulse_testkit::send(&producer, BaseRecord::to(topic).key("k").payload(&json));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
     rides

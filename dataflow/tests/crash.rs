@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
-use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, Generator};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
@@ -168,32 +168,9 @@ fn sigkill_at_five_points_changes_no_final_window() {
     let mut version = 0u64;
     for op in Generator::new(cfg).take(EVENTS) {
         version += 1;
-        let (domain, key, json) = match op {
-            GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
-                let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-                let key = match domain {
-                    GenDomain::Rides => v["ride_id"].as_str(),
-                    GenDomain::DriverLocations => v["driver_id"].as_str(),
-                    GenDomain::AppEvents => v["event_id"].as_str(),
-                }
-                .unwrap_or_default()
-                .to_string();
-                let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
-                (domain, key, json)
-            }
-            GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}")),
-        };
-        let topic = &base.domain(domain.name()).expect("domain").topic;
-        let mut record = BaseRecord::to(topic).key(&key).payload(&json);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        let (key, json) = op.kafka_record(version);
+        let topic = &base.domain(op.domain().name()).expect("domain").topic;
+        pulse_testkit::send(&producer, BaseRecord::to(topic).key(&key).payload(&json));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 

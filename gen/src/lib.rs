@@ -135,6 +135,15 @@ impl GenDomain {
             GenDomain::AppEvents => "app_events",
         }
     }
+
+    /// The field that keys the domain's Kafka records (as in `pulse.toml`).
+    pub fn key_field(self) -> &'static str {
+        match self {
+            GenDomain::Rides => "ride_id",
+            GenDomain::DriverLocations => "driver_id",
+            GenDomain::AppEvents => "event_id",
+        }
+    }
 }
 
 /// One generated write.
@@ -152,6 +161,29 @@ impl GenOp {
     pub fn domain(&self) -> GenDomain {
         match self {
             GenOp::Insert { domain, .. } | GenOp::Update { domain, .. } | GenOp::Delete { domain, .. } => *domain,
+        }
+    }
+
+    /// The Kafka record a producer writing straight to the domain's topic sends
+    /// for this write: its key (the domain's key field) and JSON payload. App
+    /// events are mutable, so their writes carry `_version` (as ingest adds it to
+    /// PUT and DELETE), and a delete is `{"event_id":…,"_deleted":true,"_version":…}`.
+    pub fn kafka_record(&self, version: u64) -> (String, String) {
+        match self {
+            GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
+                let key = serde_json::from_str::<serde_json::Value>(json)
+                    .ok()
+                    .and_then(|v| v.get(domain.key_field()).and_then(|k| k.as_str()).map(str::to_string))
+                    .unwrap_or_default();
+                let json = match (domain, json.strip_suffix('}')) {
+                    (GenDomain::AppEvents, Some(open)) => format!("{open},\"_version\":{version}}}"),
+                    _ => json.clone(),
+                };
+                (key, json)
+            }
+            GenOp::Delete { id, .. } => {
+                (id.clone(), format!("{{\"event_id\":{},\"_deleted\":true,\"_version\":{version}}}", serde_json::Value::from(id.as_str())))
+            }
         }
     }
 }
@@ -390,6 +422,31 @@ mod tests {
     use super::*;
     use pulse_model::{Decoder, Spec};
     use std::path::Path;
+
+    #[test]
+    fn kafka_records_are_keyed_and_versioned_as_the_spec_says() {
+        let spec = Spec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pulse.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = GenConfig { rate: 100.0, update_fraction: 0.1, delete_fraction: 0.1, ..GenConfig::default() };
+        let mut seen = [false; 3];
+        for (i, op) in Generator::new(cfg).take(5_000).enumerate() {
+            let domain = spec.domain(op.domain().name()).expect("domain");
+            assert_eq!(domain.key_field().name, op.domain().key_field());
+            let (key, json) = op.kafka_record(i as u64 + 7);
+            let ev = Decoder::new(domain).decode(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+            assert!(!key.is_empty() && v[op.domain().key_field()].as_str() == Some(key.as_str()), "{key}: {json}");
+            let versioned = op.domain() == GenDomain::AppEvents;
+            assert_eq!(ev.version, versioned.then_some(i as u64 + 7), "{json}");
+            let kind = match op {
+                GenOp::Insert { .. } => 0,
+                GenOp::Update { .. } => 1,
+                GenOp::Delete { .. } => 2,
+            };
+            seen[kind] = true;
+            assert_eq!(ev.op == pulse_model::Op::Delete, kind == 2, "{json}");
+        }
+        assert_eq!(seen, [true; 3]);
+    }
 
     #[test]
     fn generated_events_are_valid_for_the_default_spec() {

@@ -86,16 +86,7 @@ fn counter(registry: &Registry, name: &str, label: (&str, &str)) -> f64 {
 fn produce(kafka: &KafkaConfig, topic: &str, records: &[(String, String, i64)]) {
     let producer: ThreadedProducer<DefaultProducerContext> = kafka.reliable_producer().create().expect("producer");
     for (key, payload, ts) in records {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload).timestamp(*ts);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        pulse_testkit::send(&producer, BaseRecord::to(topic).key(key).payload(payload).timestamp(*ts));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }

@@ -40,43 +40,21 @@ fn produce(kafka: &KafkaConfig, spec: &Spec, n: usize, seed: u64, out: &mut Prod
     let mut version = seed * 10_000_000;
     for op in Generator::new(cfg).take(n) {
         version += 1;
-        let unique = |s: &str| s.replace("app-", &format!("app{seed}-"));
-        let (domain, key, json) = match op {
-            GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
-                let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-                let key = match domain {
-                    GenDomain::Rides => v["ride_id"].as_str(),
-                    GenDomain::DriverLocations => v["driver_id"].as_str(),
-                    GenDomain::AppEvents => v["event_id"].as_str(),
-                }
-                .unwrap_or_default()
-                .to_string();
-                if domain == GenDomain::AppEvents {
-                    let key = unique(&key);
-                    out.alive.insert(key.clone());
-                    (domain, key, format!("{},\"_version\":{version}}}", unique(&json[..json.len() - 1])))
-                } else {
-                    *out.immutable.entry(domain.name()).or_default() += 1;
-                    (domain, key, json)
-                }
+        // App event ids are unique to each seed (the generator numbers them from 1).
+        let unique = |s: String| s.replace("app-", &format!("app{seed}-"));
+        let (key, json) = op.kafka_record(version);
+        let (key, json) = (unique(key), unique(json));
+        match &op {
+            GenOp::Insert { domain: GenDomain::AppEvents, .. } | GenOp::Update { .. } => {
+                out.alive.insert(key.clone());
             }
-            GenOp::Delete { domain, id } => {
-                let id = unique(&id);
-                out.alive.remove(&id);
-                (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}"))
-            }
-        };
-        let topic = &spec.domain(domain.name()).expect("domain").topic;
-        let mut record = BaseRecord::to(topic).key(&key).payload(&json);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
+            GenOp::Insert { domain, .. } => *out.immutable.entry(domain.name()).or_default() += 1,
+            GenOp::Delete { .. } => {
+                out.alive.remove(&key);
             }
         }
+        let topic = &spec.domain(op.domain().name()).expect("domain").topic;
+        pulse_testkit::send(&producer, BaseRecord::to(topic).key(&key).payload(&json));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }

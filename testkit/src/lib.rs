@@ -15,4 +15,4 @@ pub use clickhouse::{PrivateClickHouse, stack_clickhouse};
 pub use http::{Answer, Http};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineError};
 pub use stack::{exit_with_parent, stack_brokers, unique_name, unique_spec, unique_spec_text, with_unique_topics};
-pub use topic::{Record, count_topic, latest_by_key, read_topic};
+pub use topic::{Record, count_topic, latest_by_key, read_topic, send};

@@ -1,12 +1,15 @@
-//! Reading a Kafka topic back in tests: every record with its partition,
-//! offset, key and JSON value, or just how many there are.
+//! Kafka in tests: writing records with a producer that may be full, and
+//! reading a topic back (every record with its partition, offset, key and JSON
+//! value, or just how many there are).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pulse_kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, ToBytes};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::stack::unique_name;
@@ -16,6 +19,21 @@ use crate::stack::unique_name;
 const QUIET: Duration = Duration::from_secs(1);
 /// How long reading may take in all.
 const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Queues `record` on `producer`, waiting while its queue is full (a test
+/// producing faster than the broker takes). Panics on any other error.
+pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(producer: &ThreadedProducer<DefaultProducerContext>, mut record: BaseRecord<'_, K, P>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => panic!("producing to Kafka: {e}"),
+        }
+    }
+}
 
 /// One record read back from Kafka.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
-use pulse_gen::{GenDomain, GenOp};
+use pulse_gen::GenOp;
 use pulse_kafka::KafkaConfig;
 use pulse_model::Spec;
 use pulse_ops::Shutdown;
@@ -63,21 +63,8 @@ impl Pipeline {
         for op in ops {
             self.version += 1;
             let v = self.version;
-            let (domain, key, json) = match op {
-                GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
-                    let parsed: serde_json::Value = serde_json::from_str(&json).expect("generated JSON");
-                    let key_field = match domain {
-                        GenDomain::Rides => "ride_id",
-                        GenDomain::DriverLocations => "driver_id",
-                        GenDomain::AppEvents => "event_id",
-                    };
-                    let key = parsed[key_field].as_str().unwrap_or_default().to_string();
-                    let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{v}}}", &json[..json.len() - 1]) } else { json };
-                    (domain, key, json)
-                }
-                GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{v}}}")),
-            };
-            let topic = self.spec.domain(domain.name()).expect("domain").topic.clone();
+            let (key, json) = op.kafka_record(v);
+            let topic = self.spec.domain(op.domain().name()).expect("domain").topic.clone();
             records.push((topic, key, json));
         }
         let n = records.len();

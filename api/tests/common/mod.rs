@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use pulse_api::{Api, ApiConfig};
 use pulse_clickhouse::ClickHouseConfig;
 use pulse_dataflow::service::{Cluster, DataflowConfig};
-use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, GenDomain, Generator};
 use pulse_kafka::{KafkaConfig, plan_topics, topics::create_on_mock};
 use pulse_model::Spec;
 use pulse_ops::{ServiceContext, Shutdown};
@@ -176,21 +176,8 @@ pub fn records(n: usize, seed: u64, start_ms: i64) -> Vec<(GenDomain, String, St
         .take(n)
         .map(|op| {
             version += 1;
-            match op {
-                GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
-                    let v: Value = serde_json::from_str(&json).expect("generated JSON");
-                    let key = match domain {
-                        GenDomain::Rides => v["ride_id"].as_str(),
-                        GenDomain::DriverLocations => v["driver_id"].as_str(),
-                        GenDomain::AppEvents => v["event_id"].as_str(),
-                    }
-                    .unwrap_or_default()
-                    .to_string();
-                    let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
-                    (domain, key, json)
-                }
-                GenOp::Delete { domain, id } => (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}")),
-            }
+            let (key, json) = op.kafka_record(version);
+            (op.domain(), key, json)
         })
         .collect()
 }

@@ -12,7 +12,7 @@ use pulse_clickhouse::recompute::recompute_sql;
 use pulse_clickhouse::schema::{Provenance, raw_table};
 use pulse_clickhouse::{ClickHouseConfig, Writer, WriterMetrics};
 use pulse_dataflow::service::{Cluster, DataflowConfig, run};
-use pulse_gen::{GenConfig, GenDomain, GenOp, Generator};
+use pulse_gen::{GenConfig, GenDomain, Generator};
 use pulse_kafka::KafkaConfig;
 use pulse_model::{Decoder, Spec};
 use pulse_ops::prometheus::Registry;
@@ -34,24 +34,8 @@ pub fn records(n: usize, seed: u64, start_ms: i64, version0: u64) -> Vec<(GenDom
         .take(n)
         .map(|op| {
             version += 1;
-            match op {
-                GenOp::Insert { domain, json } | GenOp::Update { domain, json, .. } => {
-                    let v: serde_json::Value = serde_json::from_str(&json).expect("generated JSON");
-                    let key = match domain {
-                        GenDomain::Rides => v["ride_id"].as_str(),
-                        GenDomain::DriverLocations => v["driver_id"].as_str(),
-                        GenDomain::AppEvents => v["event_id"].as_str(),
-                    }
-                    .unwrap_or_default()
-                    .to_string();
-                    let json = if domain == GenDomain::AppEvents { format!("{},\"_version\":{version}}}", &json[..json.len() - 1]) } else { json };
-                    (domain, unique(key), unique(json))
-                }
-                GenOp::Delete { domain, id } => {
-                    let id = unique(id);
-                    (domain, id.clone(), format!("{{\"event_id\":\"{id}\",\"_deleted\":true,\"_version\":{version}}}"))
-                }
-            }
+            let (key, json) = op.kafka_record(version);
+            (op.domain(), unique(key), unique(json))
         })
         .collect()
 }

@@ -395,7 +395,7 @@ fn run_briefly(args: &[&str], env: &[(&str, &str)], wait_for: &str) -> (Option<s
     for var in ["PULSE_API_KEYS", "PULSE_READ_API_KEYS", "PULSE_INGEST_API_KEYS", "PULSE_INSECURE"] {
         cmd.env_remove(var);
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let closed = pulse_testkit::free_port();
     let mut child = cmd
         .args(args)
         .env("PULSE_SPEC", root().join("pulse.toml"))

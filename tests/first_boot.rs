@@ -5,12 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pulse_testkit::unique_name;
-use pulse_testkit::{PrivateClickHouse, stack_clickhouse};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use pulse_testkit::{PrivateClickHouse, free_port, stack_clickhouse, unique_name};
 
 #[test]
 fn migrate_waits_for_a_clickhouse_that_is_still_starting() {

@@ -39,7 +39,7 @@ fn clickhouse_down_for_a_minute_under_load() {
     if stack_brokers().is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = pulse_testkit::free_port();
     let mut server = PrivateClickHouse::new(port);
     server.start();
     let ch = ClickHouseConfig { url: server.url(), database: "pulse".into(), timeout: Duration::from_secs(5), ..ClickHouseConfig::default() };
@@ -68,7 +68,7 @@ fn clickhouse_down_for_a_minute_under_load() {
             pulse_dataflow::service::run(spec, &kafka, &ch, cfg, ServiceContext::new(handle, shutdown)).expect("dataflow")
         })
     };
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let api_port = pulse_testkit::free_port();
     let api_addr: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().expect("addr");
     let api = {
         let _guard = rt.enter();

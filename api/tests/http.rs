@@ -26,7 +26,7 @@ fn fin(v: &Value) -> bool {
 
 /// An API whose ClickHouse is a closed port.
 fn unreachable_clickhouse() -> ClickHouseConfig {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+    let port = pulse_testkit::free_port();
     ClickHouseConfig { url: format!("http://127.0.0.1:{port}"), timeout: Duration::from_secs(2), ..ClickHouseConfig::default() }
 }
 
@@ -531,7 +531,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
             assert_eq!(resp.status, 200, "{q}: {}", resp.text);
             let limit: usize = q.trim_start_matches("limit=").split('&').next().and_then(|l| l.parse().ok()).expect("limit");
             let filter = if name.is_empty() { String::new() } else { format!(" AND event_name = {}", lit(name)) };
-            let want = common::sql_rows(
+            let want = pulse_testkit::json_rows(
                 &ch,
                 &format!(
                     "SELECT session_id, event_name, count() AS events, quantileExact(0.95)(latency_ms) AS p95 FROM {latest} WHERE {period}{filter} \
@@ -589,7 +589,7 @@ fn session_analytics_are_exact_under_replays_updates_and_deletes() {
             let q = format!("limit={limit}&min_events={min_events}&from={day_ago}&to={soon}");
             let resp = c.get(&format!("/v1/analytics/sessions/top-errors?{q}")).await;
             assert_eq!(resp.status, 200, "{q}: {}", resp.text);
-            let want = common::sql_rows(
+            let want = pulse_testkit::json_rows(
                 &ch,
                 &format!(
                     "SELECT session_id, count() AS events, sum(error IS NOT NULL AND error != '') AS errors, errors / events AS rate FROM {latest} WHERE {period} \

@@ -230,7 +230,7 @@ fn sigkill_at_five_points_changes_no_final_window() {
 
     // The same stream on two timely processes (one worker each) on loopback.
     let (cluster_path, cluster_spec, cluster_ch) = &specs[2];
-    let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")).collect();
+    let ports: Vec<u16> = (0..2).map(|_| pulse_testkit::free_port()).collect();
     let hosts = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(";");
     let spawn_cluster = || -> Vec<Child> {
         (0..2).map(|p| spawn_child_in(cluster_path, &brokers, &cluster_ch.database, "crash-cluster", Some(format!("2,{p},{hosts}")))).collect()

@@ -221,7 +221,7 @@ fn clickhouse_down_for_30_seconds_mid_stream() {
     if std::env::var("PULSE_SINK_CHILD_SPEC").is_ok() || stack_brokers().is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = pulse_testkit::free_port();
     let mut server = PrivateClickHouse::new(port);
     server.start();
     let ch = ClickHouseConfig {

@@ -16,6 +16,17 @@ pub fn stack_clickhouse(prefix: &str) -> Option<ClickHouseConfig> {
     Some(ClickHouseConfig { url, database: unique_name(prefix), ..ClickHouseConfig::default() })
 }
 
+/// The rows of a query as JSON objects (`JSONEachRow`, 64-bit integers as
+/// numbers), with `{name:Type}` parameters bound from `params`. Panics on error.
+pub async fn json_rows(ch: &ClickHouseConfig, sql: &str, params: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mut q = ch.client().query_raw(sql).with_setting("output_format_json_quote_64bit_integers", "0");
+    for (name, value) in params {
+        q = q.param(name, *value);
+    }
+    let bytes = q.fetch_bytes("JSONEachRow").unwrap_or_else(|e| panic!("{sql}: {e}")).collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("{sql}: row: {e}"))).collect()
+}
+
 /// A private ClickHouse (the chDB front-end) that the test can stop and start.
 pub struct PrivateClickHouse {
     pub port: u16,

@@ -11,8 +11,8 @@ pub mod pipeline;
 pub mod stack;
 pub mod topic;
 
-pub use clickhouse::{PrivateClickHouse, stack_clickhouse};
+pub use clickhouse::{PrivateClickHouse, json_rows, stack_clickhouse};
 pub use http::{Answer, Http};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineError};
-pub use stack::{exit_with_parent, stack_brokers, unique_name, unique_spec, unique_spec_text, with_unique_topics};
+pub use stack::{exit_with_parent, free_port, stack_brokers, unique_name, unique_spec, unique_spec_text, with_unique_topics};
 pub use topic::{Record, count_topic, latest_by_key, read_topic, send};

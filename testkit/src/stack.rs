@@ -70,3 +70,8 @@ pub fn exit_with_parent() {
         }
     });
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a process the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}

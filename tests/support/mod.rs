@@ -87,17 +87,7 @@ impl Pipeline {
 
     /// Rows of a query as JSON objects.
     pub fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
-        self.rt.block_on(async {
-            let mut cursor = self
-                .ch
-                .client()
-                .query(sql)
-                .with_setting("output_format_json_quote_64bit_integers", "0")
-                .fetch_bytes("JSONEachRow")
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("JSON row")).collect()
-        })
+        self.rt.block_on(pulse_testkit::json_rows(&self.ch, sql, &[]))
     }
 
     /// Waits until `check` holds (panics with `what` after `timeout`).

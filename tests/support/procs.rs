@@ -50,9 +50,7 @@ impl Drop for Service {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+pub use pulse_testkit::free_port;
 
 /// The deployment's write key (ingest) and read key (api): services refuse to start without keys.
 pub const WRITE_KEY: &str = "test-write-key-0123456789abcdef";
@@ -84,11 +82,7 @@ pub fn accepted(metrics: &str) -> HashMap<String, u64> {
 }
 
 pub fn rows(rt: &tokio::runtime::Runtime, ch: &ClickHouseConfig, sql: &str) -> Vec<serde_json::Value> {
-    rt.block_on(async {
-        let mut cursor = ch.client().query(sql).with_setting("output_format_json_quote_64bit_integers", "0").fetch_bytes("JSONEachRow").expect("query");
-        let bytes = cursor.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("row")).collect()
-    })
+    rt.block_on(pulse_testkit::json_rows(ch, sql, &[]))
 }
 
 /// The value of a Prometheus sample whose line starts with `prefix` (summed over matching lines).

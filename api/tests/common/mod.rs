@@ -104,18 +104,8 @@ pub fn spawn_sse(
     })
 }
 
-/// Runs a query and returns its rows as JSON objects (`JSONEachRow`, 64-bit integers unquoted).
-pub async fn sql_rows(ch: &ClickHouseConfig, sql: &str, params: &[(&str, &str)]) -> Vec<Value> {
-    let mut q = ch.client().query_raw(&format!("{sql} SETTINGS output_format_json_quote_64bit_integers = 0"));
-    for (k, v) in params {
-        q = q.param(k, *v);
-    }
-    let bytes = q.fetch_bytes("JSONEachRow").expect("query").collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).expect("json row")).collect()
-}
-
 pub async fn sql_scalar(ch: &ClickHouseConfig, sql: &str) -> f64 {
-    let rows = sql_rows(ch, sql, &[]).await;
+    let rows = pulse_testkit::json_rows(ch, sql, &[]).await;
     rows.first().and_then(|r| r.as_object()).and_then(|o| o.values().next()).and_then(Value::as_f64).unwrap_or_else(|| panic!("{sql}: no number"))
 }
 
@@ -298,7 +288,7 @@ fn build() -> Option<Fixture> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let fingerprint = || {
-        rt.block_on(sql_rows(
+        rt.block_on(pulse_testkit::json_rows(
             &ch,
             &format!(
                 "SELECT (SELECT count() FROM `{0}`.city_metrics) + (SELECT count() FROM `{0}`.city_supply) + (SELECT count() FROM `{0}`.event_metrics) AS n, \
@@ -335,7 +325,7 @@ fn build() -> Option<Fixture> {
 /// Drops the databases earlier runs of these tests left (their process is gone):
 /// the fixture lives until the process exits and cannot drop its own.
 async fn drop_stale_databases(ch: &ClickHouseConfig) {
-    let names = sql_rows(ch, "SELECT name FROM system.databases WHERE startsWith(name, 'pulse_api_')", &[]).await;
+    let names = pulse_testkit::json_rows(ch, "SELECT name FROM system.databases WHERE startsWith(name, 'pulse_api_')", &[]).await;
     for n in names.iter().filter_map(|r| r["name"].as_str()) {
         let pid = n.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|p| p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()) {
@@ -351,6 +341,6 @@ impl Fixture {
 
     pub fn sql(&self, sql: &str, params: &[(&str, &str)]) -> Vec<Value> {
         let sql = sql.replace("{db}", &format!("`{}`", self.ch.database));
-        self.rt.block_on(sql_rows(&self.ch, &sql, params))
+        self.rt.block_on(pulse_testkit::json_rows(&self.ch, &sql, params))
     }
 }

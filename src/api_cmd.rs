@@ -126,6 +126,10 @@ pub struct BenchApiArgs {
     /// Skip OPTIMIZE TABLE ... FINAL after loading.
     #[arg(long)]
     pub no_optimize: bool,
+    /// Rows per INSERT while loading: with --no-optimize, smaller batches leave
+    /// the tables in more parts, as a continuously written table is.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub batch_rows: usize,
 }
 
 pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
@@ -142,7 +146,7 @@ pub fn bench(global: &Global, args: BenchApiArgs) -> anyhow::Result<ExitCode> {
         concurrency: args.concurrency.iter().map(|&c| c.max(1)).collect(),
         reuse,
         optimize: !args.no_optimize,
-        ..Default::default()
+        batch_rows: args.batch_rows,
     };
     let rt = crate::services::runtime()?;
     let report = rt.block_on(pulse_bench::api::run(spec, &ch, &cfg, &|msg| eprintln!("bench api: {msg}")));

@@ -109,6 +109,9 @@ pub struct BenchReport {
     pub rides: u64,
     pub app_events: u64,
     pub metric_rows: u64,
+    /// Active parts of the raw tables before measuring (rides, app_events): a `FINAL`
+    /// read merges the parts whose key ranges overlap, so more parts cost more.
+    pub parts: (u64, u64),
     /// Seconds spent loading (None when an existing database was reused) and merging.
     pub load_secs: Option<f64>,
     pub optimize_secs: Option<f64>,
@@ -118,6 +121,7 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "bench api: database {} — {} rides, {} app events, {} metric rows", self.database, self.rides, self.app_events, self.metric_rows)?;
+        writeln!(f, "  active parts: rides {}, app_events {}", self.parts.0, self.parts.1)?;
         if let Some(s) = self.load_secs {
             writeln!(f, "  loaded in {s:.1} s ({:.0} rows/s)", (self.rides + self.app_events + self.metric_rows) as f64 / s.max(0.001))?;
         }
@@ -188,6 +192,10 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     let app_events = scalar(ch, &format!("SELECT count() FROM {db}.app_events")).await?;
     let metric_rows =
         scalar(ch, &format!("SELECT count() FROM {db}.city_metrics")).await? + scalar(ch, &format!("SELECT count() FROM {db}.city_supply")).await?;
+    let parts = |table: &str| {
+        format!("SELECT count() FROM system.parts WHERE database = {} AND table = '{table}' AND active", pulse_clickhouse::schema::string_literal(&ch.database))
+    };
+    let parts = (scalar(ch, &parts("rides")).await?, scalar(ch, &parts("app_events")).await?);
 
     // Inputs for the requests: a sample of event ids, ride ids and app event ids.
     progress("sampling ids");
@@ -306,7 +314,7 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     }
     shutdown.trigger();
     let _ = server.await;
-    Ok(BenchReport { database: ch.database.clone(), rides, app_events, metric_rows, load_secs, optimize_secs, endpoints })
+    Ok(BenchReport { database: ch.database.clone(), rides, app_events, metric_rows, parts, load_secs, optimize_secs, endpoints })
 }
 
 /// (sum seconds, count) of the API's ClickHouse round-trip and ClickHouse-elapsed histograms for `label`.

@@ -145,7 +145,8 @@ async fn active_alerts_and_history() {
     let token = token.json["token"].as_str().expect("token").to_string();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sse = common::spawn_sse(format!("{}/v1/stream/alerts?token={}", server.url, common::enc(&token)), Vec::new(), seen, Arc::clone(&subscribed));
+    let sse =
+        common::spawn_sse(format!("{}/v1/stream/alerts?token={}", server.url, pulse_client::encode_segment(&token)), Vec::new(), seen, Arc::clone(&subscribed));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !subscribed.load(std::sync::atomic::Ordering::Relaxed) {
         assert!(std::time::Instant::now() < deadline, "not subscribed with a token");

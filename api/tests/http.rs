@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Server, enc, fixture, rfc, same};
+use common::{Server, fixture, rfc, same};
 use pulse_api::ApiConfig;
 use pulse_api::auth::ApiKeys;
 use pulse_clickhouse::ClickHouseConfig;
+use pulse_client::encode_segment as enc;
 use serde_json::{Value, json};
 
 fn num(v: &Value) -> i64 {

@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 
 use pulse_api::{Api, ApiConfig};
+use pulse_client::encode_segment;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -224,19 +225,19 @@ pub async fn run(spec: Arc<Spec>, ch: &ClickHouseConfig, cfg: &BenchConfig, prog
     let plan: Vec<(&'static str, &'static str, usize, Gen)> = vec![
         ("GET /v1/events/rides/{id}", "event_by_id", cfg.requests, {
             let ids = Arc::clone(&ids);
-            Box::new(move |r| format!("/v1/events/rides/{}", enc(&ids[r.random_range(0..ids.len())].0)))
+            Box::new(move |r| format!("/v1/events/rides/{}", encode_segment(&ids[r.random_range(0..ids.len())].0)))
         }),
         ("GET /v1/events/app_events/{id}", "event_by_id", cfg.requests, {
             let ids = Arc::clone(&app_ids);
-            Box::new(move |r| format!("/v1/events/app_events/{}", enc(&ids[r.random_range(0..ids.len())])))
+            Box::new(move |r| format!("/v1/events/app_events/{}", encode_segment(&ids[r.random_range(0..ids.len())])))
         }),
         ("GET /v1/events/rides?key=", "timeline", cfg.requests, {
             let ids = Arc::clone(&ids);
-            Box::new(move |r| format!("/v1/events/rides?key={}", enc(&ids[r.random_range(0..ids.len())].1)))
+            Box::new(move |r| format!("/v1/events/rides?key={}", encode_segment(&ids[r.random_range(0..ids.len())].1)))
         }),
         ("GET /v1/metrics/city_metrics/latest", "metric_latest", cfg.requests, Box::new(|_| "/v1/metrics/city_metrics/latest".to_string())),
         ("GET /v1/metrics/city_metrics?city=&from=", "metric_rows", cfg.requests, {
-            let from = enc(&hour_ago);
+            let from = encode_segment(&hour_ago);
             Box::new(move |r| format!("/v1/metrics/city_metrics?city={}&from={from}", CITIES[r.random_range(0..CITIES.len())]))
         }),
         ("GET /v1/analytics/cities?since=1h", "analytics_cities", cfg.requests.div_ceil(5), Box::new(|_| "/v1/analytics/cities?since=1h".to_string())),
@@ -338,18 +339,6 @@ async fn request(client: &HyperClient<HttpConnector, Empty<Bytes>>, url: &str) -
     let status = resp.status().as_u16();
     resp.into_body().collect().await.map_err(|e| e.to_string())?;
     Ok(status)
-}
-
-fn enc(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Generates `n` events of one domain over the period and inserts them in batches;

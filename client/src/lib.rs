@@ -178,8 +178,9 @@ impl Client {
     }
 }
 
-/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
-pub(crate) fn encode_segment(s: &str) -> String {
+/// Percent-encodes one path segment or query value (everything but RFC 3986
+/// unreserved characters), as the client does for ids and domains.
+pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -52,19 +52,6 @@ impl Server {
     }
 }
 
-/// Percent-encodes a query value.
-pub fn enc(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Reads an SSE stream into `rows` (one JSON value per `data:` event) until the task is aborted.
 pub fn spawn_sse(
     url: String,
